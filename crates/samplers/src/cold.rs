@@ -128,7 +128,7 @@ impl Sampler for ColdSampler {
                 got: denoiser.prediction(),
             });
         }
-        let stochastic = self.algorithm == ColdAlgorithm::Naive;
+        let stochastic = self.algorithm == ColdAlgorithm::Naive && self.degradation.is_stochastic();
         run_loop(
             self.name(),
             self.timesteps(),

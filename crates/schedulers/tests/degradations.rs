@@ -328,7 +328,7 @@ fn deterministic_degradations_are_differentiable() {
 #[test]
 fn config_round_trips_and_defaults() {
     let variants = [
-        DegradationConfig::Noise,
+        DegradationConfig::Noise {},
         DegradationConfig::Blur {
             steps: 20,
             sigma_max: 2.5,
@@ -407,6 +407,7 @@ fn config_rejects_unknown_fields_and_kinds() {
     for json in [
         r#"{"kind":"blur","sigma":1.0}"#,
         r#"{"kind":"fade","sigma_max":1.0}"#,
+        r#"{"kind":"noise","steps":3}"#,
         r#"{"kind":"swirl"}"#,
         r#"{"kind":"pixelate","min_size":2.5}"#,
     ] {

@@ -14,7 +14,7 @@ use crate::{Degradation, Schedule, ScheduleError};
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum DegradationConfig {
     /// Gaussian noise following the config's noise schedule (the seed's only degradation).
-    Noise,
+    Noise {},
     /// Gaussian blur with σ_t = `sigma_max` · √(t/T) ([`GaussianBlur`]).
     Blur {
         /// Number of levels T (default 40).
@@ -80,7 +80,7 @@ impl DegradationConfig {
     /// The degradation's name, as in [`Degradation::name`].
     pub fn name(&self) -> &'static str {
         match self {
-            Self::Noise => "noise",
+            Self::Noise {} => "noise",
             Self::Blur { .. } => "blur",
             Self::Fade { .. } => "fade",
             Self::Mask { .. } => "mask",
@@ -97,7 +97,7 @@ impl DegradationConfig {
         device: Device,
     ) -> Result<Box<dyn Degradation>, ScheduleError> {
         Ok(match *self {
-            Self::Noise => Box::new(GaussianNoise::new(schedule, device)),
+            Self::Noise {} => Box::new(GaussianNoise::new(schedule, device)),
             Self::Blur { steps, sigma_max } => Box::new(GaussianBlur::new(steps, sigma_max)?),
             Self::Fade { steps, fill } => Box::new(Fade::new(steps, fill)?),
             Self::Mask { steps, width, fill } => Box::new(GaussianMask::new(steps, width, fill)?),

@@ -46,6 +46,11 @@ pub trait Degradation: Send {
     /// ones ignore it. A stochastic degradation given `None` returns its noise-free mean.
     fn degrade(&self, x0: &Tensor, t: &Tensor, noise: Option<&Tensor>) -> Tensor;
 
+    /// True when D depends on a noise realisation (samplers then draw or infer it).
+    fn is_stochastic(&self) -> bool {
+        false
+    }
+
     /// For stochastic degradations, the noise that maps an estimate `x0` to `x_t` at level `t`
     /// (used by Algorithm 2 to keep the same noise realisation across a step); `None` for
     /// deterministic ones.

@@ -60,6 +60,10 @@ impl Degradation for GaussianNoise {
         }
     }
 
+    fn is_stochastic(&self) -> bool {
+        true
+    }
+
     fn implied_noise(&self, x_t: &Tensor, x0: &Tensor, t: &Tensor) -> Option<Tensor> {
         let t = clamped_levels(t, self.steps, t.device());
         let (a, s) = self.forward.coefficients(&t, x0);
