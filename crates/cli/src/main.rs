@@ -1,1 +1,40 @@
-fn main() {}
+//! `difflab`: train, sample and inspect diffusion models.
+
+mod commands;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use difflab_pipeline::DeviceSpec;
+
+/// Diffusion models in Rust on libtorch: DDPM, DDIM, Cold Diffusion, cascades and ensembles.
+#[derive(Parser, Debug)]
+#[command(name = "difflab", version, about, propagate_version = true)]
+struct Cli {
+    /// Where tensors live: auto (CUDA when available), cpu, cuda or cuda:N.
+    #[arg(long, global = true, default_value = "auto", value_parser = parse_device)]
+    device: DeviceSpec,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Inspect a noise schedule: print its tables as JSON or plot them.
+    Schedule(commands::schedule::ScheduleArgs),
+}
+
+fn parse_device(s: &str) -> Result<DeviceSpec, String> {
+    s.parse().map_err(|e: difflab_pipeline::DeviceError| e.to_string())
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result: Result<()> = match cli.command {
+        Command::Schedule(args) => commands::schedule::run(&args, cli.device),
+    };
+    if let Err(err) = result {
+        eprintln!("error: {err:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,1 +1,7 @@
-//! placeholder
+//! The composition layer: the only crate that knows about schedules, samplers and models at
+//! once. It will hold configs, datasets, the trainer, checkpoints and cascades; today it holds
+//! the runtime device choice shared by every command.
+
+mod device;
+
+pub use device::{DeviceError, DeviceSpec};

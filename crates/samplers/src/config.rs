@@ -129,7 +129,7 @@ impl SamplerConfig {
                     "must be in (0, 1]",
                 ));
             }
-            if !(self.sample_max_value >= 1.0) {
+            if self.sample_max_value.is_nan() || self.sample_max_value < 1.0 {
                 return Err(ScheduleError::invalid(
                     "sampler.sample_max_value",
                     self.sample_max_value,
@@ -141,7 +141,7 @@ impl SamplerConfig {
                 max_value: self.sample_max_value,
             })
         } else if self.clip_sample {
-            if !(self.clip_sample_range > 0.0) {
+            if self.clip_sample_range.is_nan() || self.clip_sample_range <= 0.0 {
                 return Err(ScheduleError::invalid(
                     "sampler.clip_sample_range",
                     self.clip_sample_range,

@@ -1,0 +1,152 @@
+//! Timestep and class embeddings.
+//!
+//! The timestep t enters the network as a sinusoidal code (Vaswani et al. 2017, §3.5, as used
+//! by DDPM, Ho et al. 2020, App. B) passed through a two-layer MLP; a class label is a learned
+//! embedding row added to that vector (Dhariwal & Nichol 2021, §4).
+
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor, nn, nn::Module};
+
+use crate::params::ParamCount;
+
+/// How the sinusoidal timestep code is laid out (diffusers' `flip_sin_to_cos`, `freq_shift`).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SinusoidalConfig {
+    /// Put the cosines first: `[cos, sin]` instead of `[sin, cos]`.
+    pub flip_sin_to_cos: bool,
+    /// `s` in the frequency exponent `−ln(P)·i/(half − s)` (diffusers' `downscale_freq_shift`).
+    pub freq_shift: f64,
+    /// `P`, the longest period (10000 in the Transformer and DDPM).
+    pub max_period: f64,
+}
+
+impl Default for SinusoidalConfig {
+    fn default() -> Self {
+        Self {
+            flip_sin_to_cos: true,
+            freq_shift: 0.0,
+            max_period: 10_000.0,
+        }
+    }
+}
+
+/// Sinusoidal embedding of `t` (`[B]`, integer or float) into `[B, dim]` float32:
+/// with `half = dim / 2` and `f_i = exp(−ln(P)·i / (half − s))`, `i = 0..half`,
+/// the code is `[sin(t·f), cos(t·f)]` (or `[cos, sin]` when flipped), zero-padded by one column
+/// when `dim` is odd. Computed in float32 in the same order as diffusers'
+/// `get_timestep_embedding`, so the codes agree bit for bit.
+pub fn sinusoidal_embedding(t: &Tensor, dim: i64, config: &SinusoidalConfig) -> Tensor {
+    let half = dim / 2;
+    let device = t.device();
+    let exponent = Tensor::arange(half, (Kind::Float, device)) * (-config.max_period.ln());
+    let exponent = exponent / (half as f64 - config.freq_shift);
+    let freqs = exponent.exp();
+    let args = t.to_kind(Kind::Float).unsqueeze(1) * freqs.unsqueeze(0);
+    let (sin, cos) = (args.sin(), args.cos());
+    let emb = if config.flip_sin_to_cos {
+        Tensor::cat(&[cos, sin], -1)
+    } else {
+        Tensor::cat(&[sin, cos], -1)
+    };
+    if dim % 2 == 1 {
+        emb.constant_pad_nd([0, 1])
+    } else {
+        emb
+    }
+}
+
+/// The timestep MLP: `linear_2(SiLU(linear_1(code)))`, mapping the sinusoidal code to the
+/// embedding every residual block reads (diffusers `TimestepEmbedding`: `linear_1`, `linear_2`).
+#[derive(Debug)]
+pub struct TimestepEmbedding {
+    linear_1: nn::Linear,
+    linear_2: nn::Linear,
+}
+
+impl TimestepEmbedding {
+    /// `in_dim` → `out_dim` → `out_dim`, parameters under `vs` (`linear_1.*`, `linear_2.*`).
+    pub fn new(vs: &nn::Path, in_dim: i64, out_dim: i64) -> Self {
+        Self {
+            linear_1: nn::linear(vs / "linear_1", in_dim, out_dim, Default::default()),
+            linear_2: nn::linear(vs / "linear_2", out_dim, out_dim, Default::default()),
+        }
+    }
+
+    /// `[B, in_dim]` → `[B, out_dim]`.
+    pub fn forward(&self, code: &Tensor) -> Tensor {
+        self.linear_2.forward(&self.linear_1.forward(code).silu())
+    }
+}
+
+impl ParamCount for TimestepEmbedding {
+    fn param_count(&self) -> i64 {
+        self.linear_1.param_count() + self.linear_2.param_count()
+    }
+}
+
+/// A learned class embedding `E[y]` (`weight` of shape `[rows, dim]`), added to the time
+/// embedding. With a null class (for classifier-free guidance, Ho & Salimans 2022) the last row
+/// is the "no label" embedding.
+#[derive(Debug)]
+pub struct ClassEmbedding {
+    embedding: nn::Embedding,
+    rows: i64,
+}
+
+impl ClassEmbedding {
+    /// `rows` embeddings of width `dim`, parameter `weight` under `vs`.
+    pub fn new(vs: &nn::Path, rows: i64, dim: i64) -> Self {
+        Self {
+            embedding: nn::embedding(vs, rows, dim, Default::default()),
+            rows,
+        }
+    }
+
+    /// Number of rows (classes, plus the null class if any).
+    pub fn rows(&self) -> i64 {
+        self.rows
+    }
+
+    /// `[B]` int64 labels in `0..rows` → `[B, dim]`.
+    pub fn forward(&self, labels: &Tensor) -> Tensor {
+        self.embedding.forward(labels)
+    }
+}
+
+impl ParamCount for ClassEmbedding {
+    fn param_count(&self) -> i64 {
+        self.embedding.param_count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sinusoid_matches_closed_form() {
+        let t = Tensor::from_slice(&[0i64, 7, 999]);
+        let cfg = SinusoidalConfig {
+            flip_sin_to_cos: false,
+            freq_shift: 1.0,
+            max_period: 10_000.0,
+        };
+        let emb = sinusoidal_embedding(&t, 6, &cfg);
+        assert_eq!(emb.size(), [3, 6]);
+        for (row, tv) in [0.0f64, 7.0, 999.0].iter().enumerate() {
+            for i in 0..3 {
+                let f = (-(10_000f64.ln()) * i as f64 / 2.0).exp();
+                let s = emb.double_value(&[row as i64, i]);
+                let c = emb.double_value(&[row as i64, i + 3]);
+                assert!((s - (tv * f).sin()).abs() < 1e-3, "sin {row} {i}: {s}");
+                assert!((c - (tv * f).cos()).abs() < 1e-3, "cos {row} {i}: {c}");
+            }
+        }
+        // flipped puts cos first; odd width pads a zero column
+        let flipped = sinusoidal_embedding(&t, 7, &SinusoidalConfig::default());
+        assert_eq!(flipped.size(), [3, 7]);
+        assert_eq!(flipped.double_value(&[0, 0]), 1.0);
+        assert_eq!(flipped.double_value(&[2, 6]), 0.0);
+    }
+}

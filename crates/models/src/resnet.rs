@@ -1,0 +1,152 @@
+//! The residual block of the DDPM UNet (Ho et al. 2020, App. B, after Wide ResNet), with the
+//! time embedding injected either by addition or by adaptive group normalisation.
+
+use serde::{Deserialize, Serialize};
+use tch::{Tensor, nn, nn::Module};
+
+use crate::params::ParamCount;
+
+/// How a residual block reads the time (and class) embedding `e`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeConditioning {
+    /// `h = conv1(…) + W e`, then `GroupNorm(h)` (DDPM; diffusers `default`).
+    #[default]
+    Add,
+    /// AdaGN (Dhariwal & Nichol 2021, §3): `[s, b] = W e`,
+    /// `h = GroupNorm(h)·(1 + s) + b` (diffusers `scale_shift`).
+    ScaleShift,
+}
+
+/// Shape and options of one [`ResnetBlock2D`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ResnetConfig {
+    /// Input channels.
+    pub in_channels: i64,
+    /// Output channels.
+    pub out_channels: i64,
+    /// Width of the time embedding `e`.
+    pub temb_channels: i64,
+    /// GroupNorm groups (both norms).
+    pub groups: i64,
+    /// GroupNorm epsilon.
+    pub eps: f64,
+    /// Dropout probability before the second convolution (training only).
+    pub dropout: f64,
+    /// How `e` enters the block.
+    pub conditioning: TimeConditioning,
+    /// The output is `(shortcut(x) + h) / output_scale_factor`.
+    pub output_scale_factor: f64,
+}
+
+/// `out = (shortcut(x) + conv2(drop(SiLU(cond(norm2, conv1(SiLU(norm1(x))), W·SiLU(e)))))) / r`,
+/// where `shortcut` is a 1×1 convolution when the channel count changes and the identity
+/// otherwise. Parameter names follow diffusers' `ResnetBlock2D`: `norm1`, `conv1`,
+/// `time_emb_proj`, `norm2`, `conv2`, `conv_shortcut`.
+#[derive(Debug)]
+pub struct ResnetBlock2D {
+    norm1: nn::GroupNorm,
+    conv1: nn::Conv2D,
+    time_emb_proj: nn::Linear,
+    norm2: nn::GroupNorm,
+    conv2: nn::Conv2D,
+    conv_shortcut: Option<nn::Conv2D>,
+    config: ResnetConfig,
+}
+
+pub(crate) fn group_norm(vs: nn::Path, groups: i64, channels: i64, eps: f64) -> nn::GroupNorm {
+    let config = nn::GroupNormConfig {
+        eps,
+        ..Default::default()
+    };
+    nn::group_norm(vs, groups, channels, config)
+}
+
+pub(crate) fn conv3x3(vs: nn::Path, c_in: i64, c_out: i64, stride: i64, padding: i64) -> nn::Conv2D {
+    let config = nn::ConvConfig {
+        stride,
+        padding,
+        ..Default::default()
+    };
+    nn::conv2d(vs, c_in, c_out, 3, config)
+}
+
+impl ResnetBlock2D {
+    /// Create the block's parameters under `vs`. Channel counts must be divisible by
+    /// `config.groups` (checked by the UNet config).
+    pub fn new(vs: &nn::Path, config: &ResnetConfig) -> Self {
+        let c = config;
+        let proj_out = match c.conditioning {
+            TimeConditioning::Add => c.out_channels,
+            TimeConditioning::ScaleShift => 2 * c.out_channels,
+        };
+        let conv_shortcut = (c.in_channels != c.out_channels).then(|| {
+            nn::conv2d(
+                vs / "conv_shortcut",
+                c.in_channels,
+                c.out_channels,
+                1,
+                Default::default(),
+            )
+        });
+        Self {
+            norm1: group_norm(vs / "norm1", c.groups, c.in_channels, c.eps),
+            conv1: conv3x3(vs / "conv1", c.in_channels, c.out_channels, 1, 1),
+            time_emb_proj: nn::linear(
+                vs / "time_emb_proj",
+                c.temb_channels,
+                proj_out,
+                Default::default(),
+            ),
+            norm2: group_norm(vs / "norm2", c.groups, c.out_channels, c.eps),
+            conv2: conv3x3(vs / "conv2", c.out_channels, c.out_channels, 1, 1),
+            conv_shortcut,
+            config: *config,
+        }
+    }
+
+    /// The block's configuration.
+    pub fn config(&self) -> &ResnetConfig {
+        &self.config
+    }
+
+    /// `x`: `[B, in, H, W]`, `temb`: `[B, temb_channels]` → `[B, out, H, W]`.
+    pub fn forward(&self, x: &Tensor, temb: &Tensor, train: bool) -> Tensor {
+        let h = self.conv1.forward(&self.norm1.forward(x).silu());
+        let e = self
+            .time_emb_proj
+            .forward(&temb.silu())
+            .unsqueeze(-1)
+            .unsqueeze(-1);
+        let h = match self.config.conditioning {
+            TimeConditioning::Add => self.norm2.forward(&(h + e)),
+            TimeConditioning::ScaleShift => {
+                let parts = e.chunk(2, 1);
+                self.norm2.forward(&h) * (1.0 + &parts[0]) + &parts[1]
+            }
+        };
+        let h = h.silu().dropout(self.config.dropout, train);
+        let h = self.conv2.forward(&h);
+        let skip = match &self.conv_shortcut {
+            Some(conv) => conv.forward(x),
+            None => x.shallow_clone(),
+        };
+        let out = skip + h;
+        if self.config.output_scale_factor == 1.0 {
+            out
+        } else {
+            out / self.config.output_scale_factor
+        }
+    }
+}
+
+impl ParamCount for ResnetBlock2D {
+    fn param_count(&self) -> i64 {
+        self.norm1.param_count()
+            + self.conv1.param_count()
+            + self.time_emb_proj.param_count()
+            + self.norm2.param_count()
+            + self.conv2.param_count()
+            + self.conv_shortcut.param_count()
+    }
+}

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: sets up libtorch if missing, then runs every
+# crate's unit, golden and end-to-end tests.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+scripts/setup.sh
+cargo test --workspace --locked "$@"
