@@ -1,0 +1,378 @@
+//! The native UNet configuration: one struct, mirroring the `model:` section of a YAML config.
+
+use serde::{Deserialize, Serialize};
+
+use crate::embeddings::SinusoidalConfig;
+use crate::{AttentionKind, ModelError, TimeConditioning};
+
+/// The sinusoidal code and MLP that embed the timestep.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimeEmbeddingConfig {
+    /// `[cos, sin]` instead of `[sin, cos]` (see [`SinusoidalConfig`]).
+    pub flip_sin_to_cos: bool,
+    /// Frequency shift `s` (see [`SinusoidalConfig`]).
+    pub freq_shift: f64,
+    /// Longest period `P` (see [`SinusoidalConfig`]).
+    pub max_period: f64,
+    /// Width of the sinusoidal code; default: the first level's channels.
+    pub sinusoid_dim: Option<i64>,
+    /// Width of the embedding after the MLP; default: 4 × the first level's channels.
+    pub dim: Option<i64>,
+}
+
+impl Default for TimeEmbeddingConfig {
+    fn default() -> Self {
+        let s = SinusoidalConfig::default();
+        Self {
+            flip_sin_to_cos: s.flip_sin_to_cos,
+            freq_shift: s.freq_shift,
+            max_period: s.max_period,
+            sinusoid_dim: None,
+            dim: None,
+        }
+    }
+}
+
+impl TimeEmbeddingConfig {
+    /// The sinusoidal-code part of this config.
+    pub fn sinusoidal(&self) -> SinusoidalConfig {
+        SinusoidalConfig {
+            flip_sin_to_cos: self.flip_sin_to_cos,
+            freq_shift: self.freq_shift,
+            max_period: self.max_period,
+        }
+    }
+}
+
+/// A DDPM-style UNet (Ho et al. 2020, App. B; options of Dhariwal & Nichol 2021):
+/// `L` levels of `layers_per_block` residual blocks (optionally each followed by attention),
+/// a stride-2 convolution between levels, a middle block (resnet, attention, resnet) and a
+/// mirrored decoder with `layers_per_block + 1` blocks per level fed by skip connections.
+///
+/// Channels come either from `block_out_channels` or from
+/// `min(base_channels · channel_mult[i], max_channels)`. Levels are indexed from the
+/// highest resolution (0). Defaults give a 4-level, 35M-parameter model for 3-channel images.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UNetConfig {
+    /// Channels of the input image (plus any concatenated conditioning image).
+    pub in_channels: i64,
+    /// Channels of the prediction (doubled when `learned_variance`).
+    pub out_channels: i64,
+    /// Channels per level, explicitly. Exclusive with `base_channels`/`channel_mult`.
+    pub block_out_channels: Option<Vec<i64>>,
+    /// Channels of level 0 when `block_out_channels` is not given (default 64).
+    pub base_channels: Option<i64>,
+    /// Per-level multipliers of `base_channels` (default `[1, 2, 2, 2]`).
+    pub channel_mult: Option<Vec<i64>>,
+    /// Cap on the channels of any level when using `base_channels`.
+    pub max_channels: Option<i64>,
+    /// Residual blocks per encoder level (the decoder has one more per level).
+    pub layers_per_block: usize,
+    /// Attention per level in the encoder (`none`, `full`, `linear`); empty: none anywhere.
+    pub attention: Vec<AttentionKind>,
+    /// Attention per level in the decoder, indexed like `attention`; default: same as `attention`.
+    pub up_attention: Option<Vec<AttentionKind>>,
+    /// Attention between the two middle residual blocks.
+    pub mid_attention: AttentionKind,
+    /// Whether the middle attention normalises its input (GroupNorm).
+    pub mid_attention_norm: bool,
+    /// Groups of the middle attention's GroupNorm; default: `norm_num_groups`.
+    pub attn_norm_num_groups: Option<i64>,
+    /// Width of one attention head; `None`: one head as wide as the block.
+    pub attention_head_dim: Option<i64>,
+    /// GroupNorm groups everywhere (must divide every channel count).
+    pub norm_num_groups: i64,
+    /// GroupNorm epsilon.
+    pub norm_eps: f64,
+    /// Timestep embedding.
+    pub time_embedding: TimeEmbeddingConfig,
+    /// How residual blocks read the embedding: `add` or `scale_shift` (AdaGN).
+    pub time_conditioning: TimeConditioning,
+    /// Number of classes for class conditioning; `None`: unconditional.
+    pub num_classes: Option<i64>,
+    /// Add one embedding row (index `num_classes`) meaning "no label", for classifier-free
+    /// guidance.
+    pub null_class: bool,
+    /// Dropout in residual blocks (training only).
+    pub dropout: f64,
+    /// Padding of the stride-2 downsampling convolution; 0 pads right/bottom by one instead.
+    pub downsample_padding: i64,
+    /// Output scale `r` of the middle block's resnets and attention: `out = (x + f(x)) / r`.
+    pub mid_block_scale_factor: f64,
+    /// Predict a variance interpolation too (Nichol & Dhariwal 2021): doubles `out_channels`.
+    pub learned_variance: bool,
+}
+
+impl Default for UNetConfig {
+    fn default() -> Self {
+        Self {
+            in_channels: 3,
+            out_channels: 3,
+            block_out_channels: None,
+            base_channels: None,
+            channel_mult: None,
+            max_channels: None,
+            layers_per_block: 2,
+            attention: Vec::new(),
+            up_attention: None,
+            mid_attention: AttentionKind::Full,
+            mid_attention_norm: true,
+            attn_norm_num_groups: None,
+            attention_head_dim: Some(32),
+            norm_num_groups: 32,
+            norm_eps: 1e-5,
+            time_embedding: TimeEmbeddingConfig::default(),
+            time_conditioning: TimeConditioning::Add,
+            num_classes: None,
+            null_class: false,
+            dropout: 0.0,
+            downsample_padding: 1,
+            mid_block_scale_factor: 1.0,
+            learned_variance: false,
+        }
+    }
+}
+
+fn positive(key: &str, value: i64) -> Result<i64, ModelError> {
+    if value >= 1 {
+        Ok(value)
+    } else {
+        Err(ModelError::invalid(key, value, "must be >= 1"))
+    }
+}
+
+fn list<T: std::fmt::Debug>(values: &[T]) -> String {
+    format!("{values:?}")
+}
+
+impl UNetConfig {
+    /// Channels of each level, resolved from `block_out_channels` or
+    /// `base_channels`/`channel_mult`/`max_channels`.
+    pub fn block_channels(&self) -> Result<Vec<i64>, ModelError> {
+        let derived = self.base_channels.is_some()
+            || self.channel_mult.is_some()
+            || self.max_channels.is_some();
+        let channels = match &self.block_out_channels {
+            Some(explicit) => {
+                if derived {
+                    return Err(ModelError::invalid(
+                        "block_out_channels",
+                        list(explicit),
+                        "give either block_out_channels or base_channels/channel_mult/max_channels, not both",
+                    ));
+                }
+                explicit.clone()
+            }
+            None => {
+                let base = positive("base_channels", self.base_channels.unwrap_or(64))?;
+                let mult = self.channel_mult.clone().unwrap_or_else(|| vec![1, 2, 2, 2]);
+                for &m in &mult {
+                    if m < 1 {
+                        return Err(ModelError::invalid(
+                            "channel_mult",
+                            list(&mult),
+                            "multipliers must be >= 1",
+                        ));
+                    }
+                }
+                let cap = match self.max_channels {
+                    Some(c) => positive("max_channels", c)?,
+                    None => i64::MAX,
+                };
+                mult.iter().map(|m| (base * m).min(cap)).collect()
+            }
+        };
+        if channels.is_empty() {
+            return Err(ModelError::invalid(
+                "block_out_channels",
+                "[]",
+                "need at least one level",
+            ));
+        }
+        if channels.iter().any(|&c| c < 1) {
+            return Err(ModelError::invalid(
+                "block_out_channels",
+                list(&channels),
+                "channels must be >= 1",
+            ));
+        }
+        Ok(channels)
+    }
+
+    /// Number of resolution levels.
+    pub fn levels(&self) -> Result<usize, ModelError> {
+        Ok(self.block_channels()?.len())
+    }
+
+    /// Encoder attention at `level`.
+    pub fn down_attention(&self, level: usize) -> AttentionKind {
+        self.attention.get(level).copied().unwrap_or_default()
+    }
+
+    /// Decoder attention at `level` (indexed like the encoder).
+    pub fn up_attention(&self, level: usize) -> AttentionKind {
+        match &self.up_attention {
+            Some(up) => up.get(level).copied().unwrap_or_default(),
+            None => self.down_attention(level),
+        }
+    }
+
+    /// Width of the sinusoidal timestep code.
+    pub fn sinusoid_dim(&self) -> Result<i64, ModelError> {
+        Ok(match self.time_embedding.sinusoid_dim {
+            Some(d) => d,
+            None => self.block_channels()?[0],
+        })
+    }
+
+    /// Width of the time embedding read by every residual block.
+    pub fn time_embed_dim(&self) -> Result<i64, ModelError> {
+        Ok(match self.time_embedding.dim {
+            Some(d) => d,
+            None => 4 * self.block_channels()?[0],
+        })
+    }
+
+    /// Rows of the class embedding (`num_classes`, plus one with `null_class`), if any.
+    pub fn class_rows(&self) -> Option<i64> {
+        self.num_classes.map(|n| n + i64::from(self.null_class))
+    }
+
+    /// Channels the network outputs (`out_channels`, doubled with `learned_variance`).
+    pub fn model_out_channels(&self) -> i64 {
+        if self.learned_variance {
+            2 * self.out_channels
+        } else {
+            self.out_channels
+        }
+    }
+
+    /// Head width of an attention layer in a block with `channels` channels.
+    pub fn head_dim(&self, channels: i64) -> i64 {
+        self.attention_head_dim.unwrap_or(channels)
+    }
+
+    /// Check every value; the error names the key and value.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        let channels = self.block_channels()?;
+        let levels = channels.len();
+        positive("in_channels", self.in_channels)?;
+        positive("out_channels", self.out_channels)?;
+        if self.layers_per_block < 1 {
+            return Err(ModelError::invalid(
+                "layers_per_block",
+                self.layers_per_block,
+                "must be >= 1",
+            ));
+        }
+        for (key, kinds) in [
+            ("attention", Some(&self.attention)),
+            ("up_attention", self.up_attention.as_ref()),
+        ] {
+            if let Some(kinds) = kinds
+                && !kinds.is_empty()
+                && kinds.len() != levels
+            {
+                return Err(ModelError::invalid(
+                    key,
+                    list(kinds),
+                    format!("need one entry per level ({levels}) or none"),
+                ));
+            }
+        }
+        let groups = positive("norm_num_groups", self.norm_num_groups)?;
+        if let Some(&c) = channels.iter().find(|&&c| c % groups != 0) {
+            return Err(ModelError::invalid(
+                "norm_num_groups",
+                groups,
+                format!("must divide every level's channels ({c} in {})", list(&channels)),
+            ));
+        }
+        let last = channels[levels - 1];
+        if self.mid_attention.is_some() && self.mid_attention_norm {
+            let g = positive(
+                "attn_norm_num_groups",
+                self.attn_norm_num_groups.unwrap_or(groups),
+            )?;
+            if last % g != 0 {
+                return Err(ModelError::invalid(
+                    "attn_norm_num_groups",
+                    g,
+                    format!("must divide the last level's channels ({last})"),
+                ));
+            }
+        }
+        if !(self.norm_eps > 0.0 && self.norm_eps.is_finite()) {
+            return Err(ModelError::invalid("norm_eps", self.norm_eps, "must be > 0"));
+        }
+        if let Some(d) = self.attention_head_dim {
+            positive("attention_head_dim", d)?;
+            let attn_channels = (0..levels)
+                .filter(|&l| self.down_attention(l).is_some() || self.up_attention(l).is_some())
+                .map(|l| channels[l])
+                .chain(self.mid_attention.is_some().then_some(last));
+            for c in attn_channels {
+                if d > c {
+                    return Err(ModelError::invalid(
+                        "attention_head_dim",
+                        d,
+                        format!("wider than an attention block's channels ({c})"),
+                    ));
+                }
+            }
+        }
+        let te = &self.time_embedding;
+        let sin_dim = positive("time_embedding.sinusoid_dim", self.sinusoid_dim()?)?;
+        if sin_dim < 2 || (sin_dim / 2) as f64 == te.freq_shift {
+            return Err(ModelError::invalid(
+                "time_embedding.sinusoid_dim",
+                sin_dim,
+                "must be >= 2 and its half must differ from freq_shift",
+            ));
+        }
+        if !te.freq_shift.is_finite() {
+            return Err(ModelError::invalid(
+                "time_embedding.freq_shift",
+                te.freq_shift,
+                "must be finite",
+            ));
+        }
+        if !(te.max_period > 1.0 && te.max_period.is_finite()) {
+            return Err(ModelError::invalid(
+                "time_embedding.max_period",
+                te.max_period,
+                "must be > 1",
+            ));
+        }
+        positive("time_embedding.dim", self.time_embed_dim()?)?;
+        if let Some(n) = self.num_classes {
+            positive("num_classes", n)?;
+        } else if self.null_class {
+            return Err(ModelError::invalid(
+                "null_class",
+                true,
+                "needs num_classes",
+            ));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(ModelError::invalid("dropout", self.dropout, "must be in [0, 1)"));
+        }
+        if self.downsample_padding < 0 {
+            return Err(ModelError::invalid(
+                "downsample_padding",
+                self.downsample_padding,
+                "must be >= 0",
+            ));
+        }
+        if !(self.mid_block_scale_factor > 0.0 && self.mid_block_scale_factor.is_finite()) {
+            return Err(ModelError::invalid(
+                "mid_block_scale_factor",
+                self.mid_block_scale_factor,
+                "must be > 0",
+            ));
+        }
+        Ok(())
+    }
+}
