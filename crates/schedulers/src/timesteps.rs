@@ -46,7 +46,7 @@ pub fn inference_timesteps(
 ) -> Result<Vec<i64>, ScheduleError> {
     if n == 0 || n > t {
         return Err(ScheduleError::invalid(
-            "steps",
+            "sampler.steps",
             n,
             format!("must be in [1, {t}] (the schedule's training timesteps)"),
         ));
@@ -61,7 +61,7 @@ pub fn inference_timesteps(
                 .collect();
             if ts[0] >= t as i64 {
                 return Err(ScheduleError::invalid(
-                    "steps_offset",
+                    "sampler.steps_offset",
                     steps_offset,
                     format!("pushes the first timestep to {} >= T = {t}", ts[0]),
                 ));
@@ -70,7 +70,7 @@ pub fn inference_timesteps(
         }
         TimestepSpacing::Trailing | TimestepSpacing::Linspace if steps_offset != 0 => {
             return Err(ScheduleError::invalid(
-                "steps_offset",
+                "sampler.steps_offset",
                 steps_offset,
                 "applies to leading spacing only; set it to 0",
             ));

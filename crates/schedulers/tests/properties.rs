@@ -236,7 +236,7 @@ fn inference_timesteps_properties_for_random_t_and_n() {
                 TimestepSpacing::Leading,
                 max_offset + 1
             )),
-            "steps_offset",
+            "sampler.steps_offset",
             "case {case}: T = {t}, n = {n}, offset {}",
             max_offset + 1
         );
@@ -245,12 +245,12 @@ fn inference_timesteps_properties_for_random_t_and_n() {
             let what = format!("case {case}: T = {t}, {spacing:?}");
             assert_eq!(
                 invalid_key(inference_timesteps(t, 0, spacing, 0)),
-                "steps",
+                "sampler.steps",
                 "{what}"
             );
             assert_eq!(
                 invalid_key(inference_timesteps(t, t + 1, spacing, 0)),
-                "steps",
+                "sampler.steps",
                 "{what}"
             );
         }
@@ -258,7 +258,7 @@ fn inference_timesteps_properties_for_random_t_and_n() {
         for spacing in [TimestepSpacing::Trailing, TimestepSpacing::Linspace] {
             assert_eq!(
                 invalid_key(inference_timesteps(t, n, spacing, offset)),
-                "steps_offset",
+                "sampler.steps_offset",
                 "case {case}: T = {t}, n = {n}, {spacing:?} + {offset}"
             );
         }

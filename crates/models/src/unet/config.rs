@@ -52,7 +52,7 @@ impl TimeEmbeddingConfig {
 ///
 /// Channels come either from `block_out_channels` or from
 /// `min(base_channels · channel_mult[i], max_channels)`. Levels are indexed from the
-/// highest resolution (0). Defaults give a 4-level, 35M-parameter model for 3-channel images.
+/// highest resolution (0).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UNetConfig {
@@ -359,11 +359,11 @@ impl UNetConfig {
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(ModelError::invalid("dropout", self.dropout, "must be in [0, 1)"));
         }
-        if self.downsample_padding < 0 {
+        if !(0..=1).contains(&self.downsample_padding) {
             return Err(ModelError::invalid(
                 "downsample_padding",
                 self.downsample_padding,
-                "must be >= 0",
+                "must be 0 or 1 (other values change the feature-map size)",
             ));
         }
         if !(self.mid_block_scale_factor > 0.0 && self.mid_block_scale_factor.is_finite()) {

@@ -1,0 +1,308 @@
+//! The UNet's stages: encoder level, middle block, decoder level, and the resampling layers.
+//! Parameter names follow diffusers' `DownBlock2D`/`AttnDownBlock2D`, `UNetMidBlock2D` and
+//! `UpBlock2D`/`AttnUpBlock2D` (`resnets.i`, `attentions.i`, `downsamplers.0.conv`,
+//! `upsamplers.0.conv`).
+
+use tch::{Tensor, nn, nn::Module};
+
+use crate::attention::{AttentionConfig, SpatialAttention};
+use crate::params::ParamCount;
+use crate::resnet::{ResnetBlock2D, ResnetConfig, conv3x3};
+use crate::{AttentionKind, ModelError};
+
+/// Stride-2 3×3 convolution halving H and W. With `padding = 0` the input is first padded by
+/// one on the right and bottom only (diffusers' `Downsample2D` convention).
+#[derive(Debug)]
+pub struct Downsample {
+    conv: nn::Conv2D,
+    padding: i64,
+}
+
+impl Downsample {
+    /// `channels` → `channels`, parameters under `vs` (`conv.*`).
+    pub fn new(vs: &nn::Path, channels: i64, padding: i64) -> Self {
+        Self {
+            conv: conv3x3(vs / "conv", channels, channels, 2, padding),
+            padding,
+        }
+    }
+
+    /// `[B, C, H, W]` → `[B, C, H/2, W/2]`.
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        if self.padding == 0 {
+            self.conv.forward(&x.constant_pad_nd([0, 1, 0, 1]))
+        } else {
+            self.conv.forward(x)
+        }
+    }
+}
+
+/// Nearest-neighbour ×2 upsampling followed by a 3×3 convolution.
+#[derive(Debug)]
+pub struct Upsample {
+    conv: nn::Conv2D,
+}
+
+impl Upsample {
+    /// `channels` → `channels`, parameters under `vs` (`conv.*`).
+    pub fn new(vs: &nn::Path, channels: i64) -> Self {
+        Self {
+            conv: conv3x3(vs / "conv", channels, channels, 1, 1),
+        }
+    }
+
+    /// `[B, C, H, W]` → `[B, C, 2H, 2W]`.
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let size = x.size();
+        let (h, w) = (size[size.len() - 2], size[size.len() - 1]);
+        self.conv
+            .forward(&x.upsample_nearest2d([2 * h, 2 * w], 2.0, 2.0))
+    }
+}
+
+/// What every block of one UNet shares.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BlockCommon {
+    pub temb_channels: i64,
+    pub groups: i64,
+    pub eps: f64,
+    pub dropout: f64,
+    pub conditioning: crate::TimeConditioning,
+    pub head_dim: Option<i64>,
+}
+
+impl BlockCommon {
+    fn resnet(&self, in_channels: i64, out_channels: i64, scale: f64) -> ResnetConfig {
+        ResnetConfig {
+            in_channels,
+            out_channels,
+            temb_channels: self.temb_channels,
+            groups: self.groups,
+            eps: self.eps,
+            dropout: self.dropout,
+            conditioning: self.conditioning,
+            output_scale_factor: scale,
+        }
+    }
+
+    fn attention(
+        &self,
+        channels: i64,
+        kind: AttentionKind,
+        norm_groups: Option<i64>,
+        scale: f64,
+    ) -> AttentionConfig {
+        AttentionConfig {
+            channels,
+            head_dim: self.head_dim.unwrap_or(channels),
+            norm_groups,
+            eps: self.eps,
+            rescale_output_factor: scale,
+            kind,
+        }
+    }
+}
+
+fn attentions(
+    vs: &nn::Path,
+    common: &BlockCommon,
+    count: usize,
+    channels: i64,
+    kind: AttentionKind,
+) -> Result<Vec<SpatialAttention>, ModelError> {
+    if !kind.is_some() {
+        return Ok(Vec::new());
+    }
+    let cfg = common.attention(channels, kind, Some(common.groups), 1.0);
+    (0..count)
+        .map(|i| SpatialAttention::new(&(vs / "attentions" / i), &cfg))
+        .collect()
+}
+
+/// One encoder level: `layers` × (resnet, optional attention), then an optional [`Downsample`].
+/// Every intermediate output (and the downsampled one) is kept as a skip connection.
+#[derive(Debug)]
+pub struct DownBlock {
+    resnets: Vec<ResnetBlock2D>,
+    attentions: Vec<SpatialAttention>,
+    downsampler: Option<Downsample>,
+}
+
+impl DownBlock {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        vs: &nn::Path,
+        common: &BlockCommon,
+        layers: usize,
+        in_channels: i64,
+        out_channels: i64,
+        attention: AttentionKind,
+        downsample_padding: Option<i64>,
+    ) -> Result<Self, ModelError> {
+        let resnets = (0..layers)
+            .map(|i| {
+                let c_in = if i == 0 { in_channels } else { out_channels };
+                ResnetBlock2D::new(
+                    &(vs / "resnets" / i),
+                    &common.resnet(c_in, out_channels, 1.0),
+                )
+            })
+            .collect();
+        Ok(Self {
+            resnets,
+            attentions: attentions(vs, common, layers, out_channels, attention)?,
+            downsampler: downsample_padding
+                .map(|p| Downsample::new(&(vs / "downsamplers" / 0), out_channels, p)),
+        })
+    }
+
+    /// `x` → (output, skip tensors in order of production).
+    pub fn forward(&self, x: &Tensor, temb: &Tensor, train: bool) -> (Tensor, Vec<Tensor>) {
+        let mut h = x.shallow_clone();
+        let mut skips = Vec::with_capacity(self.resnets.len() + 1);
+        for (i, resnet) in self.resnets.iter().enumerate() {
+            h = resnet.forward(&h, temb, train);
+            if let Some(attn) = self.attentions.get(i) {
+                h = attn.forward(&h);
+            }
+            skips.push(h.shallow_clone());
+        }
+        if let Some(down) = &self.downsampler {
+            h = down.forward(&h);
+            skips.push(h.shallow_clone());
+        }
+        (h, skips)
+    }
+}
+
+impl ParamCount for DownBlock {
+    fn param_count(&self) -> i64 {
+        self.resnets.param_count()
+            + self.attentions.param_count()
+            + self.downsampler.as_ref().map_or(0, |d| d.conv.param_count())
+    }
+}
+
+/// The middle block: resnet, optional attention, resnet, all at the lowest resolution, with
+/// outputs divided by `output_scale_factor`.
+#[derive(Debug)]
+pub struct MidBlock {
+    resnets: Vec<ResnetBlock2D>,
+    attention: Option<SpatialAttention>,
+}
+
+impl MidBlock {
+    pub(crate) fn new(
+        vs: &nn::Path,
+        common: &BlockCommon,
+        channels: i64,
+        attention: AttentionKind,
+        attention_norm_groups: Option<i64>,
+        output_scale_factor: f64,
+    ) -> Result<Self, ModelError> {
+        let cfg = common.resnet(channels, channels, output_scale_factor);
+        let resnets = (0..2)
+            .map(|i| ResnetBlock2D::new(&(vs / "resnets" / i), &cfg))
+            .collect();
+        let attention = if attention.is_some() {
+            let cfg = common.attention(
+                channels,
+                attention,
+                attention_norm_groups,
+                output_scale_factor,
+            );
+            Some(SpatialAttention::new(&(vs / "attentions" / 0), &cfg)?)
+        } else {
+            None
+        };
+        Ok(Self { resnets, attention })
+    }
+
+    /// `[B, C, h, w]` → `[B, C, h, w]`.
+    pub fn forward(&self, x: &Tensor, temb: &Tensor, train: bool) -> Tensor {
+        let mut h = self.resnets[0].forward(x, temb, train);
+        if let Some(attn) = &self.attention {
+            h = attn.forward(&h);
+        }
+        self.resnets[1].forward(&h, temb, train)
+    }
+}
+
+impl ParamCount for MidBlock {
+    fn param_count(&self) -> i64 {
+        self.resnets.param_count() + self.attention.param_count()
+    }
+}
+
+/// One decoder level: `layers` × (concat a skip, resnet, optional attention), then an optional
+/// [`Upsample`].
+#[derive(Debug)]
+pub struct UpBlock {
+    resnets: Vec<ResnetBlock2D>,
+    attentions: Vec<SpatialAttention>,
+    upsampler: Option<Upsample>,
+}
+
+impl UpBlock {
+    /// `skip_channels[i]` is the width of the skip consumed by resnet `i`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        vs: &nn::Path,
+        common: &BlockCommon,
+        prev_channels: i64,
+        out_channels: i64,
+        skip_channels: &[i64],
+        attention: AttentionKind,
+        upsample: bool,
+    ) -> Result<Self, ModelError> {
+        let resnets = skip_channels
+            .iter()
+            .enumerate()
+            .map(|(i, &skip)| {
+                let c_in = if i == 0 { prev_channels } else { out_channels };
+                ResnetBlock2D::new(
+                    &(vs / "resnets" / i),
+                    &common.resnet(c_in + skip, out_channels, 1.0),
+                )
+            })
+            .collect();
+        let layers = skip_channels.len();
+        Ok(Self {
+            resnets,
+            attentions: attentions(vs, common, layers, out_channels, attention)?,
+            upsampler: upsample.then(|| Upsample::new(&(vs / "upsamplers" / 0), out_channels)),
+        })
+    }
+
+    /// Number of skip connections this level consumes.
+    pub fn num_skips(&self) -> usize {
+        self.resnets.len()
+    }
+
+    /// `x` plus skips popped from the end of `skips` → output.
+    ///
+    /// # Panics
+    /// If `skips` holds fewer than [`UpBlock::num_skips`] tensors.
+    pub fn forward(&self, x: &Tensor, skips: &mut Vec<Tensor>, temb: &Tensor, train: bool) -> Tensor {
+        let mut h = x.shallow_clone();
+        for (i, resnet) in self.resnets.iter().enumerate() {
+            let skip = skips.pop().expect("UpBlock: not enough skip connections");
+            h = resnet.forward(&Tensor::cat(&[h, skip], 1), temb, train);
+            if let Some(attn) = self.attentions.get(i) {
+                h = attn.forward(&h);
+            }
+        }
+        match &self.upsampler {
+            Some(up) => up.forward(&h),
+            None => h,
+        }
+    }
+}
+
+impl ParamCount for UpBlock {
+    fn param_count(&self) -> i64 {
+        self.resnets.param_count()
+            + self.attentions.param_count()
+            + self.upsampler.as_ref().map_or(0, |u| u.conv.param_count())
+    }
+}
