@@ -26,7 +26,9 @@ pub enum DeviceError {
     #[error("invalid device {0:?}: expected auto, cpu, cuda or cuda:N")]
     Parse(String),
     /// CUDA requested but libtorch sees no GPU (or fewer than asked for).
-    #[error("device cuda:{index} requested but libtorch sees {available} CUDA device(s); use --device cpu or auto")]
+    #[error(
+        "device cuda:{index} requested but libtorch sees {available} CUDA device(s); use --device cpu or auto"
+    )]
     Unavailable {
         /// The ordinal asked for.
         index: usize,
@@ -82,7 +84,10 @@ impl DeviceSpec {
             Self::Auto if cuda_devices > 0 => Ok(Device::Cuda(0)),
             Self::Auto => Ok(Device::Cpu),
             Self::Cuda(index) if index < cuda_devices => Ok(Device::Cuda(index)),
-            Self::Cuda(index) => Err(DeviceError::Unavailable { index, available: cuda_devices }),
+            Self::Cuda(index) => Err(DeviceError::Unavailable {
+                index,
+                available: cuda_devices,
+            }),
         }
     }
 
@@ -113,7 +118,11 @@ mod tests {
         assert_eq!("cuda".parse(), Ok(DeviceSpec::Cuda(0)));
         assert_eq!("cuda:3".parse(), Ok(DeviceSpec::Cuda(3)));
         for bad in ["gpu", "cuda:", "cuda:x", "cuda:-1", "CPU", ""] {
-            assert_eq!(bad.parse::<DeviceSpec>(), Err(DeviceError::Parse(bad.to_string())), "{bad}");
+            assert_eq!(
+                bad.parse::<DeviceSpec>(),
+                Err(DeviceError::Parse(bad.to_string())),
+                "{bad}"
+            );
         }
         assert_eq!(DeviceSpec::Cuda(2).to_string(), "cuda:2");
     }
@@ -125,7 +134,10 @@ mod tests {
         assert_eq!(DeviceSpec::Cuda(1).resolve_with(2), Ok(Device::Cuda(1)));
         assert_eq!(
             DeviceSpec::Cuda(0).resolve_with(0),
-            Err(DeviceError::Unavailable { index: 0, available: 0 })
+            Err(DeviceError::Unavailable {
+                index: 0,
+                available: 0
+            })
         );
         assert_eq!(DeviceSpec::Cpu.resolve_with(4), Ok(Device::Cpu));
     }

@@ -3,5 +3,6 @@
 //! the runtime device choice shared by every command.
 
 mod device;
+pub mod images;
 
 pub use device::{DeviceError, DeviceSpec};
