@@ -25,7 +25,8 @@ enum Command {
 }
 
 fn parse_device(s: &str) -> Result<DeviceSpec, String> {
-    s.parse().map_err(|e: difflab_pipeline::DeviceError| e.to_string())
+    s.parse()
+        .map_err(|e: difflab_pipeline::DeviceError| e.to_string())
 }
 
 fn main() {

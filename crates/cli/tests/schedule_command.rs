@@ -10,11 +10,18 @@ use golden::{assert_close, f64s, schedulers_json};
 use serde_json::Value;
 
 fn difflab(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_difflab")).args(args).output().expect("run difflab")
+    Command::new(env!("CARGO_BIN_EXE_difflab"))
+        .args(args)
+        .output()
+        .expect("run difflab")
 }
 
 fn stdout_json(out: &Output) -> Value {
-    assert!(out.status.success(), "difflab failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "difflab failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).expect("one JSON object on stdout")
 }
 
@@ -26,13 +33,36 @@ fn json_tables_match_the_golden_file_for_every_kind() {
             "squaredcos_cap_v2" => "cosine",
             k => k,
         };
-        let (b0, b1) = (entry["beta_start"].to_string(), entry["beta_end"].to_string());
+        let (b0, b1) = (
+            entry["beta_start"].to_string(),
+            entry["beta_end"].to_string(),
+        );
         let out = stdout_json(&difflab(&[
-            "schedule", "--kind", kind, "--timesteps", "1000", "--beta-start", &b0, "--beta-end", &b1, "--json",
+            "schedule",
+            "--kind",
+            kind,
+            "--timesteps",
+            "1000",
+            "--beta-start",
+            &b0,
+            "--beta-end",
+            &b1,
+            "--json",
         ]));
-        assert_close(&format!("{kind} betas"), &f64s(&out["betas"]), &f64s(&entry["betas"]));
-        assert_close(&format!("{kind} alphas_cumprod"), &f64s(&out["alphas_cumprod"]), &f64s(&entry["alphas_cumprod"]));
-        assert!(out.get("timesteps").is_none(), "timesteps only with --inference-steps");
+        assert_close(
+            &format!("{kind} betas"),
+            &f64s(&out["betas"]),
+            &f64s(&entry["betas"]),
+        );
+        assert_close(
+            &format!("{kind} alphas_cumprod"),
+            &f64s(&out["alphas_cumprod"]),
+            &f64s(&entry["alphas_cumprod"]),
+        );
+        assert!(
+            out.get("timesteps").is_none(),
+            "timesteps only with --inference-steps"
+        );
     }
 }
 
@@ -44,8 +74,16 @@ fn json_timesteps_match_the_golden_ddim_lists() {
         let offset = entry["steps_offset"].to_string();
         let spacing = entry["timestep_spacing"].as_str().unwrap();
         let out = stdout_json(&difflab(&[
-            "schedule", "--kind", "linear", "--json", "--inference-steps", &n, "--spacing", spacing,
-            "--steps-offset", &offset,
+            "schedule",
+            "--kind",
+            "linear",
+            "--json",
+            "--inference-steps",
+            &n,
+            "--spacing",
+            spacing,
+            "--steps-offset",
+            &offset,
         ]));
         assert_eq!(out["timesteps"], entry["timesteps"], "{spacing} {n}");
         assert_eq!(out["betas"].as_array().unwrap().len(), 1000);
@@ -54,7 +92,13 @@ fn json_timesteps_match_the_golden_ddim_lists() {
 
 #[test]
 fn zero_terminal_snr_ends_at_zero() {
-    let out = stdout_json(&difflab(&["schedule", "--kind", "scaled_linear", "--zero-terminal-snr", "--json"]));
+    let out = stdout_json(&difflab(&[
+        "schedule",
+        "--kind",
+        "scaled_linear",
+        "--zero-terminal-snr",
+        "--json",
+    ]));
     let ab = f64s(&out["alphas_cumprod"]);
     assert_eq!(*ab.last().unwrap(), 0.0);
     assert!(ab[0] > 0.99);
@@ -65,8 +109,20 @@ fn plot_writes_a_png_with_four_panels() {
     let dir = std::env::temp_dir().join(format!("difflab-schedule-plot-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("schedules.png");
-    let out = difflab(&["schedule", "--kind", "linear", "--kind", "cosine", "--plot", path.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = difflab(&[
+        "schedule",
+        "--kind",
+        "linear",
+        "--kind",
+        "cosine",
+        "--plot",
+        path.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let bytes = std::fs::read(&path).unwrap();
     assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
     let (w, h) = (
@@ -80,17 +136,71 @@ fn plot_writes_a_png_with_four_panels() {
 #[test]
 fn bad_input_is_reported_with_the_key_and_value() {
     let cases: [(&[&str], i32, &str); 6] = [
-        (&["schedule", "--kind", "quadratic", "--json"], 2, "quadratic"),
-        (&["schedule", "--kind", "linear", "--beta-end", "2", "--json"], 1, "schedule.beta_end = 2"),
+        (
+            &["schedule", "--kind", "quadratic", "--json"],
+            2,
+            "quadratic",
+        ),
+        (
+            &["schedule", "--kind", "linear", "--beta-end", "2", "--json"],
+            1,
+            "schedule.beta_end = 2",
+        ),
         (&["schedule", "--kind", "linear"], 1, "--json"),
-        (&["schedule", "--kind", "linear", "--kind", "cosine", "--json"], 1, "single --kind"),
-        (&["schedule", "--kind", "linear", "--json", "--inference-steps", "2000"], 1, "steps = 2000"),
-        (&["--device", "gpu", "schedule", "--kind", "linear", "--json"], 2, "\"gpu\""),
+        (
+            &["schedule", "--kind", "linear", "--kind", "cosine", "--json"],
+            1,
+            "single --kind",
+        ),
+        (
+            &[
+                "schedule",
+                "--kind",
+                "linear",
+                "--json",
+                "--inference-steps",
+                "2000",
+            ],
+            1,
+            "steps = 2000",
+        ),
+        (
+            &["--device", "gpu", "schedule", "--kind", "linear", "--json"],
+            2,
+            "\"gpu\"",
+        ),
     ];
     for (args, code, needle) in cases {
         let out = difflab(args);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
-        assert!(err.contains(needle), "{args:?}: stderr should mention {needle:?}: {err}");
+        assert!(
+            err.contains(needle),
+            "{args:?}: stderr should mention {needle:?}: {err}"
+        );
     }
+}
+
+/// `libtorch_cuda` must stay linked (the build script passes `--no-as-needed`): without it
+/// `--device auto` never finds a GPU, because nothing references CUDA symbols directly.
+#[test]
+fn binary_keeps_libtorch_cuda_linked_when_libtorch_has_it() {
+    let libtorch = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.libtorch/lib");
+    if !libtorch.join("libtorch_cuda.so").exists() {
+        eprintln!("skipped: this libtorch is CPU-only");
+        return;
+    }
+    let out = Command::new("ldd")
+        .arg(env!("CARGO_BIN_EXE_difflab"))
+        .output()
+        .expect("ldd");
+    let deps = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        deps.contains("libtorch_cuda.so"),
+        "difflab does not link libtorch_cuda:\n{deps}"
+    );
+    assert!(
+        !deps.contains("not found"),
+        "unresolved libraries (rpath?):\n{deps}"
+    );
 }

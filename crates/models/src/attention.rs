@@ -78,7 +78,10 @@ impl SpatialAttention {
             return Err(ModelError::invalid(
                 "attention_head_dim",
                 c.head_dim,
-                format!("must be between 1 and the block's channels ({})", c.channels),
+                format!(
+                    "must be between 1 and the block's channels ({})",
+                    c.channels
+                ),
             ));
         }
         let heads = c.channels / c.head_dim;
@@ -133,7 +136,11 @@ impl SpatialAttention {
             ),
         };
         let out = out.transpose(1, 2).reshape([b, n, self.heads * d]);
-        let out = self.to_out.forward(&out).transpose(1, 2).reshape([b, c, h, w]);
+        let out = self
+            .to_out
+            .forward(&out)
+            .transpose(1, 2)
+            .reshape([b, c, h, w]);
         let out = out + x;
         if self.config.rescale_output_factor == 1.0 {
             out
@@ -177,7 +184,10 @@ mod tests {
         let qs = q.softmax(-1, None) * 0.5;
         let ks = k.softmax(-2, None);
         let quadratic = qs.matmul(&ks.transpose(-1, -2)).matmul(&v);
-        let diff = (linear_attention(&q, &k, &v) - quadratic).abs().max().double_value(&[]);
+        let diff = (linear_attention(&q, &k, &v) - quadratic)
+            .abs()
+            .max()
+            .double_value(&[]);
         assert!(diff < 1e-12, "{diff}");
         // K is normalised over positions: each feature column of softmax_N(K) sums to 1.
         let sums = ks.sum_dim_intlist([-2i64].as_slice(), false, Kind::Double);

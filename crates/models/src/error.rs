@@ -99,7 +99,11 @@ pub enum ModelError {
 
 impl ModelError {
     /// Shorthand for [`ModelError::InvalidConfig`].
-    pub fn invalid(key: impl Into<String>, value: impl ToString, reason: impl Into<String>) -> Self {
+    pub fn invalid(
+        key: impl Into<String>,
+        value: impl ToString,
+        reason: impl Into<String>,
+    ) -> Self {
         Self::InvalidConfig {
             key: key.into(),
             value: value.to_string(),

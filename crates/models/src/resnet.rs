@@ -62,7 +62,13 @@ pub(crate) fn group_norm(vs: nn::Path, groups: i64, channels: i64, eps: f64) -> 
     nn::group_norm(vs, groups, channels, config)
 }
 
-pub(crate) fn conv3x3(vs: nn::Path, c_in: i64, c_out: i64, stride: i64, padding: i64) -> nn::Conv2D {
+pub(crate) fn conv3x3(
+    vs: nn::Path,
+    c_in: i64,
+    c_out: i64,
+    stride: i64,
+    padding: i64,
+) -> nn::Conv2D {
     let config = nn::ConvConfig {
         stride,
         padding,

@@ -6,7 +6,9 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use difflab_pipeline::DeviceSpec;
 use difflab_plot::{Chart, Figure, Series};
-use difflab_schedulers::{BetaScheduleKind, NoiseSchedule, ScheduleConfig, TimestepSpacing, inference_timesteps};
+use difflab_schedulers::{
+    BetaScheduleKind, NoiseSchedule, ScheduleConfig, TimestepSpacing, inference_timesteps,
+};
 use serde_json::json;
 
 /// Arguments of `difflab schedule`.
@@ -48,11 +50,13 @@ pub struct ScheduleArgs {
 }
 
 fn parse_kind(s: &str) -> Result<BetaScheduleKind, String> {
-    s.parse().map_err(|e: difflab_schedulers::ScheduleError| e.to_string())
+    s.parse()
+        .map_err(|e: difflab_schedulers::ScheduleError| e.to_string())
 }
 
 fn parse_spacing(s: &str) -> Result<TimestepSpacing, String> {
-    s.parse().map_err(|e: difflab_schedulers::ScheduleError| e.to_string())
+    s.parse()
+        .map_err(|e: difflab_schedulers::ScheduleError| e.to_string())
 }
 
 impl ScheduleArgs {
@@ -82,12 +86,19 @@ pub fn run(args: &ScheduleArgs, _device: DeviceSpec) -> Result<()> {
     let schedules = args
         .kind
         .iter()
-        .map(|&k| args.config(k).build().with_context(|| format!("schedule {}", k.name())))
+        .map(|&k| {
+            args.config(k)
+                .build()
+                .with_context(|| format!("schedule {}", k.name()))
+        })
         .collect::<Result<Vec<NoiseSchedule>>>()?;
     let visited = args.visited()?;
     if args.json {
         if schedules.len() != 1 {
-            bail!("--json prints one schedule; pass a single --kind (got {})", schedules.len());
+            bail!(
+                "--json prints one schedule; pass a single --kind (got {})",
+                schedules.len()
+            );
         }
         let s = &schedules[0];
         let mut out = json!({
@@ -113,8 +124,16 @@ pub fn run(args: &ScheduleArgs, _device: DeviceSpec) -> Result<()> {
 
 /// β, α, ᾱ and log-SNR panels, one series per schedule.
 fn plot(args: &ScheduleArgs, schedules: &[NoiseSchedule]) -> Figure {
-    let suffix = if args.zero_terminal_snr { " [zero terminal SNR]" } else { "" };
-    let panel = |title: &str, y: &str| Chart::new(format!("{title}{suffix}")).x_label("timestep t").y_label(y);
+    let suffix = if args.zero_terminal_snr {
+        " [zero terminal SNR]"
+    } else {
+        ""
+    };
+    let panel = |title: &str, y: &str| {
+        Chart::new(format!("{title}{suffix}"))
+            .x_label("timestep t")
+            .y_label(y)
+    };
     let mut charts = [
         panel("beta_t", "beta").log_y(),
         panel("alpha_t", "alpha"),

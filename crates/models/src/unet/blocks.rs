@@ -179,7 +179,10 @@ impl ParamCount for DownBlock {
     fn param_count(&self) -> i64 {
         self.resnets.param_count()
             + self.attentions.param_count()
-            + self.downsampler.as_ref().map_or(0, |d| d.conv.param_count())
+            + self
+                .downsampler
+                .as_ref()
+                .map_or(0, |d| d.conv.param_count())
     }
 }
 
@@ -283,7 +286,13 @@ impl UpBlock {
     ///
     /// # Panics
     /// If `skips` holds fewer than [`UpBlock::num_skips`] tensors.
-    pub fn forward(&self, x: &Tensor, skips: &mut Vec<Tensor>, temb: &Tensor, train: bool) -> Tensor {
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        skips: &mut Vec<Tensor>,
+        temb: &Tensor,
+        train: bool,
+    ) -> Tensor {
         let mut h = x.shallow_clone();
         for (i, resnet) in self.resnets.iter().enumerate() {
             let skip = skips.pop().expect("UpBlock: not enough skip connections");

@@ -80,7 +80,7 @@ pub struct UNetConfig {
     pub mid_attention_norm: bool,
     /// Groups of the middle attention's GroupNorm; default: `norm_num_groups`.
     pub attn_norm_num_groups: Option<i64>,
-    /// Width of one attention head; `None`: one head as wide as the block.
+    /// Width of one attention head; `None` (default): one head as wide as the block (DDPM).
     pub attention_head_dim: Option<i64>,
     /// GroupNorm groups everywhere (must divide every channel count).
     pub norm_num_groups: i64,
@@ -120,7 +120,7 @@ impl Default for UNetConfig {
             mid_attention: AttentionKind::Full,
             mid_attention_norm: true,
             attn_norm_num_groups: None,
-            attention_head_dim: Some(32),
+            attention_head_dim: None,
             norm_num_groups: 32,
             norm_eps: 1e-5,
             time_embedding: TimeEmbeddingConfig::default(),
@@ -167,7 +167,10 @@ impl UNetConfig {
             }
             None => {
                 let base = positive("base_channels", self.base_channels.unwrap_or(64))?;
-                let mult = self.channel_mult.clone().unwrap_or_else(|| vec![1, 2, 2, 2]);
+                let mult = self
+                    .channel_mult
+                    .clone()
+                    .unwrap_or_else(|| vec![1, 2, 2, 2]);
                 for &m in &mult {
                     if m < 1 {
                         return Err(ModelError::invalid(
@@ -287,7 +290,10 @@ impl UNetConfig {
             return Err(ModelError::invalid(
                 "norm_num_groups",
                 groups,
-                format!("must divide every level's channels ({c} in {})", list(&channels)),
+                format!(
+                    "must divide every level's channels ({c} in {})",
+                    list(&channels)
+                ),
             ));
         }
         let last = channels[levels - 1];
@@ -305,7 +311,11 @@ impl UNetConfig {
             }
         }
         if !(self.norm_eps > 0.0 && self.norm_eps.is_finite()) {
-            return Err(ModelError::invalid("norm_eps", self.norm_eps, "must be > 0"));
+            return Err(ModelError::invalid(
+                "norm_eps",
+                self.norm_eps,
+                "must be > 0",
+            ));
         }
         if let Some(d) = self.attention_head_dim {
             positive("attention_head_dim", d)?;
@@ -350,14 +360,14 @@ impl UNetConfig {
         if let Some(n) = self.num_classes {
             positive("num_classes", n)?;
         } else if self.null_class {
-            return Err(ModelError::invalid(
-                "null_class",
-                true,
-                "needs num_classes",
-            ));
+            return Err(ModelError::invalid("null_class", true, "needs num_classes"));
         }
         if !(0.0..1.0).contains(&self.dropout) {
-            return Err(ModelError::invalid("dropout", self.dropout, "must be in [0, 1)"));
+            return Err(ModelError::invalid(
+                "dropout",
+                self.dropout,
+                "must be in [0, 1)",
+            ));
         }
         if !(0..=1).contains(&self.downsample_padding) {
             return Err(ModelError::invalid(

@@ -67,9 +67,11 @@ impl UNet {
             c_in = c;
         }
 
-        let mid_norm = config
-            .mid_attention_norm
-            .then(|| config.attn_norm_num_groups.unwrap_or(config.norm_num_groups));
+        let mid_norm = config.mid_attention_norm.then(|| {
+            config
+                .attn_norm_num_groups
+                .unwrap_or(config.norm_num_groups)
+        });
         let mid_block = MidBlock::new(
             &(vs / "mid_block"),
             &common,
@@ -84,7 +86,9 @@ impl UNet {
         let mut prev = channels[levels - 1];
         for i in 0..levels {
             let level = levels - 1 - i;
-            let skips: Vec<i64> = (0..=layers).map(|_| skip_widths.pop().unwrap_or(0)).collect();
+            let skips: Vec<i64> = (0..=layers)
+                .map(|_| skip_widths.pop().unwrap_or(0))
+                .collect();
             up_blocks.push(UpBlock::new(
                 &(vs / "up_blocks" / i),
                 &common,
@@ -111,7 +115,12 @@ impl UNet {
             down_blocks,
             mid_block,
             up_blocks,
-            conv_norm_out: group_norm(vs / "conv_norm_out", config.norm_num_groups, c0, config.norm_eps),
+            conv_norm_out: group_norm(
+                vs / "conv_norm_out",
+                config.norm_num_groups,
+                c0,
+                config.norm_eps,
+            ),
             conv_out: conv3x3(vs / "conv_out", c0, config.model_out_channels(), 1, 1),
             config: config.clone(),
             channels,
@@ -185,11 +194,14 @@ impl UNet {
         let (t, labels) = self.check_inputs(&x, &t, labels.as_ref())?;
         let mut shapes: Vec<(String, Vec<i64>)> = Vec::new();
         let _guard = tch::no_grad_guard();
-        self.run(&x, &t, labels.as_ref(), false, &mut |name, out| {
+        let _output = self.run(&x, &t, labels.as_ref(), false, &mut |name, out| {
             shapes.push((name.to_string(), out.size()));
         });
         let params = |name: &str| -> i64 {
-            let index = |prefix: &str| name.strip_prefix(prefix).and_then(|i| i.parse::<usize>().ok());
+            let index = |prefix: &str| {
+                name.strip_prefix(prefix)
+                    .and_then(|i| i.parse::<usize>().ok())
+            };
             if let Some(i) = index("down_blocks.") {
                 self.down_blocks[i].param_count()
             } else if let Some(i) = index("up_blocks.") {
@@ -234,7 +246,10 @@ impl UNet {
             return Err(bad_x(format!("expected [B, C, H, W], got shape {size:?}")));
         }
         if !x.is_floating_point() {
-            return Err(bad_x(format!("expected a floating tensor, got {:?}", x.kind())));
+            return Err(bad_x(format!(
+                "expected a floating tensor, got {:?}",
+                x.kind()
+            )));
         }
         let (b, c, h, w) = (size[0], size[1], size[2], size[3]);
         if c != self.config.in_channels {
@@ -325,13 +340,16 @@ impl UNet {
             &self.config.time_embedding.sinusoidal(),
         )
         .to_kind(x.kind());
-        let mut emb = self.time_embedding.forward(&code);
-        record("time_embedding", &emb);
-        if let (Some(class_embedding), Some(labels)) = (&self.class_embedding, labels) {
-            let class_emb = class_embedding.forward(labels);
-            record("class_embedding", &class_emb);
-            emb = emb + class_emb;
-        }
+        let time_emb = self.time_embedding.forward(&code);
+        record("time_embedding", &time_emb);
+        let emb = match (&self.class_embedding, labels) {
+            (Some(class_embedding), Some(labels)) => {
+                let class_emb = class_embedding.forward(labels);
+                record("class_embedding", &class_emb);
+                time_emb + class_emb
+            }
+            _ => time_emb,
+        };
 
         let mut h = self.conv_in.forward(x);
         record("conv_in", &h);

@@ -30,7 +30,13 @@ impl fmt::Display for ModelSummary {
             let parts: Vec<String> = s.iter().map(i64::to_string).collect();
             format!("[{}]", parts.join(", "))
         };
-        let width = self.rows.iter().map(|r| r.name.len()).max().unwrap_or(5).max(5);
+        let width = self
+            .rows
+            .iter()
+            .map(|r| r.name.len())
+            .max()
+            .unwrap_or(5)
+            .max(5);
         writeln!(f, "input {}", shape(&self.input_shape))?;
         writeln!(f, "{:<width$}  {:<20}  {:>12}", "block", "output", "params")?;
         for row in &self.rows {
@@ -42,6 +48,10 @@ impl fmt::Display for ModelSummary {
                 row.params
             )?;
         }
-        write!(f, "{:<width$}  {:<20}  {:>12}", "total", "", self.total_params)
+        write!(
+            f,
+            "{:<width$}  {:<20}  {:>12}",
+            "total", "", self.total_params
+        )
     }
 }

@@ -1,0 +1,105 @@
+//! End to end: the `uncond` fixture sampled with difflab's DDIM reproduces the images of
+//! diffusers' `DDIMPipeline` (seed 0, 20 steps, default `DDIMScheduler`).
+
+use std::path::PathBuf;
+
+use difflab_models::load_diffusers_unet;
+use difflab_samplers::{
+    Conditioning, DdimSampler, FnDenoiser, GlobalSeedNoise, NoiseSource, Sampler, X0Processing,
+};
+use difflab_schedulers::{Prediction, ScheduleConfig, TimestepSpacing};
+use tch::{Device, Kind, Tensor};
+
+fn fixture() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/golden/unet2d/uncond")
+}
+
+/// A `.npy` file holding a C-ordered uint8 array: (shape, data).
+fn read_npy_u8(path: &std::path::Path) -> (Vec<i64>, Vec<u8>) {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(&bytes[..6], b"\x93NUMPY", "not an .npy file");
+    let (header_len, start) = match bytes[6] {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        _ => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
+    };
+    let header = std::str::from_utf8(&bytes[start..start + header_len]).expect("utf-8 header");
+    assert!(
+        header.contains("'descr': '|u1'") && header.contains("'fortran_order': False"),
+        "expected C-ordered uint8, header {header}"
+    );
+    let shape_text = header
+        .split("'shape': (")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .expect("shape in header");
+    let shape: Vec<i64> = shape_text
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().expect("shape entry"))
+        .collect();
+    let data = bytes[start + header_len..].to_vec();
+    assert_eq!(
+        data.len() as i64,
+        shape.iter().product::<i64>(),
+        "data size"
+    );
+    (shape, data)
+}
+
+#[test]
+fn ddim_20_steps_reproduces_diffusers_pipeline() {
+    let (reference_shape, reference) = read_npy_u8(&fixture().join("ddim_seed0_steps20_n4.npy"));
+    let (unet, _vs, config) = load_diffusers_unet(fixture(), Device::Cpu).expect("load fixture");
+    let (h, w) = config.sample_size().expect("sample_size");
+    let c = config.in_channels;
+    assert_eq!(reference_shape, [4, h, w, c]);
+
+    let schedule = ScheduleConfig::default().build().expect("schedule");
+    let sampler = DdimSampler::new(
+        &schedule,
+        20,
+        TimestepSpacing::Leading,
+        0,
+        true,
+        0.0,
+        X0Processing::Clip { range: 1.0 },
+    )
+    .expect("sampler");
+    let denoiser = FnDenoiser::new(
+        Prediction::Eps,
+        |x: &Tensor, t: &Tensor, _: &Conditioning| unet.forward(x, t, None, false),
+    );
+    // torch.manual_seed(0); torch.randn([4, C, H, W]); eta = 0 draws nothing more.
+    let mut noise = GlobalSeedNoise::new(0);
+    let x = noise.draw(&[4, c, h, w], Kind::Float, Device::Cpu);
+    let x = sampler
+        .sample(&denoiser, x, &Conditioning::none(), &mut noise, &mut |_| {})
+        .expect("sampling");
+    drop(noise);
+
+    let images = ((x / 2.0 + 0.5).clamp(0.0, 1.0) * 255.0)
+        .round()
+        .permute([0, 2, 3, 1])
+        .contiguous()
+        .to_kind(Kind::Uint8);
+    let ours = Vec::<u8>::try_from(images.flatten(0, -1)).expect("to vec");
+    let mut differing = 0usize;
+    let mut worst = 0i32;
+    for (a, b) in ours.iter().zip(&reference) {
+        let d = (i32::from(*a) - i32::from(*b)).abs();
+        differing += usize::from(d > 0);
+        worst = worst.max(d);
+    }
+    println!(
+        "DDIM-20 vs diffusers: {differing} of {} values differ, max |diff| = {worst}",
+        ours.len()
+    );
+    assert!(
+        worst <= 1,
+        "max pixel diff {worst} > 1 ({differing} values differ)"
+    );
+}
