@@ -22,6 +22,8 @@ struct Cli {
 enum Command {
     /// Inspect a noise schedule: print its tables as JSON or plot them.
     Schedule(commands::schedule::ScheduleArgs),
+    /// Generate images with a trained model and any sampler.
+    Sample(commands::sample::SampleArgs),
 }
 
 fn parse_device(s: &str) -> Result<DeviceSpec, String> {
@@ -33,6 +35,7 @@ fn main() {
     let cli = Cli::parse();
     let result: Result<()> = match cli.command {
         Command::Schedule(args) => commands::schedule::run(&args, cli.device),
+        Command::Sample(args) => commands::sample::run(&args, cli.device),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

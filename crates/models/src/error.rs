@@ -27,13 +27,12 @@ pub enum ModelError {
         supported: String,
     },
     /// A file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {error}")]
     Io {
         /// The file.
         path: PathBuf,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
+        /// The OS error (shown in the message, so not also chained as a source).
+        error: std::io::Error,
     },
     /// A file could be read but not parsed.
     #[error("cannot parse {path}: {message}")]
@@ -76,13 +75,12 @@ pub enum ModelError {
         expected: Vec<i64>,
     },
     /// An error found while processing a file, wrapped with the file's path.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     InFile {
         /// The file.
         path: PathBuf,
-        /// What was wrong in it.
-        #[source]
-        source: Box<ModelError>,
+        /// What was wrong in it (shown in the message, so not also chained as a source).
+        error: Box<ModelError>,
     },
     /// A forward-pass input with the wrong shape, type or range.
     #[error("invalid input `{what}`: {reason}")]
@@ -128,14 +126,14 @@ impl ModelError {
     pub fn in_file(self, path: impl Into<PathBuf>) -> Self {
         Self::InFile {
             path: path.into(),
-            source: Box::new(self),
+            error: Box::new(self),
         }
     }
 
     /// The innermost error, looking through [`ModelError::InFile`] wrappers.
     pub fn root(&self) -> &ModelError {
         match self {
-            Self::InFile { source, .. } => source.root(),
+            Self::InFile { error, .. } => error.root(),
             other => other,
         }
     }

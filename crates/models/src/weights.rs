@@ -11,9 +11,9 @@ use crate::ModelError;
 /// `vs`, converting dtype and device. Fails, naming the tensor and file, if a variable has no
 /// tensor, a tensor has no variable, or shapes differ; `vs` is left unchanged on failure.
 pub fn load_safetensors(vs: &mut VarStore, path: &Path) -> Result<(), ModelError> {
-    std::fs::metadata(path).map_err(|source| ModelError::Io {
+    std::fs::metadata(path).map_err(|error| ModelError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
     let file: BTreeMap<String, Tensor> = Tensor::read_safetensors(path)
         .map_err(|e| ModelError::Parse {

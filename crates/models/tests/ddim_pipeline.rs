@@ -1,6 +1,9 @@
 //! End to end: the `uncond` fixture sampled with difflab's DDIM reproduces the images of
 //! diffusers' `DDIMPipeline` (seed 0, 20 steps, default `DDIMScheduler`).
 
+#[path = "../../../tests/support/npy.rs"]
+mod npy;
+
 use std::path::PathBuf;
 
 use difflab_models::load_diffusers_unet;
@@ -14,45 +17,10 @@ fn fixture() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/golden/unet2d/uncond")
 }
 
-/// A `.npy` file holding a C-ordered uint8 array: (shape, data).
-fn read_npy_u8(path: &std::path::Path) -> (Vec<i64>, Vec<u8>) {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert_eq!(&bytes[..6], b"\x93NUMPY", "not an .npy file");
-    let (header_len, start) = match bytes[6] {
-        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        _ => (
-            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
-            12,
-        ),
-    };
-    let header = std::str::from_utf8(&bytes[start..start + header_len]).expect("utf-8 header");
-    assert!(
-        header.contains("'descr': '|u1'") && header.contains("'fortran_order': False"),
-        "expected C-ordered uint8, header {header}"
-    );
-    let shape_text = header
-        .split("'shape': (")
-        .nth(1)
-        .and_then(|s| s.split(')').next())
-        .expect("shape in header");
-    let shape: Vec<i64> = shape_text
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse().expect("shape entry"))
-        .collect();
-    let data = bytes[start + header_len..].to_vec();
-    assert_eq!(
-        data.len() as i64,
-        shape.iter().product::<i64>(),
-        "data size"
-    );
-    (shape, data)
-}
-
 #[test]
 fn ddim_20_steps_reproduces_diffusers_pipeline() {
-    let (reference_shape, reference) = read_npy_u8(&fixture().join("ddim_seed0_steps20_n4.npy"));
+    let (reference_shape, reference) =
+        npy::read_npy_u8(&fixture().join("ddim_seed0_steps20_n4.npy"));
     let (unet, _vs, config) = load_diffusers_unet(fixture(), Device::Cpu).expect("load fixture");
     let (h, w) = config.sample_size().expect("sample_size");
     let c = config.in_channels;

@@ -1,8 +1,10 @@
 //! The composition layer: the only crate that knows about schedules, samplers and models at
 //! once. It will hold configs, datasets, the trainer, checkpoints and cascades; today it holds
-//! the runtime device choice shared by every command.
+//! the runtime device choice, the model-to-sampler adapter and image output.
 
+mod denoiser;
 mod device;
 pub mod images;
 
+pub use denoiser::UNetDenoiser;
 pub use device::{DeviceError, DeviceSpec};

@@ -177,9 +177,9 @@ fn require(key: &str, value: &str, allowed: &[&str]) -> Result<(), ModelError> {
 impl DiffusersUNetConfig {
     /// Read and validate `config.json` at `path`; errors name the file, key and value.
     pub fn from_file(path: &Path) -> Result<Self, ModelError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
+        let text = std::fs::read_to_string(path).map_err(|error| ModelError::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         let value: Value = serde_json::from_str(&text).map_err(|e| ModelError::Parse {
             path: path.to_path_buf(),
