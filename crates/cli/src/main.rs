@@ -24,6 +24,14 @@ enum Command {
     Schedule(commands::schedule::ScheduleArgs),
     /// Generate images with a trained model and any sampler.
     Sample(commands::sample::SampleArgs),
+    /// Validate configs.
+    #[command(subcommand)]
+    Config(commands::config::ConfigCommand),
+    /// Write a difflab UNet as a diffusers UNet2DModel folder.
+    Export(commands::export::ExportArgs),
+    /// Inspect networks.
+    #[command(subcommand)]
+    Model(commands::model::ModelCommand),
 }
 
 fn parse_device(s: &str) -> Result<DeviceSpec, String> {
@@ -36,6 +44,9 @@ fn main() {
     let result: Result<()> = match cli.command {
         Command::Schedule(args) => commands::schedule::run(&args, cli.device),
         Command::Sample(args) => commands::sample::run(&args, cli.device),
+        Command::Config(command) => commands::config::run(&command),
+        Command::Model(command) => commands::model::run(&command),
+        Command::Export(args) => commands::export::run(&args),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

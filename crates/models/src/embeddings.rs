@@ -58,6 +58,8 @@ pub fn sinusoidal_embedding(t: &Tensor, dim: i64, config: &SinusoidalConfig) -> 
 
 /// The timestep MLP: `linear_2(SiLU(linear_1(code)))`, mapping the sinusoidal code to the
 /// embedding every residual block reads (diffusers `TimestepEmbedding`: `linear_1`, `linear_2`).
+/// The same two-layer MLP embeds the UNet's multi-hot label vector and the low-resolution
+/// noise level's sinusoidal code.
 #[derive(Debug)]
 pub struct TimestepEmbedding {
     linear_1: nn::Linear,

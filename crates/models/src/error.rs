@@ -34,6 +34,24 @@ pub enum ModelError {
         /// The OS error (shown in the message, so not also chained as a source).
         error: std::io::Error,
     },
+    /// A file or folder could not be written.
+    #[error("cannot write {path}: {error}")]
+    Write {
+        /// The file or folder.
+        path: PathBuf,
+        /// The OS error (shown in the message, so not also chained as a source).
+        error: std::io::Error,
+    },
+    /// A native configuration value that diffusers' `UNet2DModel` cannot express.
+    #[error("cannot export to diffusers: {key} = {value} {reason}")]
+    NotExportable {
+        /// Native config key (e.g. `attention[1]`).
+        key: String,
+        /// The offending value.
+        value: String,
+        /// Why (e.g. "has no diffusers equivalent").
+        reason: String,
+    },
     /// A file could be read but not parsed.
     #[error("cannot parse {path}: {message}")]
     Parse {

@@ -18,6 +18,36 @@ pub enum TimeConditioning {
     ScaleShift,
 }
 
+/// Resolution change inside a residual block (BigGAN, Brock et al. 2019, App. B; the
+/// "resnet" up/down blocks of Song et al. 2021, diffusers' `ResnetBlock2D(up=…, down=…)`):
+/// after `SiLU(norm1(x))` both the residual branch and the shortcut input are resampled by a
+/// parameter-free ×2 operation, so the block's output has half or twice the input's H and W.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Resampling {
+    /// Same resolution.
+    #[default]
+    None,
+    /// Nearest-neighbour ×2 upsampling.
+    Up,
+    /// 2×2 average pooling (stride 2).
+    Down,
+}
+
+impl Resampling {
+    /// Apply the parameter-free resampling to `[B, C, H, W]`.
+    pub fn apply(self, x: &Tensor) -> Tensor {
+        match self {
+            Self::None => x.shallow_clone(),
+            Self::Up => {
+                let size = x.size();
+                let (h, w) = (size[size.len() - 2], size[size.len() - 1]);
+                x.upsample_nearest2d([2 * h, 2 * w], 2.0, 2.0)
+            }
+            Self::Down => x.avg_pool2d([2, 2], [2, 2], [0, 0], false, true, None),
+        }
+    }
+}
+
 /// Shape and options of one [`ResnetBlock2D`].
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ResnetConfig {
@@ -37,11 +67,14 @@ pub struct ResnetConfig {
     pub conditioning: TimeConditioning,
     /// The output is `(shortcut(x) + h) / output_scale_factor`.
     pub output_scale_factor: f64,
+    /// Resolution change inside the block ([`Resampling::None`] for an ordinary block).
+    pub resampling: Resampling,
 }
 
 /// `out = (shortcut(x) + conv2(drop(SiLU(cond(norm2, conv1(SiLU(norm1(x))), W·SiLU(e)))))) / r`,
 /// where `shortcut` is a 1×1 convolution when the channel count changes and the identity
-/// otherwise. Parameter names follow diffusers' `ResnetBlock2D`: `norm1`, `conv1`,
+/// otherwise. With [`Resampling`] `Up`/`Down`, `x` and `SiLU(norm1(x))` are resampled before
+/// `shortcut` and `conv1`. Parameter names follow diffusers' `ResnetBlock2D`: `norm1`, `conv1`,
 /// `time_emb_proj`, `norm2`, `conv2`, `conv_shortcut`.
 #[derive(Debug)]
 pub struct ResnetBlock2D {
@@ -117,8 +150,12 @@ impl ResnetBlock2D {
     }
 
     /// `x`: `[B, in, H, W]`, `temb`: `[B, temb_channels]` → `[B, out, H, W]`.
+    /// With [`Resampling::Up`]/[`Resampling::Down`] the output is `2H × 2W`/`H/2 × W/2`.
     pub fn forward(&self, x: &Tensor, temb: &Tensor, train: bool) -> Tensor {
-        let h = self.conv1.forward(&self.norm1.forward(x).silu());
+        let resampling = self.config.resampling;
+        let h = resampling.apply(&self.norm1.forward(x).silu());
+        let x = &resampling.apply(x);
+        let h = self.conv1.forward(&h);
         let e = self
             .time_emb_proj
             .forward(&temb.silu())

@@ -2,9 +2,11 @@
 //! once. It will hold configs, datasets, the trainer, checkpoints and cascades; today it holds
 //! the runtime device choice, the model-to-sampler adapter and image output.
 
+pub mod config;
 mod denoiser;
 mod device;
 pub mod images;
 
+pub use config::{ConfigError, ExperimentConfig, ModelConfig, Override, load_config};
 pub use denoiser::UNetDenoiser;
 pub use device::{DeviceError, DeviceSpec};

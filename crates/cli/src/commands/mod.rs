@@ -1,4 +1,7 @@
 //! One module per subcommand.
 
+pub mod config;
+pub mod export;
+pub mod model;
 pub mod sample;
 pub mod schedule;

@@ -384,6 +384,7 @@ impl DiffusersUNetConfig {
             downsample_padding: self.downsample_padding,
             mid_block_scale_factor: self.mid_block_scale_factor,
             learned_variance: false,
+            ..UNetConfig::default()
         }
     }
 }

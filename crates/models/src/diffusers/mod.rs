@@ -1,9 +1,13 @@
 //! Loading diffusers `UNet2DModel` folders (`config.json` +
-//! `diffusion_pytorch_model.safetensors`) into a [`UNet`] with identical outputs.
+//! `diffusion_pytorch_model.safetensors`) into a [`UNet`] with identical outputs, and
+//! exporting a [`UNet`] whose config diffusers can express as such a folder
+//! ([`export_diffusers_unet`]).
 
 mod config;
+mod export;
 
 pub use config::DiffusersUNetConfig;
+pub use export::{DIFFUSERS_VERSION, export_diffusers_unet};
 
 use std::path::Path;
 

@@ -1,14 +1,30 @@
 //! The UNet's stages: encoder level, middle block, decoder level, and the resampling layers.
 //! Parameter names follow diffusers' `DownBlock2D`/`AttnDownBlock2D`, `UNetMidBlock2D` and
 //! `UpBlock2D`/`AttnUpBlock2D` (`resnets.i`, `attentions.i`, `downsamplers.0.conv`,
-//! `upsamplers.0.conv`).
+//! `upsamplers.0.conv`). With [`Resample::Resnet`] the resampling layers are residual blocks
+//! (diffusers' `ResnetDownsampleBlock2D`/`ResnetUpsampleBlock2D`: `downsamplers.0.norm1`, …).
 
+use serde::{Deserialize, Serialize};
 use tch::{Tensor, nn, nn::Module};
 
 use crate::attention::{AttentionConfig, SpatialAttention};
 use crate::params::ParamCount;
-use crate::resnet::{ResnetBlock2D, ResnetConfig, conv3x3};
+use crate::resnet::{Resampling, ResnetBlock2D, ResnetConfig, conv3x3};
 use crate::{AttentionKind, ModelError};
+
+/// How the UNet changes resolution between levels.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Resample {
+    /// Stride-2 3×3 convolution down, nearest ×2 then 3×3 convolution up (DDPM, Ho et al.
+    /// 2020; diffusers `conv`).
+    #[default]
+    Conv,
+    /// A residual block that resamples inside (BigGAN, Brock et al. 2019; used by Song et al.
+    /// 2021 and Dhariwal & Nichol 2021 as `resblock_updown`; diffusers `resnet`): average
+    /// pooling down, nearest ×2 up, both conditioned on the time embedding like any resnet.
+    Resnet,
+}
 
 /// Stride-2 3×3 convolution halving H and W. With `padding = 0` the input is first padded by
 /// one on the right and bottom only (diffusers' `Downsample2D` convention).
@@ -60,6 +76,62 @@ impl Upsample {
     }
 }
 
+/// The layer that halves the resolution at the end of an encoder level.
+#[derive(Debug)]
+pub enum Downsampler {
+    /// [`Resample::Conv`].
+    Conv(Downsample),
+    /// [`Resample::Resnet`]: a [`ResnetBlock2D`] with [`Resampling::Down`].
+    Resnet(Box<ResnetBlock2D>),
+}
+
+impl Downsampler {
+    /// `[B, C, H, W]` → `[B, C, H/2, W/2]`.
+    pub fn forward(&self, x: &Tensor, temb: &Tensor, train: bool) -> Tensor {
+        match self {
+            Self::Conv(down) => down.forward(x),
+            Self::Resnet(block) => block.forward(x, temb, train),
+        }
+    }
+}
+
+impl ParamCount for Downsampler {
+    fn param_count(&self) -> i64 {
+        match self {
+            Self::Conv(down) => down.conv.param_count(),
+            Self::Resnet(block) => block.param_count(),
+        }
+    }
+}
+
+/// The layer that doubles the resolution at the end of a decoder level.
+#[derive(Debug)]
+pub enum Upsampler {
+    /// [`Resample::Conv`].
+    Conv(Upsample),
+    /// [`Resample::Resnet`]: a [`ResnetBlock2D`] with [`Resampling::Up`].
+    Resnet(Box<ResnetBlock2D>),
+}
+
+impl Upsampler {
+    /// `[B, C, H, W]` → `[B, C, 2H, 2W]`.
+    pub fn forward(&self, x: &Tensor, temb: &Tensor, train: bool) -> Tensor {
+        match self {
+            Self::Conv(up) => up.forward(x),
+            Self::Resnet(block) => block.forward(x, temb, train),
+        }
+    }
+}
+
+impl ParamCount for Upsampler {
+    fn param_count(&self) -> i64 {
+        match self {
+            Self::Conv(up) => up.conv.param_count(),
+            Self::Resnet(block) => block.param_count(),
+        }
+    }
+}
+
 /// What every block of one UNet shares.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct BlockCommon {
@@ -69,10 +141,21 @@ pub(crate) struct BlockCommon {
     pub dropout: f64,
     pub conditioning: crate::TimeConditioning,
     pub head_dim: Option<i64>,
+    pub resample: Resample,
 }
 
 impl BlockCommon {
     fn resnet(&self, in_channels: i64, out_channels: i64, scale: f64) -> ResnetConfig {
+        self.resampling_resnet(in_channels, out_channels, scale, Resampling::None)
+    }
+
+    fn resampling_resnet(
+        &self,
+        in_channels: i64,
+        out_channels: i64,
+        scale: f64,
+        resampling: Resampling,
+    ) -> ResnetConfig {
         ResnetConfig {
             in_channels,
             out_channels,
@@ -82,6 +165,7 @@ impl BlockCommon {
             dropout: self.dropout,
             conditioning: self.conditioning,
             output_scale_factor: scale,
+            resampling,
         }
     }
 
@@ -119,13 +203,13 @@ fn attentions(
         .collect()
 }
 
-/// One encoder level: `layers` × (resnet, optional attention), then an optional [`Downsample`].
+/// One encoder level: `layers` × (resnet, optional attention), then an optional [`Downsampler`].
 /// Every intermediate output (and the downsampled one) is kept as a skip connection.
 #[derive(Debug)]
 pub struct DownBlock {
     resnets: Vec<ResnetBlock2D>,
     attentions: Vec<SpatialAttention>,
-    downsampler: Option<Downsample>,
+    downsampler: Option<Downsampler>,
 }
 
 impl DownBlock {
@@ -151,8 +235,21 @@ impl DownBlock {
         Ok(Self {
             resnets,
             attentions: attentions(vs, common, layers, out_channels, attention)?,
-            downsampler: downsample_padding
-                .map(|p| Downsample::new(&(vs / "downsamplers" / 0), out_channels, p)),
+            downsampler: downsample_padding.map(|p| {
+                let vs = &(vs / "downsamplers" / 0);
+                match common.resample {
+                    Resample::Conv => Downsampler::Conv(Downsample::new(vs, out_channels, p)),
+                    Resample::Resnet => Downsampler::Resnet(Box::new(ResnetBlock2D::new(
+                        vs,
+                        &common.resampling_resnet(
+                            out_channels,
+                            out_channels,
+                            1.0,
+                            Resampling::Down,
+                        ),
+                    ))),
+                }
+            }),
         })
     }
 
@@ -168,7 +265,7 @@ impl DownBlock {
             skips.push(h.shallow_clone());
         }
         if let Some(down) = &self.downsampler {
-            h = down.forward(&h);
+            h = down.forward(&h, temb, train);
             skips.push(h.shallow_clone());
         }
         (h, skips)
@@ -177,12 +274,7 @@ impl DownBlock {
 
 impl ParamCount for DownBlock {
     fn param_count(&self) -> i64 {
-        self.resnets.param_count()
-            + self.attentions.param_count()
-            + self
-                .downsampler
-                .as_ref()
-                .map_or(0, |d| d.conv.param_count())
+        self.resnets.param_count() + self.attentions.param_count() + self.downsampler.param_count()
     }
 }
 
@@ -238,12 +330,12 @@ impl ParamCount for MidBlock {
 }
 
 /// One decoder level: `layers` × (concat a skip, resnet, optional attention), then an optional
-/// [`Upsample`].
+/// [`Upsampler`].
 #[derive(Debug)]
 pub struct UpBlock {
     resnets: Vec<ResnetBlock2D>,
     attentions: Vec<SpatialAttention>,
-    upsampler: Option<Upsample>,
+    upsampler: Option<Upsampler>,
 }
 
 impl UpBlock {
@@ -273,7 +365,16 @@ impl UpBlock {
         Ok(Self {
             resnets,
             attentions: attentions(vs, common, layers, out_channels, attention)?,
-            upsampler: upsample.then(|| Upsample::new(&(vs / "upsamplers" / 0), out_channels)),
+            upsampler: upsample.then(|| {
+                let vs = &(vs / "upsamplers" / 0);
+                match common.resample {
+                    Resample::Conv => Upsampler::Conv(Upsample::new(vs, out_channels)),
+                    Resample::Resnet => Upsampler::Resnet(Box::new(ResnetBlock2D::new(
+                        vs,
+                        &common.resampling_resnet(out_channels, out_channels, 1.0, Resampling::Up),
+                    ))),
+                }
+            }),
         })
     }
 
@@ -302,7 +403,7 @@ impl UpBlock {
             }
         }
         match &self.upsampler {
-            Some(up) => up.forward(&h),
+            Some(up) => up.forward(&h, temb, train),
             None => h,
         }
     }
@@ -310,8 +411,42 @@ impl UpBlock {
 
 impl ParamCount for UpBlock {
     fn param_count(&self) -> i64 {
-        self.resnets.param_count()
-            + self.attentions.param_count()
-            + self.upsampler.as_ref().map_or(0, |u| u.conv.param_count())
+        self.resnets.param_count() + self.attentions.param_count() + self.upsampler.param_count()
+    }
+}
+
+/// The context gain of one decoder level: `h ← h · (1 + W c + b)` per channel, with `c` the
+/// context vector (`[B, context_dim]`) — a FiLM-style multiplicative modulation (Perez et al.
+/// 2018) in which "context multiplies, time adds". `W` and `b` start at zero, so before
+/// training the context leaves the network unchanged (yet `W` still receives gradient
+/// `∂L/∂g · cᵀ`). Parameters `weight` `[channels, context_dim]` and `bias` `[channels]`.
+#[derive(Debug)]
+pub struct ContextGain {
+    linear: nn::Linear,
+}
+
+impl ContextGain {
+    /// `context_dim` → `channels`, zero-initialised, parameters under `vs`.
+    pub fn new(vs: &nn::Path, context_dim: i64, channels: i64) -> Self {
+        let zero = nn::LinearConfig {
+            ws_init: nn::Init::Const(0.0),
+            bs_init: Some(nn::Init::Const(0.0)),
+            bias: true,
+        };
+        Self {
+            linear: nn::linear(vs, context_dim, channels, zero),
+        }
+    }
+
+    /// `h`: `[B, C, H, W]`, `context`: `[B, context_dim]` → `h · (1 + gain)`.
+    pub fn forward(&self, h: &Tensor, context: &Tensor) -> Tensor {
+        let gain = self.linear.forward(context).unsqueeze(-1).unsqueeze(-1);
+        h * (gain + 1.0)
+    }
+}
+
+impl ParamCount for ContextGain {
+    fn param_count(&self) -> i64 {
+        self.linear.param_count()
     }
 }

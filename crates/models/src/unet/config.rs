@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::blocks::Resample;
 use crate::embeddings::SinusoidalConfig;
 use crate::{AttentionKind, ModelError, TimeConditioning};
 
@@ -45,6 +46,31 @@ impl TimeEmbeddingConfig {
     }
 }
 
+/// The embedding of the low-resolution image's noise-augmentation level (Ho et al. 2022,
+/// "Cascaded Diffusion Models", §4.1; Saharia et al. 2022, "Imagen", §2.5): the level `s` is
+/// coded like a timestep (the time embedding's sinusoid layout) and mapped by its own
+/// two-layer MLP, `linear_2(SiLU(linear_1(sinusoid(s'))))`, added to the time embedding.
+/// Integer levels (e.g. a noising timestep index) are coded as they are (`s' = s`); float
+/// levels must lie in `[0, 1]` and are coded as `s' = float_scale · s`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NoiseLevelEmbeddingConfig {
+    /// Multiplier of float levels in `[0, 1]` before the sinusoidal code (default 1000, so a
+    /// float level spans the same range as a 1000-step timestep index).
+    pub float_scale: f64,
+    /// Width of the sinusoidal code; default: the time embedding's.
+    pub sinusoid_dim: Option<i64>,
+}
+
+impl Default for NoiseLevelEmbeddingConfig {
+    fn default() -> Self {
+        Self {
+            float_scale: 1000.0,
+            sinusoid_dim: None,
+        }
+    }
+}
+
 /// A DDPM-style UNet (Ho et al. 2020, App. B; options of Dhariwal & Nichol 2021):
 /// `L` levels of `layers_per_block` residual blocks (optionally each followed by attention),
 /// a stride-2 convolution between levels, a middle block (resnet, attention, resnet) and a
@@ -53,10 +79,17 @@ impl TimeEmbeddingConfig {
 /// Channels come either from `block_out_channels` or from
 /// `min(base_channels · channel_mult[i], max_channels)`. Levels are indexed from the
 /// highest resolution (0).
+///
+/// Conditioning routes, all optional and combinable (each adds parameters only when enabled):
+/// a class label (`num_classes`, with `null_class`), a multi-hot label vector (`label_dim`),
+/// a conditioning image (`cond_channels`), a context vector (`context_dim`), the previous
+/// x̂₀ estimate (`self_condition`) and a low-resolution noise level (`lowres_noise_level`).
+/// Vectors that describe the sample add to the time embedding; images concatenate to the
+/// input; the context multiplies the decoder's features.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UNetConfig {
-    /// Channels of the input image (plus any concatenated conditioning image).
+    /// Channels of the noisy input `x_t` (conditioning channels are counted separately).
     pub in_channels: i64,
     /// Channels of the prediction (doubled when `learned_variance`).
     pub out_channels: i64,
@@ -103,6 +136,31 @@ pub struct UNetConfig {
     pub mid_block_scale_factor: f64,
     /// Predict a variance interpolation too (Nichol & Dhariwal 2021): doubles `out_channels`.
     pub learned_variance: bool,
+    /// Width of a multi-hot (or one-hot) float label vector `v` (`[B, label_dim]`), embedded by
+    /// `linear_2(SiLU(linear_1(v)))` (parameters `label_embedding.*`) and added to the time
+    /// embedding; the all-zeros vector is the "no label" input of classifier-free guidance.
+    /// `None` (default): no label vector.
+    pub label_dim: Option<i64>,
+    /// Channels of a conditioning image (`[B, cond_channels, H, W]`, e.g. a pose map or an
+    /// upsampled low-resolution image) concatenated to `x_t` along channels before `conv_in`
+    /// (image-to-image conditioning as in SR3, Saharia et al. 2021, and Palette). Default 0.
+    pub cond_channels: i64,
+    /// Width of a context vector `c` (`[B, context_dim]`). Each decoder level `i` gets a
+    /// linear map `g_i = W_i c + b_i` (parameters `context_gains.i.*`) and its output becomes
+    /// `h · (1 + g_i)` per channel ("context multiplies, time adds", a FiLM-style gain, Perez
+    /// et al. 2018). `W_i`, `b_i` start at zero, so an untrained context is the identity.
+    /// `None` (default): no context.
+    pub context_dim: Option<i64>,
+    /// Self-conditioning (Chen et al. 2022, "Analog Bits", §3): `out_channels` more input
+    /// channels carry the previous estimate of x₀ (zeros when none is given).
+    pub self_condition: bool,
+    /// Embed a low-resolution image's noise-augmentation level (see
+    /// [`NoiseLevelEmbeddingConfig`]; parameters `lowres_noise_embedding.*`), for the
+    /// super-resolution stages of a cascade. `None` (default): no such input.
+    pub lowres_noise_level: Option<NoiseLevelEmbeddingConfig>,
+    /// How resolution changes between levels: `conv` (default) or `resnet` (BigGAN-style
+    /// residual blocks that resample inside).
+    pub resample: Resample,
 }
 
 impl Default for UNetConfig {
@@ -131,6 +189,12 @@ impl Default for UNetConfig {
             downsample_padding: 1,
             mid_block_scale_factor: 1.0,
             learned_variance: false,
+            label_dim: None,
+            cond_channels: 0,
+            context_dim: None,
+            self_condition: false,
+            lowres_noise_level: None,
+            resample: Resample::Conv,
         }
     }
 }
@@ -252,6 +316,29 @@ impl UNetConfig {
         }
     }
 
+    /// Channels `conv_in` reads: `in_channels + cond_channels (+ out_channels with
+    /// self_condition)`, in that order along the channel axis.
+    pub fn conv_in_channels(&self) -> i64 {
+        self.in_channels
+            + self.cond_channels
+            + if self.self_condition {
+                self.out_channels
+            } else {
+                0
+            }
+    }
+
+    /// Width of the sinusoidal code of the low-resolution noise level, if embedded.
+    pub fn noise_level_sinusoid_dim(&self) -> Result<Option<i64>, ModelError> {
+        match &self.lowres_noise_level {
+            None => Ok(None),
+            Some(n) => Ok(Some(match n.sinusoid_dim {
+                Some(d) => d,
+                None => self.sinusoid_dim()?,
+            })),
+        }
+    }
+
     /// Head width of an attention layer in a block with `channels` channels.
     pub fn head_dim(&self, channels: i64) -> i64 {
         self.attention_head_dim.unwrap_or(channels)
@@ -334,14 +421,18 @@ impl UNetConfig {
             }
         }
         let te = &self.time_embedding;
-        let sin_dim = positive("time_embedding.sinusoid_dim", self.sinusoid_dim()?)?;
-        if sin_dim < 2 || (sin_dim / 2) as f64 == te.freq_shift {
-            return Err(ModelError::invalid(
-                "time_embedding.sinusoid_dim",
-                sin_dim,
-                "must be >= 2 and its half must differ from freq_shift",
-            ));
-        }
+        let sinusoid = |key: &str, sin_dim: i64| {
+            if sin_dim < 2 || (sin_dim / 2) as f64 == te.freq_shift {
+                Err(ModelError::invalid(
+                    key,
+                    sin_dim,
+                    "must be >= 2 and its half must differ from time_embedding.freq_shift",
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        sinusoid("time_embedding.sinusoid_dim", self.sinusoid_dim()?)?;
         if !te.freq_shift.is_finite() {
             return Err(ModelError::invalid(
                 "time_embedding.freq_shift",
@@ -382,6 +473,31 @@ impl UNetConfig {
                 self.mid_block_scale_factor,
                 "must be > 0",
             ));
+        }
+        if let Some(d) = self.label_dim {
+            positive("label_dim", d)?;
+        }
+        if self.cond_channels < 0 {
+            return Err(ModelError::invalid(
+                "cond_channels",
+                self.cond_channels,
+                "must be >= 0",
+            ));
+        }
+        if let Some(d) = self.context_dim {
+            positive("context_dim", d)?;
+        }
+        if let Some(noise) = &self.lowres_noise_level {
+            if !(noise.float_scale > 0.0 && noise.float_scale.is_finite()) {
+                return Err(ModelError::invalid(
+                    "lowres_noise_level.float_scale",
+                    noise.float_scale,
+                    "must be > 0",
+                ));
+            }
+            if let Some(d) = self.noise_level_sinusoid_dim()? {
+                sinusoid("lowres_noise_level.sinusoid_dim", d)?;
+            }
         }
         Ok(())
     }

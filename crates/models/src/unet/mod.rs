@@ -1,11 +1,16 @@
-//! The UNet denoiser, its configuration, blocks and summary.
+//! The UNet denoiser, its configuration, inputs, blocks and summary.
 
 mod blocks;
 mod config;
+mod inputs;
 mod model;
 mod summary;
 
-pub use blocks::{DownBlock, Downsample, MidBlock, UpBlock, Upsample};
-pub use config::{TimeEmbeddingConfig, UNetConfig};
+pub use blocks::{
+    ContextGain, DownBlock, Downsample, Downsampler, MidBlock, Resample, UpBlock, Upsample,
+    Upsampler,
+};
+pub use config::{NoiseLevelEmbeddingConfig, TimeEmbeddingConfig, UNetConfig};
+pub use inputs::UNetInputs;
 pub use model::UNet;
 pub use summary::{ModelSummary, SummaryRow};

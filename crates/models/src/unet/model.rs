@@ -2,7 +2,8 @@
 
 use tch::{Device, Kind, Tensor, nn, nn::Module};
 
-use super::blocks::{BlockCommon, DownBlock, MidBlock, UpBlock};
+use super::blocks::{BlockCommon, ContextGain, DownBlock, MidBlock, UpBlock};
+use super::inputs::{Checked, UNetInputs, check};
 use super::summary::{ModelSummary, SummaryRow};
 use crate::embeddings::{ClassEmbedding, TimestepEmbedding, sinusoidal_embedding};
 use crate::params::ParamCount;
@@ -13,7 +14,15 @@ use crate::{ModelError, UNetConfig};
 /// configured by [`UNetConfig`]. Its parameter names equal diffusers' `UNet2DModel`
 /// (`conv_in`, `time_embedding.linear_1`, `class_embedding`, `down_blocks.i.resnets.j.conv1`,
 /// `mid_block.attentions.0.to_q`, `up_blocks.i.upsamplers.0.conv`, `conv_norm_out`,
-/// `conv_out`, …), so diffusers weights load by name.
+/// `conv_out`, …), so diffusers weights load by name. The conditioning routes diffusers lacks
+/// add their own parameters only when enabled: `label_embedding.*`,
+/// `lowres_noise_embedding.*`, `context_gains.i.*` (and wider `conv_in` for conditioning and
+/// self-conditioning channels).
+///
+/// The conditioning vector read by every residual block is
+/// `e = MLP_t(sin(t)) [+ E[y]] [+ MLP_v(v)] [+ MLP_s(sin(s))]` (time, class, label vector,
+/// low-resolution noise level); the input is `[x_t, image, x̂₀]` along channels; decoder level
+/// `i`'s output is multiplied by `1 + g_i(c)` for a context `c`.
 #[derive(Debug)]
 pub struct UNet {
     config: UNetConfig,
@@ -22,9 +31,12 @@ pub struct UNet {
     conv_in: nn::Conv2D,
     time_embedding: TimestepEmbedding,
     class_embedding: Option<ClassEmbedding>,
+    label_embedding: Option<TimestepEmbedding>,
+    lowres_noise_embedding: Option<TimestepEmbedding>,
     down_blocks: Vec<DownBlock>,
     mid_block: MidBlock,
     up_blocks: Vec<UpBlock>,
+    context_gains: Vec<ContextGain>,
     conv_norm_out: nn::GroupNorm,
     conv_out: nn::Conv2D,
 }
@@ -45,6 +57,7 @@ impl UNet {
             dropout: config.dropout,
             conditioning: config.time_conditioning,
             head_dim: config.attention_head_dim,
+            resample: config.resample,
         };
 
         // Encoder; record the width of every skip connection as it is pushed.
@@ -104,17 +117,32 @@ impl UNet {
         let class_embedding = config
             .class_rows()
             .map(|rows| ClassEmbedding::new(&(vs / "class_embedding"), rows, temb));
+        let label_embedding = config
+            .label_dim
+            .map(|d| TimestepEmbedding::new(&(vs / "label_embedding"), d, temb));
+        let lowres_noise_embedding = config
+            .noise_level_sinusoid_dim()?
+            .map(|d| TimestepEmbedding::new(&(vs / "lowres_noise_embedding"), d, temb));
+        let context_gains = match config.context_dim {
+            Some(d) => (0..levels)
+                .map(|i| ContextGain::new(&(vs / "context_gains" / i), d, channels[levels - 1 - i]))
+                .collect(),
+            None => Vec::new(),
+        };
         Ok(Self {
-            conv_in: conv3x3(vs / "conv_in", config.in_channels, c0, 1, 1),
+            conv_in: conv3x3(vs / "conv_in", config.conv_in_channels(), c0, 1, 1),
             time_embedding: TimestepEmbedding::new(
                 &(vs / "time_embedding"),
                 config.sinusoid_dim()?,
                 temb,
             ),
             class_embedding,
+            label_embedding,
+            lowres_noise_embedding,
             down_blocks,
             mid_block,
             up_blocks,
+            context_gains,
             conv_norm_out: group_norm(
                 vs / "conv_norm_out",
                 config.norm_num_groups,
@@ -143,9 +171,12 @@ impl UNet {
         self.conv_in.param_count()
             + self.time_embedding.param_count()
             + self.class_embedding.param_count()
+            + self.label_embedding.param_count()
+            + self.lowres_noise_embedding.param_count()
             + self.down_blocks.param_count()
             + self.mid_block.param_count()
             + self.up_blocks.param_count()
+            + self.context_gains.param_count()
             + self.conv_norm_out.param_count()
             + self.conv_out.param_count()
     }
@@ -153,6 +184,7 @@ impl UNet {
     /// The network output for `x` (`[B, in_channels, H, W]`), timesteps `t` (int64 or float,
     /// `[B]`, `[1]` or scalar) and, for class-conditional models, `class_labels` (int64 `[B]`;
     /// `None` means the null class when the model has one). `train` enables dropout.
+    /// Models with other conditioning routes use [`UNet::forward_with`].
     ///
     /// # Panics
     /// On invalid inputs, with the message of [`UNet::f_forward`]'s error.
@@ -163,8 +195,7 @@ impl UNet {
         class_labels: Option<&Tensor>,
         train: bool,
     ) -> Tensor {
-        self.f_forward(x, t, class_labels, train)
-            .unwrap_or_else(|e| panic!("UNet::forward: {e}"))
+        self.forward_with(x, t, &UNetInputs::classes(class_labels), train)
     }
 
     /// [`UNet::forward`] that checks its inputs and returns an error naming the bad one:
@@ -177,24 +208,72 @@ impl UNet {
         class_labels: Option<&Tensor>,
         train: bool,
     ) -> Result<Tensor, ModelError> {
-        let (t, labels) = self.check_inputs(x, t, class_labels)?;
-        Ok(self.run(x, &t, labels.as_ref(), train, &mut |_, _| {}))
+        self.f_forward_with(x, t, &UNetInputs::classes(class_labels), train)
+    }
+
+    /// The network output for `x` (`[B, in_channels, H, W]`), timesteps `t` (int64 or float,
+    /// `[B]`, `[1]` or scalar) and every conditioning input in `inputs` (see [`UNetInputs`]
+    /// for shapes and defaults). The output is `[B, out_channels (×2 with learned_variance),
+    /// H, W]`. `train` enables dropout.
+    ///
+    /// # Panics
+    /// On invalid inputs, with the message of [`UNet::f_forward_with`]'s error.
+    pub fn forward_with(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        inputs: &UNetInputs<'_>,
+        train: bool,
+    ) -> Tensor {
+        self.f_forward_with(x, t, inputs, train)
+            .unwrap_or_else(|e| panic!("UNet::forward: {e}"))
+    }
+
+    /// [`UNet::forward_with`] that checks its inputs and returns an error naming the bad one
+    /// (`x`, `t`, `class_labels`, `label_vector`, `cond_image`, `context`, `self_cond`,
+    /// `lowres_noise_level`): wrong shape or dtype, out of range, required by the model but
+    /// missing, or given to a model without that route.
+    pub fn f_forward_with(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        inputs: &UNetInputs<'_>,
+        train: bool,
+    ) -> Result<Tensor, ModelError> {
+        let checked = check(&self.config, self.channels.len(), x, t, inputs)?;
+        Ok(self.run(&checked, train, &mut |_, _| {}))
     }
 
     /// Per-block output shapes (for a batch of one `height`×`width` input) and parameter
     /// counts; the rows' parameters add up to [`UNet::num_parameters`].
     pub fn summary(&self, height: i64, width: i64) -> Result<ModelSummary, ModelError> {
-        let input = [1, self.config.in_channels, height, width];
-        let x = Tensor::zeros(input, (Kind::Float, self.device));
-        let t = Tensor::zeros([1], (Kind::Int64, self.device));
+        let cfg = &self.config;
+        let input = [1, cfg.in_channels, height, width];
+        let float = (Kind::Float, self.device);
+        let int = (Kind::Int64, self.device);
+        let x = Tensor::zeros(input, float);
+        let t = Tensor::zeros([1], int);
         let labels = self
             .class_embedding
             .as_ref()
-            .map(|_| Tensor::zeros([1], (Kind::Int64, self.device)));
-        let (t, labels) = self.check_inputs(&x, &t, labels.as_ref())?;
+            .map(|_| Tensor::zeros([1], int));
+        let label_vector = cfg.label_dim.map(|d| Tensor::zeros([1, d], float));
+        let cond_image = (cfg.cond_channels > 0)
+            .then(|| Tensor::zeros([1, cfg.cond_channels, height, width], float));
+        let context = cfg.context_dim.map(|d| Tensor::zeros([1, d], float));
+        let noise_level = cfg.lowres_noise_level.map(|_| Tensor::zeros([1], int));
+        let inputs = UNetInputs {
+            class_labels: labels.as_ref(),
+            label_vector: label_vector.as_ref(),
+            cond_image: cond_image.as_ref(),
+            context: context.as_ref(),
+            self_cond: None,
+            lowres_noise_level: noise_level.as_ref(),
+        };
+        let checked = check(cfg, self.channels.len(), &x, &t, &inputs)?;
         let mut shapes: Vec<(String, Vec<i64>)> = Vec::new();
         let _guard = tch::no_grad_guard();
-        let _output = self.run(&x, &t, labels.as_ref(), false, &mut |name, out| {
+        let _output = self.run(&checked, false, &mut |name, out| {
             shapes.push((name.to_string(), out.size()));
         });
         let params = |name: &str| -> i64 {
@@ -206,10 +285,14 @@ impl UNet {
                 self.down_blocks[i].param_count()
             } else if let Some(i) = index("up_blocks.") {
                 self.up_blocks[i].param_count()
+            } else if let Some(i) = index("context_gains.") {
+                self.context_gains[i].param_count()
             } else {
                 match name {
                     "time_embedding" => self.time_embedding.param_count(),
                     "class_embedding" => self.class_embedding.param_count(),
+                    "label_embedding" => self.label_embedding.param_count(),
+                    "lowres_noise_embedding" => self.lowres_noise_embedding.param_count(),
                     "conv_in" => self.conv_in.param_count(),
                     "mid_block" => self.mid_block.param_count(),
                     "conv_norm_out" => self.conv_norm_out.param_count(),
@@ -233,123 +316,40 @@ impl UNet {
         })
     }
 
-    /// Validate inputs; returns `t` broadcast to `[B]` and the labels to use, on `x`'s device.
-    fn check_inputs(
-        &self,
-        x: &Tensor,
-        t: &Tensor,
-        class_labels: Option<&Tensor>,
-    ) -> Result<(Tensor, Option<Tensor>), ModelError> {
-        let size = x.size();
-        let bad_x = |reason: String| ModelError::InvalidInput { what: "x", reason };
-        if size.len() != 4 {
-            return Err(bad_x(format!("expected [B, C, H, W], got shape {size:?}")));
-        }
-        if !x.is_floating_point() {
-            return Err(bad_x(format!(
-                "expected a floating tensor, got {:?}",
-                x.kind()
-            )));
-        }
-        let (b, c, h, w) = (size[0], size[1], size[2], size[3]);
-        if c != self.config.in_channels {
-            return Err(bad_x(format!(
-                "model has {} input channels, x has shape {size:?}",
-                self.config.in_channels
-            )));
-        }
-        let factor = 1i64 << (self.channels.len() - 1);
-        if h < 1 || w < 1 || h % factor != 0 || w % factor != 0 {
-            return Err(bad_x(format!(
-                "height and width must be positive multiples of {factor} (2^(levels-1)), got shape {size:?}"
-            )));
-        }
-        let device = x.device();
-        let t_size = t.size();
-        if t_size.len() > 1 || !(t.numel() == 1 || t.numel() as i64 == b) {
-            return Err(ModelError::InvalidInput {
-                what: "t",
-                reason: format!("expected [B] (B = {b}), [1] or a scalar, got shape {t_size:?}"),
-            });
-        }
-        if matches!(t.kind(), Kind::Bool) || t.is_complex() {
-            return Err(ModelError::InvalidInput {
-                what: "t",
-                reason: format!("expected an integer or floating tensor, got {:?}", t.kind()),
-            });
-        }
-        let t = t.reshape([-1]).expand([b], false).to_device(device);
-        let labels = match (&self.class_embedding, class_labels) {
-            (None, None) => None,
-            (None, Some(_)) => {
-                return Err(ModelError::InvalidInput {
-                    what: "class_labels",
-                    reason: "given, but the model has no class embedding (num_classes unset)"
-                        .into(),
-                });
-            }
-            (Some(emb), None) => {
-                if !self.config.null_class {
-                    return Err(ModelError::InvalidInput {
-                        what: "class_labels",
-                        reason: "required: the model is class-conditional and has no null class"
-                            .into(),
-                    });
-                }
-                Some(Tensor::full([b], emb.rows() - 1, (Kind::Int64, device)))
-            }
-            (Some(emb), Some(labels)) => {
-                if labels.kind() != Kind::Int64 || labels.size() != [b] {
-                    return Err(ModelError::InvalidInput {
-                        what: "class_labels",
-                        reason: format!(
-                            "expected int64 [B] (B = {b}), got {:?} {:?}",
-                            labels.kind(),
-                            labels.size()
-                        ),
-                    });
-                }
-                let (lo, hi) = (labels.min().int64_value(&[]), labels.max().int64_value(&[]));
-                if lo < 0 || hi >= emb.rows() {
-                    return Err(ModelError::InvalidInput {
-                        what: "class_labels",
-                        reason: format!(
-                            "values must be in 0..{}, got range {lo}..={hi}",
-                            emb.rows()
-                        ),
-                    });
-                }
-                Some(labels.to_device(device))
-            }
-        };
-        Ok((t, labels))
-    }
-
     /// The forward pass on checked inputs, reporting each top-level block's output.
-    fn run(
-        &self,
-        x: &Tensor,
-        t: &Tensor,
-        labels: Option<&Tensor>,
-        train: bool,
-        record: &mut dyn FnMut(&str, &Tensor),
-    ) -> Tensor {
+    fn run(&self, inputs: &Checked, train: bool, record: &mut dyn FnMut(&str, &Tensor)) -> Tensor {
+        let x = &inputs.x;
+        let te = self.config.time_embedding.sinusoidal();
         let code = sinusoidal_embedding(
-            t,
+            &inputs.t,
             self.config.sinusoid_dim().unwrap_or(self.channels[0]),
-            &self.config.time_embedding.sinusoidal(),
+            &te,
         )
         .to_kind(x.kind());
-        let time_emb = self.time_embedding.forward(&code);
-        record("time_embedding", &time_emb);
-        let emb = match (&self.class_embedding, labels) {
-            (Some(class_embedding), Some(labels)) => {
-                let class_emb = class_embedding.forward(labels);
-                record("class_embedding", &class_emb);
-                time_emb + class_emb
-            }
-            _ => time_emb,
-        };
+        let mut emb = self.time_embedding.forward(&code);
+        record("time_embedding", &emb);
+        if let (Some(class_embedding), Some(labels)) = (&self.class_embedding, &inputs.labels) {
+            let class_emb = class_embedding.forward(labels);
+            record("class_embedding", &class_emb);
+            emb = &emb + class_emb;
+        }
+        if let (Some(mlp), Some(v)) = (&self.label_embedding, &inputs.label_vector) {
+            let label_emb = mlp.forward(v);
+            record("label_embedding", &label_emb);
+            emb = &emb + label_emb;
+        }
+        if let (Some(mlp), Some(level)) = (&self.lowres_noise_embedding, &inputs.noise_level) {
+            let dim = self
+                .config
+                .noise_level_sinusoid_dim()
+                .ok()
+                .flatten()
+                .unwrap_or(self.channels[0]);
+            let code = sinusoidal_embedding(level, dim, &te).to_kind(x.kind());
+            let noise_emb = mlp.forward(&code);
+            record("lowres_noise_embedding", &noise_emb);
+            emb = &emb + noise_emb;
+        }
 
         let mut h = self.conv_in.forward(x);
         record("conv_in", &h);
@@ -365,6 +365,10 @@ impl UNet {
         for (i, block) in self.up_blocks.iter().enumerate() {
             h = block.forward(&h, &mut skips, &emb, train);
             record(&format!("up_blocks.{i}"), &h);
+            if let (Some(gain), Some(context)) = (self.context_gains.get(i), &inputs.context) {
+                h = gain.forward(&h, context);
+                record(&format!("context_gains.{i}"), &h);
+            }
         }
         h = self.conv_norm_out.forward(&h);
         record("conv_norm_out", &h);

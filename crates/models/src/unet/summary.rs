@@ -16,7 +16,7 @@ pub struct SummaryRow {
 /// Blocks in forward order with their output shapes and parameter counts.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ModelSummary {
-    /// The input the shapes were computed for (`[1, C, H, W]`).
+    /// The input the shapes were computed for (`[1, C, H, W]`; `[1, D]` for vector models).
     pub input_shape: Vec<i64>,
     /// The blocks, in the order the forward pass runs them.
     pub rows: Vec<SummaryRow>,

@@ -1,0 +1,289 @@
+//! An MLP denoiser for vector data (the 2-D toy problems: spiral, disc grid), as used to show
+//! DDPM end to end (Ho et al. 2020 on 2-D data; Sohl-Dickstein et al. 2015, §3).
+//!
+//! `e = MLP_t(sin(t))` (the UNet's sinusoidal code and two-layer time MLP), then
+//! `h₀ = W_in x`, `h_{i+1} = act(W_i h_i + U_i act(e))` for `i < layers`, and `out = W_out h_L`.
+//! The time embedding is *added* to every hidden layer through its own projection `U_i`
+//! (rather than concatenated to the input once), so time reaches every depth.
+
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor, nn, nn::Module};
+
+use crate::ModelError;
+use crate::embeddings::{TimestepEmbedding, sinusoidal_embedding};
+use crate::params::ParamCount;
+use crate::unet::{ModelSummary, SummaryRow, TimeEmbeddingConfig};
+
+/// The nonlinearity of the [`MlpDenoiser`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// `x·σ(x)` (Elfwing et al. 2018; Ramachandran et al. 2017 "Swish").
+    #[default]
+    Silu,
+    /// `x·Φ(x)`, exact (Hendrycks & Gimpel 2016).
+    Gelu,
+    /// `max(x, 0)`.
+    Relu,
+}
+
+impl Activation {
+    /// Apply the nonlinearity elementwise.
+    pub fn apply(self, x: &Tensor) -> Tensor {
+        match self {
+            Self::Silu => x.silu(),
+            Self::Gelu => x.gelu("none"),
+            Self::Relu => x.relu(),
+        }
+    }
+}
+
+/// Configuration of an [`MlpDenoiser`], mirroring the `model:` section of a toy YAML config.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MlpConfig {
+    /// Dimension `D` of a data point (2 for the 2-D toys).
+    pub data_dim: i64,
+    /// Width of every hidden layer.
+    pub hidden: i64,
+    /// Number of hidden layers (each `Linear + time projection + activation`).
+    pub layers: usize,
+    /// Timestep embedding; `sinusoid_dim` and `dim` default to `hidden`.
+    pub time_embedding: TimeEmbeddingConfig,
+    /// Nonlinearity: `silu` (default), `gelu` or `relu`.
+    pub activation: Activation,
+}
+
+impl Default for MlpConfig {
+    fn default() -> Self {
+        Self {
+            data_dim: 2,
+            hidden: 256,
+            layers: 3,
+            time_embedding: TimeEmbeddingConfig::default(),
+            activation: Activation::Silu,
+        }
+    }
+}
+
+impl MlpConfig {
+    /// Width of the sinusoidal timestep code.
+    pub fn sinusoid_dim(&self) -> i64 {
+        self.time_embedding.sinusoid_dim.unwrap_or(self.hidden)
+    }
+
+    /// Width of the time embedding.
+    pub fn time_embed_dim(&self) -> i64 {
+        self.time_embedding.dim.unwrap_or(self.hidden)
+    }
+
+    /// Check every value; the error names the key and value.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        for (key, value) in [
+            ("data_dim", self.data_dim),
+            ("hidden", self.hidden),
+            ("time_embedding.dim", self.time_embed_dim()),
+        ] {
+            if value < 1 {
+                return Err(ModelError::invalid(key, value, "must be >= 1"));
+            }
+        }
+        if self.layers < 1 {
+            return Err(ModelError::invalid("layers", self.layers, "must be >= 1"));
+        }
+        let te = &self.time_embedding;
+        let sin_dim = self.sinusoid_dim();
+        if sin_dim < 2 || (sin_dim / 2) as f64 == te.freq_shift {
+            return Err(ModelError::invalid(
+                "time_embedding.sinusoid_dim",
+                sin_dim,
+                "must be >= 2 and its half must differ from time_embedding.freq_shift",
+            ));
+        }
+        if !te.freq_shift.is_finite() {
+            return Err(ModelError::invalid(
+                "time_embedding.freq_shift",
+                te.freq_shift,
+                "must be finite",
+            ));
+        }
+        if !(te.max_period > 1.0 && te.max_period.is_finite()) {
+            return Err(ModelError::invalid(
+                "time_embedding.max_period",
+                te.max_period,
+                "must be > 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One hidden layer: `act(linear(h) + time_proj(act(e)))`.
+#[derive(Debug)]
+struct MlpLayer {
+    linear: nn::Linear,
+    time_proj: nn::Linear,
+}
+
+impl ParamCount for MlpLayer {
+    fn param_count(&self) -> i64 {
+        self.linear.param_count() + self.time_proj.param_count()
+    }
+}
+
+/// An MLP denoiser `f(x_t, t)`: `[B, D]` → `[B, D]`; see the [module docs](self). Parameter
+/// names: `time_embedding.linear_{1,2}`, `input`, `layers.i.linear`, `layers.i.time_proj`,
+/// `output`.
+#[derive(Debug)]
+pub struct MlpDenoiser {
+    config: MlpConfig,
+    device: Device,
+    time_embedding: TimestepEmbedding,
+    input: nn::Linear,
+    layers: Vec<MlpLayer>,
+    output: nn::Linear,
+}
+
+impl MlpDenoiser {
+    /// Validate `config` and create the parameters under `vs`.
+    pub fn new(vs: &nn::Path, config: &MlpConfig) -> Result<Self, ModelError> {
+        config.validate()?;
+        let (d, hidden, temb) = (config.data_dim, config.hidden, config.time_embed_dim());
+        let linear = |vs: nn::Path, i, o| nn::linear(vs, i, o, Default::default());
+        let layers = (0..config.layers)
+            .map(|i| MlpLayer {
+                linear: linear(vs / "layers" / i / "linear", hidden, hidden),
+                time_proj: linear(vs / "layers" / i / "time_proj", temb, hidden),
+            })
+            .collect();
+        Ok(Self {
+            time_embedding: TimestepEmbedding::new(
+                &(vs / "time_embedding"),
+                config.sinusoid_dim(),
+                temb,
+            ),
+            input: linear(vs / "input", d, hidden),
+            layers,
+            output: linear(vs / "output", hidden, d),
+            config: config.clone(),
+            device: vs.device(),
+        })
+    }
+
+    /// The configuration this model was built from.
+    pub fn config(&self) -> &MlpConfig {
+        &self.config
+    }
+
+    /// Total number of scalar parameters.
+    pub fn num_parameters(&self) -> i64 {
+        self.time_embedding.param_count()
+            + self.input.param_count()
+            + self.layers.param_count()
+            + self.output.param_count()
+    }
+
+    /// The prediction for `x` (`[B, data_dim]`, floating) at timesteps `t` (int64 or float,
+    /// `[B]`, `[1]` or scalar).
+    ///
+    /// # Panics
+    /// On invalid inputs, with the message of [`MlpDenoiser::f_forward`]'s error.
+    pub fn forward(&self, x: &Tensor, t: &Tensor) -> Tensor {
+        self.f_forward(x, t)
+            .unwrap_or_else(|e| panic!("MlpDenoiser::forward: {e}"))
+    }
+
+    /// [`MlpDenoiser::forward`] returning an error that names the bad input (`x` or `t`).
+    pub fn f_forward(&self, x: &Tensor, t: &Tensor) -> Result<Tensor, ModelError> {
+        let t = self.check(x, t)?;
+        Ok(self.run(x, &t, &mut |_, _| {}))
+    }
+
+    /// Per-layer output shapes (for a batch of one) and parameter counts; the rows'
+    /// parameters add up to [`MlpDenoiser::num_parameters`].
+    pub fn summary(&self) -> Result<ModelSummary, ModelError> {
+        let input = [1, self.config.data_dim];
+        let x = Tensor::zeros(input, (Kind::Float, self.device));
+        let t = self.check(&x, &Tensor::zeros([1], (Kind::Int64, self.device)))?;
+        let mut shapes: Vec<(String, Vec<i64>)> = Vec::new();
+        let _guard = tch::no_grad_guard();
+        let _output = self.run(&x, &t, &mut |name, out| {
+            shapes.push((name.to_string(), out.size()));
+        });
+        let params = |name: &str| match name {
+            "time_embedding" => self.time_embedding.param_count(),
+            "input" => self.input.param_count(),
+            "output" => self.output.param_count(),
+            _ => name
+                .strip_prefix("layers.")
+                .and_then(|i| i.parse::<usize>().ok())
+                .map_or(0, |i| self.layers[i].param_count()),
+        };
+        let rows: Vec<SummaryRow> = shapes
+            .into_iter()
+            .map(|(name, output_shape)| SummaryRow {
+                params: params(&name),
+                name,
+                output_shape,
+            })
+            .collect();
+        Ok(ModelSummary {
+            input_shape: input.to_vec(),
+            total_params: rows.iter().map(|r| r.params).sum(),
+            rows,
+        })
+    }
+
+    /// Check `x` and `t`; returns `t` broadcast to `[B]` on `x`'s device.
+    fn check(&self, x: &Tensor, t: &Tensor) -> Result<Tensor, ModelError> {
+        let size = x.size();
+        let d = self.config.data_dim;
+        if size.len() != 2 || size[1] != d || !x.is_floating_point() {
+            return Err(ModelError::InvalidInput {
+                what: "x",
+                reason: format!(
+                    "expected a floating [B, {d}] tensor, got {:?} {size:?}",
+                    x.kind()
+                ),
+            });
+        }
+        let b = size[0];
+        let t_size = t.size();
+        if t_size.len() > 1
+            || !(t.numel() == 1 || t.numel() as i64 == b)
+            || matches!(t.kind(), Kind::Bool)
+            || t.is_complex()
+        {
+            return Err(ModelError::InvalidInput {
+                what: "t",
+                reason: format!(
+                    "expected an integer or floating [B] (B = {b}), [1] or scalar, got {:?} {t_size:?}",
+                    t.kind()
+                ),
+            });
+        }
+        Ok(t.reshape([-1]).expand([b], false).to_device(x.device()))
+    }
+
+    fn run(&self, x: &Tensor, t: &Tensor, record: &mut dyn FnMut(&str, &Tensor)) -> Tensor {
+        let act = self.config.activation;
+        let code = sinusoidal_embedding(
+            t,
+            self.config.sinusoid_dim(),
+            &self.config.time_embedding.sinusoidal(),
+        )
+        .to_kind(x.kind());
+        let emb = self.time_embedding.forward(&code);
+        record("time_embedding", &emb);
+        let emb = act.apply(&emb);
+        let mut h = self.input.forward(x);
+        record("input", &h);
+        for (i, layer) in self.layers.iter().enumerate() {
+            h = act.apply(&(layer.linear.forward(&h) + layer.time_proj.forward(&emb)));
+            record(&format!("layers.{i}"), &h);
+        }
+        h = self.output.forward(&h);
+        record("output", &h);
+        h
+    }
+}

@@ -1,0 +1,42 @@
+//! The top-level config sections.
+
+use difflab_models::UNetConfig;
+use difflab_samplers::SamplerConfig;
+use difflab_schedulers::{Prediction, ScheduleConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::DeviceSpec;
+
+/// One experiment: what to build and how to sample from it. Sections for data, training and
+/// logging join as the trainer lands; every section but `name` and `model` has defaults.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentConfig {
+    /// Run name (the default run directory is `runs/<name>`).
+    pub name: String,
+    /// Master seed: parameter init, data order and noise derive from it.
+    #[serde(default)]
+    pub seed: u64,
+    /// auto | cpu | cuda | cuda:N.
+    #[serde(default)]
+    pub device: DeviceSpec,
+    /// Noise schedule.
+    #[serde(default)]
+    pub schedule: ScheduleConfig,
+    /// What the network predicts: eps | x0 | v.
+    #[serde(default)]
+    pub objective: Prediction,
+    /// The network.
+    pub model: ModelConfig,
+    /// Sampler used for preview grids and by default in `difflab sample`.
+    #[serde(default)]
+    pub sampler: SamplerConfig,
+}
+
+/// Which network, with its settings (`kind` selects the variant).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ModelConfig {
+    /// The UNet (see `docs/models.md`).
+    Unet(UNetConfig),
+}
