@@ -6,7 +6,9 @@ pub mod config;
 mod denoiser;
 mod device;
 pub mod images;
+mod network;
 
 pub use config::{ConfigError, ExperimentConfig, ModelConfig, Override, load_config};
 pub use denoiser::UNetDenoiser;
 pub use device::{DeviceError, DeviceSpec};
+pub use network::Network;

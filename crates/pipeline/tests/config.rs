@@ -36,7 +36,7 @@ fn parses_every_section_with_defaults() {
     assert_eq!(c.schedule.timesteps, 100);
     assert_eq!(c.objective, Prediction::Eps);
     assert_eq!(c.sampler.steps, Some(10));
-    let ModelConfig::Unet(unet) = &c.model;
+    let ModelConfig::Unet(unet) = &c.model else { panic!("expected a unet, got {:?}", c.model) };
     assert_eq!(unet.block_out_channels.as_deref(), Some(&[8, 16][..]));
 }
 
@@ -115,4 +115,24 @@ fn out_of_range_values_are_rejected_with_the_key() {
     assert!(err.contains("schedule.beta_end = 2"), "{err}");
     let err = parse(BASE, &["sampler.steps=500"]).unwrap_err().to_string();
     assert!(err.contains("sampler.steps = 500"), "{err}");
+}
+
+#[test]
+fn every_model_kind_parses_builds_and_summarises() {
+    use difflab_pipeline::Network;
+    let mlp = "name: toy\nmodel:\n  kind: mlp\n  data_dim: 2\n  hidden: 32\n  layers: 2\n";
+    let sr = "name: sr\nmodel:\n  kind: sr_unet\n  scale_factor: 2\n  unet:\n    in_channels: 3\n    out_channels: 3\n    block_out_channels: [8, 16]\n    norm_num_groups: 4\n";
+    for (text, resolution) in [(BASE, 16), (mlp, 0), (sr, 16)] {
+        let c = parse(text, &[]).unwrap();
+        let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+        let net = Network::build(&vs.root(), &c.model).unwrap();
+        let summary = net.summary(resolution).unwrap();
+        assert_eq!(summary.total_params, net.num_parameters(), "{}", c.name);
+        let stored: i64 = vs.trainable_variables().iter().map(|t| t.numel() as i64).sum();
+        assert_eq!(stored, net.num_parameters(), "{}: every parameter is counted", c.name);
+    }
+    let err = parse(&sr.replace("scale_factor: 2", "scale_factor: 0"), &[]).unwrap_err().to_string();
+    assert!(err.contains("scale_factor"), "{err}");
+    let err = parse(&mlp.replace("hidden: 32", "hiden: 32"), &[]).unwrap_err().to_string();
+    assert!(err.contains("hiden"), "{err}");
 }

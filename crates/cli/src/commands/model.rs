@@ -4,9 +4,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use difflab_models::{UNet, load_diffusers_unet};
+use difflab_models::load_diffusers_unet;
 use difflab_pipeline::config::load_config;
-use difflab_pipeline::{ModelConfig, Override};
+use difflab_pipeline::{Network, Override};
 use tch::{Device, nn};
 
 use super::config::parse_override;
@@ -42,14 +42,14 @@ pub struct SummaryArgs {
 /// Run the command.
 pub fn run(command: &ModelCommand) -> Result<()> {
     let ModelCommand::Summary(args) = command;
-    let (unet, resolution) = if let Some(dir) = &args.diffusers_model {
+    let (network, resolution) = if let Some(dir) = &args.diffusers_model {
         if !args.overrides.is_empty() {
             bail!("--set applies to --config, not --diffusers-model");
         }
         let (unet, _vs, config) = load_diffusers_unet(dir, Device::Cpu)
             .with_context(|| format!("loading {}", dir.display()))?;
         let size = config.sample_size().map(|(h, _)| h);
-        (unet, args.resolution.or(size).unwrap_or(32))
+        (Network::Unet(unet), args.resolution.or(size).unwrap_or(32))
     } else {
         let path = args
             .config
@@ -57,14 +57,10 @@ pub fn run(command: &ModelCommand) -> Result<()> {
             .expect("clap requires --config or --diffusers-model");
         let config = load_config(path, &args.overrides)?;
         let vs = nn::VarStore::new(Device::Cpu);
-        let unet = match &config.model {
-            ModelConfig::Unet(c) => UNet::new(&vs.root(), c).context("building the model")?,
-        };
-        (unet, args.resolution.unwrap_or(32))
+        let network = Network::build(&vs.root(), &config.model).context("building the model")?;
+        (network, args.resolution.unwrap_or(32))
     };
-    let summary = unet
-        .summary(resolution, resolution)
-        .context("tracing shapes")?;
+    let summary = network.summary(resolution).context("tracing shapes")?;
     print!("{summary}");
     Ok(())
 }

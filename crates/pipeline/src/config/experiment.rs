@@ -1,6 +1,6 @@
 //! The top-level config sections.
 
-use difflab_models::UNetConfig;
+use difflab_models::{MlpConfig, SrUNetConfig, UNetConfig};
 use difflab_samplers::SamplerConfig;
 use difflab_schedulers::{Prediction, ScheduleConfig};
 use serde::{Deserialize, Serialize};
@@ -33,10 +33,25 @@ pub struct ExperimentConfig {
     pub sampler: SamplerConfig,
 }
 
-/// Which network, with its settings (`kind` selects the variant).
+/// Which network, with its settings (`kind` selects the variant; see `docs/models.md`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ModelConfig {
-    /// The UNet (see `docs/models.md`).
+    /// The UNet for images (base models, experts).
     Unet(UNetConfig),
+    /// The super-resolution UNet of a cascade stage (low-res image + noise level in).
+    SrUnet(SrUNetConfig),
+    /// The MLP denoiser for vector data (the 2-D toy).
+    Mlp(MlpConfig),
+}
+
+impl ModelConfig {
+    /// Range checks, with errors naming the key and value.
+    pub fn validate(&self) -> Result<(), difflab_models::ModelError> {
+        match self {
+            Self::Unet(c) => c.validate(),
+            Self::SrUnet(c) => c.validate(),
+            Self::Mlp(c) => c.validate(),
+        }
+    }
 }

@@ -93,9 +93,7 @@ fn validate(config: &ExperimentConfig) -> Result<(), String> {
             .build(&schedule, None)
             .map_err(|e| e.to_string())?;
     }
-    match &config.model {
-        super::ModelConfig::Unet(unet) => unet.validate().map_err(|e| format!("model: {e}"))?,
-    }
+    config.model.validate().map_err(|e| format!("model: {e}"))?;
     Ok(())
 }
 
