@@ -211,46 +211,34 @@ fn every_route_combination_at_32() {
 }
 
 #[test]
-fn routes_at_128_and_256() {
+fn every_route_combination_at_128_and_256() {
     tch::manual_seed(1);
-    // At 128: no routes and all routes with every attention kind and conditioning; each
-    // single route once. At 256 (batch 1, three levels): no routes and all routes.
-    for attention in ATTENTIONS {
-        for conditioning in CONDITIONINGS {
-            for routes in [Routes::default(), Routes::ALL] {
-                check_shape(
-                    &config(routes, attention, conditioning, 3, 128),
-                    routes,
-                    1,
-                    128,
-                );
+    // All 2^7 subsets of routes at both resolutions (batch 1, three levels), cycling through the
+    // (attention, time conditioning) pairs; then every pair with no and with all routes.
+    for side in [128, 256] {
+        for bits in 0..(1u32 << 7) {
+            let routes = Routes::from_bits(bits);
+            let attention = ATTENTIONS[(bits as usize + 1) % 3];
+            let conditioning = CONDITIONINGS[(bits as usize / 3 + 1) % 2];
+            check_shape(
+                &config(routes, attention, conditioning, 3, side),
+                routes,
+                1,
+                side,
+            );
+        }
+        for attention in ATTENTIONS {
+            for conditioning in CONDITIONINGS {
+                for routes in [Routes::default(), Routes::ALL] {
+                    check_shape(
+                        &config(routes, attention, conditioning, 3, side),
+                        routes,
+                        1,
+                        side,
+                    );
+                }
             }
         }
-    }
-    for bit in 0..7 {
-        let routes = Routes::from_bits(1 << bit);
-        let config = config(routes, AttentionKind::Linear, TimeConditioning::Add, 3, 128);
-        check_shape(&config, routes, 1, 128);
-    }
-    for (attention, conditioning, routes) in [
-        (
-            AttentionKind::None,
-            TimeConditioning::Add,
-            Routes::default(),
-        ),
-        (
-            AttentionKind::Full,
-            TimeConditioning::ScaleShift,
-            Routes::ALL,
-        ),
-        (AttentionKind::Linear, TimeConditioning::Add, Routes::ALL),
-    ] {
-        check_shape(
-            &config(routes, attention, conditioning, 3, 256),
-            routes,
-            1,
-            256,
-        );
     }
 }
 
