@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/setup.sh
+.venv/bin/python -c 'import tensorboard' 2>/dev/null || .venv/bin/pip install --quiet --disable-pip-version-check tensorboard
 cargo test --workspace --locked "$@"

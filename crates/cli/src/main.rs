@@ -10,9 +10,10 @@ use difflab_pipeline::DeviceSpec;
 #[derive(Parser, Debug)]
 #[command(name = "difflab", version, about, propagate_version = true)]
 struct Cli {
-    /// Where tensors live: auto (CUDA when available), cpu, cuda or cuda:N.
-    #[arg(long, global = true, default_value = "auto", value_parser = parse_device)]
-    device: DeviceSpec,
+    /// Where tensors live: auto (CUDA when available), cpu, cuda or cuda:N. Default: the
+    /// config's `device`, else auto.
+    #[arg(long, global = true, value_parser = parse_device)]
+    device: Option<DeviceSpec>,
 
     #[command(subcommand)]
     command: Command,
@@ -20,6 +21,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Train one model (base, SR stage or one expert) from a YAML config.
+    Train(commands::train::TrainArgs),
     /// Inspect a noise schedule: print its tables as JSON or plot them.
     Schedule(commands::schedule::ScheduleArgs),
     /// Generate images with a trained model and any sampler.
@@ -42,8 +45,9 @@ fn parse_device(s: &str) -> Result<DeviceSpec, String> {
 fn main() {
     let cli = Cli::parse();
     let result: Result<()> = match cli.command {
-        Command::Schedule(args) => commands::schedule::run(&args, cli.device),
-        Command::Sample(args) => commands::sample::run(&args, cli.device),
+        Command::Train(args) => commands::train::run(&args, cli.device),
+        Command::Schedule(args) => commands::schedule::run(&args),
+        Command::Sample(args) => commands::sample::run(&args, cli.device.unwrap_or_default()),
         Command::Config(command) => commands::config::run(&command),
         Command::Model(command) => commands::model::run(&command),
         Command::Export(args) => commands::export::run(&args),

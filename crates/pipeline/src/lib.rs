@@ -1,14 +1,19 @@
 //! The composition layer: the only crate that knows about schedules, samplers and models at
-//! once. It will hold configs, datasets, the trainer, checkpoints and cascades; today it holds
-//! the runtime device choice, the model-to-sampler adapter and image output.
+//! once: configs, datasets, the trainer, checkpoints, logging, image output and the runtime
+//! device choice.
 
+pub mod checkpoint;
 pub mod config;
-mod denoiser;
+pub mod data;
 mod device;
 pub mod images;
+pub mod logging;
 mod network;
+mod network_denoiser;
+pub mod optim;
+pub mod train;
 
 pub use config::{ConfigError, ExperimentConfig, ModelConfig, Override, load_config};
-pub use denoiser::UNetDenoiser;
 pub use device::{DeviceError, DeviceSpec};
 pub use network::Network;
+pub use network_denoiser::NetworkDenoiser;

@@ -6,6 +6,8 @@ use tch::nn;
 use crate::ModelConfig;
 
 /// The network a config describes, with its parameters in the VarStore it was built in.
+// One or two per process: the size difference between variants does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Network {
     /// An image UNet.
     Unet(UNet),

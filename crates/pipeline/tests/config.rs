@@ -36,7 +36,9 @@ fn parses_every_section_with_defaults() {
     assert_eq!(c.schedule.timesteps, 100);
     assert_eq!(c.objective, Prediction::Eps);
     assert_eq!(c.sampler.steps, Some(10));
-    let ModelConfig::Unet(unet) = &c.model else { panic!("expected a unet, got {:?}", c.model) };
+    let ModelConfig::Unet(unet) = &c.model else {
+        panic!("expected a unet, got {:?}", c.model)
+    };
     assert_eq!(unet.block_out_channels.as_deref(), Some(&[8, 16][..]));
 }
 
@@ -128,11 +130,24 @@ fn every_model_kind_parses_builds_and_summarises() {
         let net = Network::build(&vs.root(), &c.model).unwrap();
         let summary = net.summary(resolution).unwrap();
         assert_eq!(summary.total_params, net.num_parameters(), "{}", c.name);
-        let stored: i64 = vs.trainable_variables().iter().map(|t| t.numel() as i64).sum();
-        assert_eq!(stored, net.num_parameters(), "{}: every parameter is counted", c.name);
+        let stored: i64 = vs
+            .trainable_variables()
+            .iter()
+            .map(|t| t.numel() as i64)
+            .sum();
+        assert_eq!(
+            stored,
+            net.num_parameters(),
+            "{}: every parameter is counted",
+            c.name
+        );
     }
-    let err = parse(&sr.replace("scale_factor: 2", "scale_factor: 0"), &[]).unwrap_err().to_string();
+    let err = parse(&sr.replace("scale_factor: 2", "scale_factor: 0"), &[])
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("scale_factor"), "{err}");
-    let err = parse(&mlp.replace("hidden: 32", "hiden: 32"), &[]).unwrap_err().to_string();
+    let err = parse(&mlp.replace("hidden: 32", "hiden: 32"), &[])
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("hiden"), "{err}");
 }

@@ -37,7 +37,9 @@ pub fn run(args: &ExportArgs) -> Result<()> {
     let mut vs = nn::VarStore::new(Device::Cpu);
     let unet = match &config.model {
         ModelConfig::Unet(c) => UNet::new(&vs.root(), c).context("building the model")?,
-        _ => bail!("only `model.kind: unet` can be exported to diffusers (diffusers has no SR-UNet or MLP model)"),
+        _ => bail!(
+            "only `model.kind: unet` can be exported to diffusers (diffusers has no SR-UNet or MLP model)"
+        ),
     };
     load_safetensors(&mut vs, &args.weights)
         .with_context(|| format!("loading weights {}", args.weights.display()))?;

@@ -5,3 +5,4 @@ pub mod export;
 pub mod model;
 pub mod sample;
 pub mod schedule;
+pub mod train;

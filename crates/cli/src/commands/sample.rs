@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use difflab_models::load_diffusers_unet;
 use difflab_pipeline::images::{grid_columns, save_grid, save_images};
-use difflab_pipeline::{DeviceSpec, UNetDenoiser};
+use difflab_pipeline::{DeviceSpec, Network, NetworkDenoiser};
 use difflab_samplers::{Conditioning, GlobalSeedNoise, NoiseSource, SamplerConfig, SamplerKind};
 use difflab_schedulers::{BetaScheduleKind, Prediction, ScheduleConfig, TimestepSpacing};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -128,7 +128,8 @@ pub fn run(args: &SampleArgs, device: DeviceSpec) -> Result<()> {
         bail!("--sampler cold needs a cold-diffusion model (process: cold); use ddim or ddpm here");
     }
     let sampler = sampler_config.build(&schedule, None)?;
-    let denoiser = UNetDenoiser::new(&unet, args.prediction);
+    let network = Network::Unet(unet);
+    let denoiser = NetworkDenoiser::new(&network, args.prediction);
 
     let n = args.num_images as i64;
     let mut noise = GlobalSeedNoise::new(args.seed);

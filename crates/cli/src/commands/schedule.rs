@@ -4,7 +4,6 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use difflab_pipeline::DeviceSpec;
 use difflab_plot::{Chart, Figure, Series};
 use difflab_schedulers::{
     BetaScheduleKind, NoiseSchedule, ScheduleConfig, TimestepSpacing, inference_timesteps,
@@ -79,7 +78,7 @@ impl ScheduleArgs {
 }
 
 /// Run the command.
-pub fn run(args: &ScheduleArgs, _device: DeviceSpec) -> Result<()> {
+pub fn run(args: &ScheduleArgs) -> Result<()> {
     if !args.json && args.plot.is_none() {
         bail!("nothing to do: pass --json, --plot FILE.png, or both");
     }

@@ -6,9 +6,11 @@ use difflab_schedulers::{Prediction, ScheduleConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::DeviceSpec;
+use crate::data::DataConfig;
+use crate::train::{LoggingConfig, ProcessConfig, TrainingConfig};
 
-/// One experiment: what to build and how to sample from it. Sections for data, training and
-/// logging join as the trainer lands; every section but `name` and `model` has defaults.
+/// One experiment: the data, the corruption process, the network, how to train it and how to
+/// sample from it. Every section but `name` and `model` has defaults (see `docs/training.md`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExperimentConfig {
@@ -20,6 +22,12 @@ pub struct ExperimentConfig {
     /// auto | cpu | cuda | cuda:N.
     #[serde(default)]
     pub device: DeviceSpec,
+    /// The training data.
+    #[serde(default)]
+    pub data: DataConfig,
+    /// Gaussian diffusion or cold diffusion (with its degradation).
+    #[serde(default)]
+    pub process: ProcessConfig,
     /// Noise schedule.
     #[serde(default)]
     pub schedule: ScheduleConfig,
@@ -28,9 +36,15 @@ pub struct ExperimentConfig {
     pub objective: Prediction,
     /// The network.
     pub model: ModelConfig,
+    /// Optimisation, checkpoints and previews.
+    #[serde(default)]
+    pub training: TrainingConfig,
     /// Sampler used for preview grids and by default in `difflab sample`.
     #[serde(default)]
     pub sampler: SamplerConfig,
+    /// Progress lines and TensorBoard.
+    #[serde(default)]
+    pub logging: LoggingConfig,
 }
 
 /// Which network, with its settings (`kind` selects the variant; see `docs/models.md`).

@@ -94,6 +94,35 @@ fn validate(config: &ExperimentConfig) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
     }
     config.model.validate().map_err(|e| format!("model: {e}"))?;
+    config.data.validate().map_err(|e| e.to_string())?;
+    config.training.validate()?;
+    config.logging.validate()?;
+    config.training.optimizer.validate()?;
+    config.training.lr_schedule.validate()?;
+    config.training.ema.validate()?;
+    use difflab_samplers::SamplerKind;
+    match (&config.process, config.sampler.kind) {
+        (crate::train::ProcessConfig::Cold { degradation }, SamplerKind::Cold) => {
+            let d = degradation
+                .build(&schedule, tch::Device::Cpu)
+                .map_err(|e| e.to_string())?;
+            config
+                .sampler
+                .build(&schedule, Some(d))
+                .map_err(|e| e.to_string())?;
+        }
+        (crate::train::ProcessConfig::Cold { .. }, kind) => {
+            return Err(format!(
+                "process.kind: cold is sampled with sampler.kind: cold (got {kind:?})"
+            ));
+        }
+        (crate::train::ProcessConfig::Gaussian, SamplerKind::Cold) => {
+            return Err(
+                "sampler.kind: cold needs process.kind: cold (a degradation to invert)".into(),
+            );
+        }
+        _ => {}
+    }
     Ok(())
 }
 

@@ -1,47 +1,70 @@
-//! The adapter that lets a sampler call a network: models know nothing of prediction types or
-//! conditioning structs, samplers know nothing of networks.
+//! A [`Network`] seen by samplers as a [`Denoiser`].
 
-use difflab_models::{UNet, UNetInputs};
+use difflab_models::UNetInputs;
 use difflab_samplers::{Conditioning, Denoiser};
 use difflab_schedulers::Prediction;
 use tch::Tensor;
 
-/// A [`UNet`] seen as a [`Denoiser`] whose output is `prediction` (the objective it was
-/// trained with). Runs in eval mode (no dropout).
-pub struct UNetDenoiser<'a> {
-    unet: &'a UNet,
+use crate::Network;
+
+impl Network {
+    /// The network's output for `x_t` at timesteps `t` with `cond`; `train` enables dropout.
+    /// SR-UNets need their low-resolution input and go through the cascade instead.
+    pub fn forward_cond(
+        &self,
+        x_t: &Tensor,
+        t: &Tensor,
+        cond: &Conditioning,
+        train: bool,
+    ) -> Tensor {
+        match self {
+            Network::Unet(unet) => {
+                let inputs = UNetInputs {
+                    class_labels: cond.class_labels.as_ref(),
+                    label_vector: cond.label_vector.as_ref(),
+                    cond_image: cond.image.as_ref(),
+                    context: cond.context.as_ref(),
+                    ..UNetInputs::default()
+                };
+                unet.forward_with(x_t, t, &inputs, train)
+            }
+            Network::Mlp(mlp) => mlp.forward(x_t, t),
+            Network::SrUnet(_) => {
+                panic!("an SR-UNet needs its low-resolution image: sample it through a cascade")
+            }
+        }
+    }
+}
+
+/// A network trained to predict `prediction`, as a [`Denoiser`] (eval mode: no dropout).
+pub struct NetworkDenoiser<'a> {
+    network: &'a Network,
     prediction: Prediction,
 }
 
-impl<'a> UNetDenoiser<'a> {
-    /// Wrap `unet`, trained to predict `prediction`.
-    pub fn new(unet: &'a UNet, prediction: Prediction) -> Self {
-        Self { unet, prediction }
+impl<'a> NetworkDenoiser<'a> {
+    /// Wrap `network`.
+    pub fn new(network: &'a Network, prediction: Prediction) -> Self {
+        Self {
+            network,
+            prediction,
+        }
     }
 }
 
-impl Denoiser for UNetDenoiser<'_> {
+impl Denoiser for NetworkDenoiser<'_> {
     fn prediction(&self) -> Prediction {
         self.prediction
     }
-
-    /// Every field of `cond` goes to the matching UNet input (`image` → `cond_image`).
     fn forward(&self, x_t: &Tensor, t: &Tensor, cond: &Conditioning) -> Tensor {
-        let inputs = UNetInputs {
-            class_labels: cond.class_labels.as_ref(),
-            label_vector: cond.label_vector.as_ref(),
-            cond_image: cond.image.as_ref(),
-            context: cond.context.as_ref(),
-            ..UNetInputs::default()
-        };
-        self.unet.forward_with(x_t, t, &inputs, false)
+        self.network.forward_cond(x_t, t, cond, false)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use difflab_models::UNetConfig;
+    use difflab_models::{UNet, UNetConfig};
     use tch::{Device, Kind, nn};
 
     #[test]
@@ -63,7 +86,8 @@ mod tests {
                 }
             }
         });
-        let denoiser = UNetDenoiser::new(&unet, Prediction::Eps);
+        let network = Network::Unet(unet);
+        let denoiser = NetworkDenoiser::new(&network, Prediction::Eps);
         let f = (Kind::Float, Device::Cpu);
         let x = Tensor::randn([2, 3, 4, 4], f);
         let t = Tensor::from(10i64);

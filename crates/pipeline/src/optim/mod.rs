@@ -1,0 +1,29 @@
+//! Optimisation state that must survive a checkpoint bit for bit: Adam/AdamW with moments
+//! held as ordinary tensors (tch's `nn::Optimizer` hides them inside libtorch), the learning
+//! rate schedule, gradient clipping and the EMA of the weights.
+//!
+//! Every piece is a pure function of its saved tensors and the step number, so training N
+//! steps, checkpointing, reloading and training N more gives the same tensors as 2N steps.
+//!
+//! | file       | holds                                                                  |
+//! |------------|------------------------------------------------------------------------|
+//! | `adamw.rs` | [`AdamW`]: Adam (Kingma & Ba 2015) and AdamW (Loshchilov & Hutter 2019) |
+//! | `lr.rs`    | [`LrConfig::lr_at`]: linear warmup, then constant / cosine / step decay |
+//! | `clip.rs`  | [`clip_grad_norm`]: global L2 norm clipping                             |
+//! | `ema.rs`   | [`Ema`]: exponential moving average of the weights, with warmup         |
+
+mod adamw;
+mod clip;
+mod ema;
+mod lr;
+
+pub(crate) use adamw::is_float;
+pub use adamw::{AdamW, OptimizerConfig, OptimizerKind};
+pub use clip::clip_grad_norm;
+pub use ema::{Ema, EmaConfig};
+pub use lr::{LrConfig, LrSchedule};
+
+/// The `Err` of a config check: `invalid <key> = <value>: <why>`.
+pub(crate) fn invalid(key: &str, value: impl std::fmt::Display, why: &str) -> Result<(), String> {
+    Err(format!("invalid {key} = {value}: {why}"))
+}

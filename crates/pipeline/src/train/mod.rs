@@ -1,0 +1,13 @@
+//! Training one model (a base model, an SR stage or one expert) from an experiment config.
+
+mod config;
+mod objective;
+mod run_dir;
+mod trainer;
+
+pub use config::{LoggingConfig, NanPolicy, Precision, ProcessConfig, TrainingConfig};
+pub use objective::{
+    GaussianLossInputs, LossKind, cold_loss, gaussian_loss, min_snr_weight, per_sample_loss,
+};
+pub use run_dir::{RunDir, resolve_checkpoint};
+pub use trainer::{TrainError, TrainOptions, TrainOutcome, train};

@@ -1,0 +1,63 @@
+//! The run directory layout: `config.yaml`, `checkpoints/`, `samples/`, `tensorboard/`.
+
+use std::path::{Path, PathBuf};
+
+use crate::checkpoint::{CheckpointDir, CheckpointError};
+
+/// Paths inside one run directory (default `runs/<name>`).
+#[derive(Clone, Debug)]
+pub struct RunDir {
+    /// The run directory.
+    pub root: PathBuf,
+}
+
+impl RunDir {
+    /// The layout rooted at `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+    /// `config.yaml`: the fully resolved config of the run.
+    pub fn config(&self) -> PathBuf {
+        self.root.join("config.yaml")
+    }
+    /// `checkpoints/`.
+    pub fn checkpoints(&self) -> CheckpointDir {
+        CheckpointDir::new(self.root.join("checkpoints"))
+    }
+    /// `samples/`: preview grids.
+    pub fn samples(&self) -> PathBuf {
+        self.root.join("samples")
+    }
+    /// `tensorboard/`: event files.
+    pub fn tensorboard(&self) -> PathBuf {
+        self.root.join("tensorboard")
+    }
+    /// True when a previous run left checkpoints or a config here.
+    pub fn is_used(&self) -> bool {
+        self.config().exists() || self.root.join("checkpoints").exists()
+    }
+}
+
+/// A checkpoint directory from what a user typed: a checkpoint dir (`…/step-N`), a run dir
+/// (its latest checkpoint), or `…/latest` (the pointer's target).
+pub fn resolve_checkpoint(path: &Path) -> Result<PathBuf, CheckpointError> {
+    if path.join("model.safetensors").exists() {
+        return Ok(path.to_path_buf());
+    }
+    let (checkpoints, what) = if path.file_name().is_some_and(|n| n == "latest") {
+        let parent = path.parent().unwrap_or(Path::new("."));
+        let dir = if parent.file_name().is_some_and(|n| n == "checkpoints") {
+            parent.to_path_buf()
+        } else {
+            parent.join("checkpoints")
+        };
+        (dir, path)
+    } else {
+        (path.join("checkpoints"), path)
+    };
+    CheckpointDir::new(checkpoints)
+        .latest()?
+        .ok_or_else(|| CheckpointError::Missing {
+            path: what.to_path_buf(),
+        })
+}
