@@ -1,7 +1,16 @@
 //! `difflab config check`, `difflab model summary` and `difflab export --diffusers` end to end.
 
+mod common;
+
+use common::{difflab, temp_dir};
+
+/// [`temp_dir`], created.
+fn made_dir(tag: &str) -> PathBuf {
+    let dir = temp_dir(tag);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use difflab_models::{UNet, UNetConfig, load_diffusers_unet};
 use tch::{Device, Kind, Tensor, nn};
@@ -18,20 +27,6 @@ model:
   norm_num_groups: 4
 ";
 
-fn difflab(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_difflab"))
-        .args(args)
-        .output()
-        .expect("run difflab")
-}
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("difflab-cfg-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 fn write(dir: &Path, name: &str, text: &str) -> String {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
@@ -40,7 +35,7 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
 
 #[test]
 fn config_check_prints_the_resolved_config_and_names_errors() {
-    let dir = temp_dir("check");
+    let dir = made_dir("check");
     let good = write(&dir, "tiny.yaml", CONFIG);
     let out = difflab(&["config", "check", &good, "--set", "schedule.kind=cosine"]);
     assert!(
@@ -78,7 +73,7 @@ fn config_check_prints_the_resolved_config_and_names_errors() {
 
 #[test]
 fn model_summary_lists_blocks_and_the_parameter_total() {
-    let dir = temp_dir("summary");
+    let dir = made_dir("summary");
     let cfg = write(&dir, "tiny.yaml", CONFIG);
     let out = difflab(&["model", "summary", "--config", &cfg, "--resolution", "16"]);
     assert!(
@@ -133,7 +128,7 @@ fn group_thousands(n: i64) -> String {
 
 #[test]
 fn export_writes_a_folder_that_loads_back_with_the_same_outputs() {
-    let dir = temp_dir("export");
+    let dir = made_dir("export");
     let cfg = write(&dir, "tiny.yaml", CONFIG);
     let config: UNetConfig = serde_json::from_value(serde_json::json!({
         "in_channels": 3, "out_channels": 3, "block_out_channels": [8, 16], "attention": ["none", "full"],

@@ -1,30 +1,13 @@
 //! `difflab sample --diffusers-model` end to end: reproduces diffusers' `DDIMPipeline` images
 //! from the golden fixture, writes what it promises, and rejects bad requests clearly.
 
+mod common;
+
 #[path = "../../../tests/support/npy.rs"]
 mod npy;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/golden/unet2d")
-        .join(name)
-}
-
-fn difflab(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_difflab"))
-        .args(args)
-        .output()
-        .expect("run difflab")
-}
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("difflab-sample-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
+use common::{difflab, fixture, temp_dir};
+use std::path::Path;
 
 /// All images OUT/000000.png … as one NHWC u8 buffer.
 fn read_images(dir: &Path, n: usize) -> Vec<u8> {

@@ -1,20 +1,15 @@
 //! `difflab schedule` end to end: the binary's JSON against the golden tables, the plot file,
 //! and the error messages users see.
 
+mod common;
+
 #[path = "../../../tests/support/golden.rs"]
 mod golden;
 
-use std::process::{Command, Output};
-
+use common::difflab;
 use golden::{assert_close, f64s, schedulers_json};
 use serde_json::Value;
-
-fn difflab(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_difflab"))
-        .args(args)
-        .output()
-        .expect("run difflab")
-}
+use std::process::{Command, Output};
 
 fn stdout_json(out: &Output) -> Value {
     assert!(

@@ -1,26 +1,12 @@
 //! `difflab train` end to end: shipped configs validate, a tiny run trains and writes its
 //! artifacts, Ctrl-C checkpoints and prints the resume command, bad input exits non-zero.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+mod common;
+
+use common::{difflab, repo, temp_dir};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn difflab(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_difflab"))
-        .args(args)
-        .output()
-        .expect("run difflab")
-}
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("difflab-traincli-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
 
 #[test]
 fn every_shipped_config_passes_config_check() {
@@ -98,6 +84,31 @@ fn a_tiny_quickstart_trains_and_writes_its_run_directory() {
     ] {
         assert!(out_dir.join(file).exists(), "{file} missing");
     }
+    // The run samples from the CLI with its own config (EMA weights by default).
+    let samples = out_dir.join("sampled");
+    let sample = difflab(&[
+        "sample",
+        "--run",
+        out_dir.to_str().unwrap(),
+        "-n",
+        "3",
+        "--steps",
+        "4",
+        "--out",
+        samples.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
+    assert!(
+        sample.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sample.stderr)
+    );
+    assert!(samples.join("000002.png").exists() && samples.join("grid.png").exists());
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(samples.join("sample.json")).unwrap()).unwrap();
+    assert_eq!(record["model"]["weights"], "ema");
+    assert_eq!(record["timesteps"].as_array().unwrap().len(), 4);
     // Running again without --resume/--overwrite refuses and leaves the run alone.
     let again = difflab(&args);
     assert_eq!(again.status.code(), Some(1));

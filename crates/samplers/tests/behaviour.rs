@@ -32,33 +32,9 @@ const X0_PROCESSINGS: [X0Processing; 3] = [
     },
 ];
 
-/// A 64-bit LCG (Knuth's MMIX constants); the high bits are used.
-struct Lcg(u64);
-
-impl Lcg {
-    fn new(seed: u64) -> Self {
-        let mut l = Self(seed ^ 0x2545_F491_4F6C_DD1D);
-        l.next_u64();
-        l
-    }
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        self.0
-    }
-    /// Uniform in [0, 1).
-    fn uniform(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    /// Uniform in [lo, hi) as an f32 tensor of `shape`.
-    fn uniform_tensor(&mut self, shape: &[i64], lo: f64, hi: f64) -> Tensor {
-        let n: i64 = shape.iter().product();
-        let v: Vec<f64> = (0..n).map(|_| lo + (hi - lo) * self.uniform()).collect();
-        Tensor::from_slice(&v).to_kind(Kind::Float).reshape(shape)
-    }
-}
+#[path = "../../../tests/support/lcg.rs"]
+mod lcg;
+use lcg::Lcg;
 
 /// Standard-normal f32 noise of `shape`, reproducible per seed (per-image streams).
 fn randn(seed: u64, shape: &[i64]) -> Tensor {
