@@ -447,3 +447,31 @@ fn toy2d_learns_the_spiral() {
     );
     std::fs::remove_dir_all(run).unwrap();
 }
+
+#[test]
+fn bf16_autocast_trains_and_keeps_fp32_weights() {
+    let run = temp_run("bf16");
+    let c = config(TINY, &["training.steps=2", "training.precision=bf16"]);
+    let outcome = go(&c, &options(&run)).unwrap();
+    assert!(outcome.last_loss.is_finite());
+    for (name, t) in tensors(&outcome.checkpoint.join("model.safetensors")) {
+        assert_eq!(
+            t.kind(),
+            tch::Kind::Float,
+            "{name} stays fp32 (master weights)"
+        );
+    }
+    // The fp32 run gives a different (not bf16-rounded) loss trajectory.
+    let fp32 = go(
+        &config(TINY, &["training.steps=2", "training.precision=fp32"]),
+        &options(&run_with("bf16", "fp32")),
+    )
+    .unwrap();
+    assert_ne!(
+        fp32.last_loss, outcome.last_loss,
+        "bf16 autocast had no effect"
+    );
+    for d in [run, run_with("bf16", "fp32")] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}

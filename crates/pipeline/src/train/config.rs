@@ -3,7 +3,7 @@
 use difflab_schedulers::DegradationConfig;
 use serde::{Deserialize, Serialize};
 
-use super::LossKind;
+use super::{LossKind, Precision};
 use crate::optim::{EmaConfig, LrConfig, OptimizerConfig};
 
 /// How data is corrupted: Gaussian diffusion, or cold diffusion with a degradation.
@@ -29,15 +29,6 @@ pub enum NanPolicy {
     Stop,
     /// Skip the batch (no update), count it, and go on.
     Skip,
-}
-
-/// Numeric precision of training.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Precision {
-    /// Full f32 everywhere.
-    #[default]
-    Fp32,
 }
 
 /// The `training:` section.
@@ -79,7 +70,7 @@ pub struct TrainingConfig {
     pub preview_images: usize,
     /// NaN/inf loss or gradient: stop or skip the batch.
     pub on_nan: NanPolicy,
-    /// Numeric precision.
+    /// `auto` (bf16 autocast on CUDA, fp32 on CPU), `fp32` or `bf16`.
     pub precision: Precision,
 }
 
@@ -103,7 +94,7 @@ impl Default for TrainingConfig {
             sample_every: 500,
             preview_images: 16,
             on_nan: NanPolicy::Stop,
-            precision: Precision::Fp32,
+            precision: Precision::Auto,
         }
     }
 }

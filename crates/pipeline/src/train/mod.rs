@@ -2,12 +2,14 @@
 
 mod config;
 mod objective;
+mod precision;
 mod run_dir;
 mod trainer;
 
-pub use config::{LoggingConfig, NanPolicy, Precision, ProcessConfig, TrainingConfig};
+pub use config::{LoggingConfig, NanPolicy, ProcessConfig, TrainingConfig};
 pub use objective::{
     GaussianLossInputs, LossKind, cold_loss, gaussian_loss, min_snr_weight, per_sample_loss,
 };
+pub use precision::{Autocast, Precision};
 pub use run_dir::{RunDir, resolve_checkpoint};
 pub use trainer::{TrainError, TrainOptions, TrainOutcome, train};

@@ -17,7 +17,8 @@ use sha2::{Digest, Sha256};
 use tch::{Device, Kind, Tensor, nn};
 
 use super::{
-    GaussianLossInputs, LossKind, NanPolicy, ProcessConfig, RunDir, cold_loss, gaussian_loss,
+    Autocast, GaussianLossInputs, LossKind, NanPolicy, ProcessConfig, RunDir, cold_loss,
+    gaussian_loss,
 };
 use crate::checkpoint::{
     CheckpointContents, CheckpointError, load_optimizer, load_weights, read_state,
@@ -381,9 +382,10 @@ pub fn train(
         _ => None,
     };
     let checkpoints = run.checkpoints();
+    let bf16 = training.precision.uses_bf16(device);
     let mut progress = TrainProgress::new(training.steps, start_step, config.logging.log_every);
     progress.message(&format!(
-        "training {} ({} parameters) on {} — {} on {:?}",
+        "training {} ({} parameters) on {} — {} on {:?}{}",
         config.name,
         network.num_parameters(),
         dataset.describe(),
@@ -392,7 +394,8 @@ pub fn train(
         } else {
             "from scratch".into()
         },
-        device
+        device,
+        if bf16 { ", bf16 autocast" } else { "" }
     ));
 
     let mut last_loss = f64::NAN;
@@ -441,9 +444,12 @@ pub fn train(
                 config.seed,
                 step * training.grad_accum as u64 + micro as u64,
             ) as i64);
-            let loss = micro_batch_loss(
-                &batch, &network, &process, config, loss_kind, null_class, device,
-            );
+            let loss = {
+                let _autocast = bf16.then(|| Autocast::bf16(device));
+                micro_batch_loss(
+                    &batch, &network, &process, config, loss_kind, null_class, device,
+                )
+            };
             let value = loss.double_value(&[]);
             finite &= value.is_finite();
             loss_sum += value;
