@@ -91,29 +91,7 @@ impl MlpConfig {
         if self.layers < 1 {
             return Err(ModelError::invalid("layers", self.layers, "must be >= 1"));
         }
-        let te = &self.time_embedding;
-        let sin_dim = self.sinusoid_dim();
-        if sin_dim < 2 || (sin_dim / 2) as f64 == te.freq_shift {
-            return Err(ModelError::invalid(
-                "time_embedding.sinusoid_dim",
-                sin_dim,
-                "must be >= 2 and its half must differ from time_embedding.freq_shift",
-            ));
-        }
-        if !te.freq_shift.is_finite() {
-            return Err(ModelError::invalid(
-                "time_embedding.freq_shift",
-                te.freq_shift,
-                "must be finite",
-            ));
-        }
-        if !(te.max_period > 1.0 && te.max_period.is_finite()) {
-            return Err(ModelError::invalid(
-                "time_embedding.max_period",
-                te.max_period,
-                "must be > 1",
-            ));
-        }
+        self.time_embedding.validate_sinusoid(self.sinusoid_dim())?;
         Ok(())
     }
 }

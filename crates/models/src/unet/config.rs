@@ -44,6 +44,40 @@ impl TimeEmbeddingConfig {
             max_period: self.max_period,
         }
     }
+
+    /// A sinusoid of width `sin_dim` (named `key` in errors) works with these settings: at least
+    /// 2 wide, and its half differs from `freq_shift` (the frequency exponent divides by it).
+    pub fn check_sinusoid_dim(&self, key: &'static str, sin_dim: i64) -> Result<(), ModelError> {
+        if sin_dim < 2 || (sin_dim / 2) as f64 == self.freq_shift {
+            return Err(ModelError::invalid(
+                key,
+                sin_dim,
+                "must be >= 2 and its half must differ from time_embedding.freq_shift",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Check the sinusoid settings for a time sinusoid of width `sin_dim`; errors name
+    /// `time_embedding.*` and the value.
+    pub fn validate_sinusoid(&self, sin_dim: i64) -> Result<(), ModelError> {
+        self.check_sinusoid_dim("time_embedding.sinusoid_dim", sin_dim)?;
+        if !self.freq_shift.is_finite() {
+            return Err(ModelError::invalid(
+                "time_embedding.freq_shift",
+                self.freq_shift,
+                "must be finite",
+            ));
+        }
+        if !(self.max_period > 1.0 && self.max_period.is_finite()) {
+            return Err(ModelError::invalid(
+                "time_embedding.max_period",
+                self.max_period,
+                "must be > 1",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The embedding of the low-resolution image's noise-augmentation level (Ho et al. 2022,
@@ -421,32 +455,8 @@ impl UNetConfig {
             }
         }
         let te = &self.time_embedding;
-        let sinusoid = |key: &str, sin_dim: i64| {
-            if sin_dim < 2 || (sin_dim / 2) as f64 == te.freq_shift {
-                Err(ModelError::invalid(
-                    key,
-                    sin_dim,
-                    "must be >= 2 and its half must differ from time_embedding.freq_shift",
-                ))
-            } else {
-                Ok(())
-            }
-        };
-        sinusoid("time_embedding.sinusoid_dim", self.sinusoid_dim()?)?;
-        if !te.freq_shift.is_finite() {
-            return Err(ModelError::invalid(
-                "time_embedding.freq_shift",
-                te.freq_shift,
-                "must be finite",
-            ));
-        }
-        if !(te.max_period > 1.0 && te.max_period.is_finite()) {
-            return Err(ModelError::invalid(
-                "time_embedding.max_period",
-                te.max_period,
-                "must be > 1",
-            ));
-        }
+        let sinusoid = |key: &'static str, sin_dim: i64| te.check_sinusoid_dim(key, sin_dim);
+        te.validate_sinusoid(self.sinusoid_dim()?)?;
         positive("time_embedding.dim", self.time_embed_dim()?)?;
         if let Some(n) = self.num_classes {
             positive("num_classes", n)?;
