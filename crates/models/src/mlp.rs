@@ -12,7 +12,7 @@ use tch::{Device, Kind, Tensor, nn, nn::Module};
 use crate::ModelError;
 use crate::embeddings::{TimestepEmbedding, sinusoidal_embedding};
 use crate::params::ParamCount;
-use crate::unet::{ModelSummary, SummaryRow, TimeEmbeddingConfig};
+use crate::unet::{ModelSummary, TimeEmbeddingConfig};
 
 /// The nonlinearity of the [`MlpDenoiser`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -197,19 +197,7 @@ impl MlpDenoiser {
                 .and_then(|i| i.parse::<usize>().ok())
                 .map_or(0, |i| self.layers[i].param_count()),
         };
-        let rows: Vec<SummaryRow> = shapes
-            .into_iter()
-            .map(|(name, output_shape)| SummaryRow {
-                params: params(&name),
-                name,
-                output_shape,
-            })
-            .collect();
-        Ok(ModelSummary {
-            input_shape: input.to_vec(),
-            total_params: rows.iter().map(|r| r.params).sum(),
-            rows,
-        })
+        Ok(ModelSummary::from_blocks(&input, shapes, params))
     }
 
     /// Check `x` and `t`; returns `t` broadcast to `[B]` on `x`'s device.

@@ -4,7 +4,7 @@ use tch::{Device, Kind, Tensor, nn, nn::Module};
 
 use super::blocks::{BlockCommon, ContextGain, DownBlock, MidBlock, UpBlock};
 use super::inputs::{Checked, UNetInputs, check};
-use super::summary::{ModelSummary, SummaryRow};
+use super::summary::ModelSummary;
 use crate::embeddings::{ClassEmbedding, TimestepEmbedding, sinusoidal_embedding};
 use crate::params::ParamCount;
 use crate::resnet::{conv3x3, group_norm};
@@ -301,19 +301,7 @@ impl UNet {
                 }
             }
         };
-        let rows: Vec<SummaryRow> = shapes
-            .into_iter()
-            .map(|(name, output_shape)| SummaryRow {
-                params: params(&name),
-                name,
-                output_shape,
-            })
-            .collect();
-        Ok(ModelSummary {
-            input_shape: input.to_vec(),
-            total_params: rows.iter().map(|r| r.params).sum(),
-            rows,
-        })
+        Ok(ModelSummary::from_blocks(&input, shapes, params))
     }
 
     /// The forward pass on checked inputs, reporting each top-level block's output.

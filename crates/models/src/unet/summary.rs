@@ -24,6 +24,30 @@ pub struct ModelSummary {
     pub total_params: i64,
 }
 
+impl ModelSummary {
+    /// The summary of `(block name, output shape)` pairs traced for `input`, with each block's
+    /// parameters counted by `params`; the total is their sum.
+    pub fn from_blocks(
+        input: &[i64],
+        shapes: Vec<(String, Vec<i64>)>,
+        params: impl Fn(&str) -> i64,
+    ) -> Self {
+        let rows: Vec<SummaryRow> = shapes
+            .into_iter()
+            .map(|(name, output_shape)| SummaryRow {
+                params: params(&name),
+                name,
+                output_shape,
+            })
+            .collect();
+        Self {
+            input_shape: input.to_vec(),
+            total_params: rows.iter().map(|r| r.params).sum(),
+            rows,
+        }
+    }
+}
+
 impl fmt::Display for ModelSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let shape = |s: &[i64]| {
