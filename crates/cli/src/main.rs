@@ -35,6 +35,9 @@ enum Command {
     /// Inspect networks.
     #[command(subcommand)]
     Model(commands::model::ModelCommand),
+    /// Expert ensembles: branch experts off a trained run.
+    #[command(subcommand)]
+    Ensemble(commands::ensemble::EnsembleCommand),
 }
 
 fn parse_device(s: &str) -> Result<DeviceSpec, String> {
@@ -51,6 +54,7 @@ fn main() {
         Command::Config(command) => commands::config::run(&command),
         Command::Model(command) => commands::model::run(&command),
         Command::Export(args) => commands::export::run(&args),
+        Command::Ensemble(command) => commands::ensemble::run(&command),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

@@ -165,8 +165,15 @@ fn bad_requests_fail_with_a_clear_message() {
     let o = out.to_str().unwrap();
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (
-            vec!["--diffusers-model", classcond.to_str().unwrap(), "-n", "1"],
-            "pass --class K",
+            vec![
+                "--diffusers-model",
+                uncond.to_str().unwrap(),
+                "--guidance",
+                "2",
+                "-n",
+                "1",
+            ],
+            "needs a conditional model",
         ),
         (
             vec![
@@ -188,7 +195,7 @@ fn bad_requests_fail_with_a_clear_message() {
                 "-n",
                 "1",
             ],
-            "unconditional",
+            "not class-conditional",
         ),
         (
             vec!["--diffusers-model", "/no/such/model", "-n", "1"],

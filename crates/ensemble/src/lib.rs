@@ -65,6 +65,61 @@ pub enum EnsembleError {
     },
 }
 
+/// Check that named intervals `(name, lo, hi)` tile `[0, num_timesteps)` exactly: each is
+/// non-empty and inside the range, and sorted by `lo` they leave no gap and do not overlap. The
+/// error names the experts involved. Usable before any weights are loaded.
+pub fn check_tiling(
+    intervals: &[(&str, i64, i64)],
+    num_timesteps: i64,
+) -> Result<(), EnsembleError> {
+    if intervals.is_empty() {
+        return Err(EnsembleError::Empty);
+    }
+    for &(name, lo, hi) in intervals {
+        if lo >= hi || lo < 0 || hi > num_timesteps {
+            return Err(EnsembleError::BadInterval {
+                name: name.to_string(),
+                lo,
+                hi,
+                t: num_timesteps,
+            });
+        }
+    }
+    let mut sorted = intervals.to_vec();
+    sorted.sort_by_key(|&(_, lo, _)| lo);
+    let mut covered = 0;
+    let mut previous: Option<(&str, i64, i64)> = None;
+    for &(name, lo, hi) in &sorted {
+        if lo > covered {
+            return Err(EnsembleError::Gap {
+                lo: covered,
+                hi: lo,
+                after: previous.map(|p| p.0.to_string()),
+            });
+        }
+        if let Some((p_name, _, p_hi)) = previous
+            && lo < p_hi
+        {
+            return Err(EnsembleError::Overlap {
+                a: p_name.to_string(),
+                b: name.to_string(),
+                lo,
+                hi: p_hi.min(hi),
+            });
+        }
+        covered = hi;
+        previous = Some((name, lo, hi));
+    }
+    if covered < num_timesteps {
+        return Err(EnsembleError::Gap {
+            lo: covered,
+            hi: num_timesteps,
+            after: previous.map(|p| p.0.to_string()),
+        });
+    }
+    Ok(())
+}
+
 /// One expert: a denoiser responsible for timesteps in `[lo, hi)`.
 pub struct Expert<D> {
     /// A name for messages (e.g. the run directory).
@@ -88,50 +143,12 @@ impl<D: Denoiser> ExpertEnsemble<D> {
     /// Validate that the intervals cover [0, `num_timesteps`) with no gap or overlap and that all
     /// experts share a prediction type.
     pub fn new(mut experts: Vec<Expert<D>>, num_timesteps: i64) -> Result<Self, EnsembleError> {
-        if experts.is_empty() {
-            return Err(EnsembleError::Empty);
-        }
-        for e in &experts {
-            if e.lo >= e.hi || e.lo < 0 || e.hi > num_timesteps {
-                return Err(EnsembleError::BadInterval {
-                    name: e.name.clone(),
-                    lo: e.lo,
-                    hi: e.hi,
-                    t: num_timesteps,
-                });
-            }
-        }
+        let intervals: Vec<(&str, i64, i64)> = experts
+            .iter()
+            .map(|e| (e.name.as_str(), e.lo, e.hi))
+            .collect();
+        check_tiling(&intervals, num_timesteps)?;
         experts.sort_by_key(|e| e.lo);
-        let mut covered = 0;
-        let mut previous: Option<&Expert<D>> = None;
-        for e in &experts {
-            if e.lo > covered {
-                return Err(EnsembleError::Gap {
-                    lo: covered,
-                    hi: e.lo,
-                    after: previous.map(|p| p.name.clone()),
-                });
-            }
-            if let Some(p) = previous
-                && e.lo < p.hi
-            {
-                return Err(EnsembleError::Overlap {
-                    a: p.name.clone(),
-                    b: e.name.clone(),
-                    lo: e.lo,
-                    hi: p.hi.min(e.hi),
-                });
-            }
-            covered = e.hi;
-            previous = Some(e);
-        }
-        if covered < num_timesteps {
-            return Err(EnsembleError::Gap {
-                lo: covered,
-                hi: num_timesteps,
-                after: previous.map(|p| p.name.clone()),
-            });
-        }
         let first = &experts[0];
         for e in &experts[1..] {
             if e.denoiser.prediction() != first.denoiser.prediction() {
@@ -192,13 +209,7 @@ impl<D: Denoiser> Denoiser for ExpertEnsemble<D> {
             if idx.numel() == 0 {
                 continue;
             }
-            let sub = |x: &Option<Tensor>| x.as_ref().map(|x| x.index_select(0, &idx));
-            let sub_cond = Conditioning {
-                class_labels: sub(&cond.class_labels),
-                label_vector: sub(&cond.label_vector),
-                image: sub(&cond.image),
-                context: sub(&cond.context),
-            };
+            let sub_cond = cond.index_select(&idx);
             let y = e.denoiser.forward(
                 &x_t.index_select(0, &idx),
                 &t.index_select(0, &idx),

@@ -200,3 +200,101 @@ fn an_ensemble_of_the_same_weights_equals_the_single_model() {
     };
     assert!(run(&single).equal(&run(&ens)), "same weights, same samples");
 }
+
+/// A stub that logs every timestep it is asked about.
+fn logging_stub(
+    name: &'static str,
+    log: std::rc::Rc<std::cell::RefCell<Vec<(&'static str, i64)>>>,
+) -> Stub {
+    Box::new(FnDenoiser::new(
+        Prediction::Eps,
+        move |x: &Tensor, t: &Tensor, _: &Conditioning| {
+            log.borrow_mut().push((name, t.int64_value(&[0])));
+            x.zeros_like()
+        },
+    ))
+}
+
+#[test]
+fn ddim_strides_and_cold_levels_reach_the_expert_of_each_step() {
+    use difflab_samplers::{ColdSampler, SamplerConfig, SamplerKind};
+    use difflab_schedulers::DegradationConfig;
+    let log = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    let make = |t: i64, split: i64| {
+        ExpertEnsemble::new(
+            vec![
+                Expert {
+                    name: "low".into(),
+                    lo: 0,
+                    hi: split,
+                    denoiser: logging_stub("low", log.clone()),
+                },
+                Expert {
+                    name: "high".into(),
+                    lo: split,
+                    hi: t,
+                    denoiser: logging_stub("high", log.clone()),
+                },
+            ],
+            t,
+        )
+        .unwrap()
+    };
+    // DDIM with 7 trailing steps visits strided timesteps; each goes to its interval's expert.
+    let schedule = ScheduleConfig::default().build().unwrap();
+    let sampler = SamplerConfig {
+        steps: Some(7),
+        spacing: TimestepSpacing::Trailing,
+        ..SamplerConfig::new(SamplerKind::Ddim)
+    }
+    .build(&schedule, None)
+    .unwrap();
+    let ens = make(1000, 500);
+    let x = Tensor::zeros([2, 3], (Kind::Float, Device::Cpu));
+    let mut noise = GlobalSeedNoise::new(0);
+    sampler
+        .sample(
+            &ens,
+            x.shallow_clone(),
+            &Conditioning::none(),
+            &mut noise,
+            &mut |_| {},
+        )
+        .unwrap();
+    drop(noise);
+    let visited = log.borrow().clone();
+    assert_eq!(visited.len(), 7);
+    for (name, t) in &visited {
+        assert_eq!(*name, if *t < 500 { "low" } else { "high" }, "t = {t}");
+    }
+    assert!(visited.iter().any(|v| v.0 == "low") && visited.iter().any(|v| v.0 == "high"));
+
+    // Cold sampling: levels 1..=N route the same way (an ensemble over N + 1 levels).
+    log.borrow_mut().clear();
+    let blur = DegradationConfig::Blur {
+        steps: 6,
+        sigma_max: 2.0,
+    }
+    .build(&schedule, Device::Cpu)
+    .unwrap();
+    let cold = ColdSampler::new(
+        blur,
+        None,
+        difflab_samplers::ColdAlgorithm::Improved,
+        X0Processing::None,
+    )
+    .unwrap();
+    let ens = make(7, 4);
+    let img = Tensor::zeros([1, 1, 8, 8], (Kind::Float, Device::Cpu));
+    let mut noise = GlobalSeedNoise::new(0);
+    cold.sample(&ens, img, &Conditioning::none(), &mut noise, &mut |_| {})
+        .unwrap();
+    let visited = log.borrow().clone();
+    assert_eq!(
+        visited.iter().map(|v| v.1).collect::<Vec<_>>(),
+        [6, 5, 4, 3, 2, 1]
+    );
+    for (name, t) in &visited {
+        assert_eq!(*name, if *t < 4 { "low" } else { "high" }, "level {t}");
+    }
+}

@@ -2,6 +2,7 @@
 //! once: configs, datasets, the trainer, checkpoints, logging, image output and the runtime
 //! device choice.
 
+pub mod cascade;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
@@ -11,6 +12,7 @@ pub mod logging;
 mod network;
 mod network_denoiser;
 pub mod optim;
+pub mod sampling;
 pub mod train;
 
 pub use config::{ConfigError, ExperimentConfig, ModelConfig, Override, load_config};

@@ -9,7 +9,12 @@ use crate::Network;
 
 impl Network {
     /// The network's output for `x_t` at timesteps `t` with `cond`; `train` enables dropout.
-    /// SR-UNets need their low-resolution input and go through the cascade instead.
+    /// An SR-UNet takes its (augmented) low-resolution image from `cond.image` and the
+    /// augmentation level from `cond.noise_level`.
+    ///
+    /// # Panics
+    /// When an SR-UNet is given no low-resolution image or level (a programming error: the
+    /// trainer and the cascade always set both).
     pub fn forward_cond(
         &self,
         x_t: &Tensor,
@@ -29,8 +34,21 @@ impl Network {
                 unet.forward_with(x_t, t, &inputs, train)
             }
             Network::Mlp(mlp) => mlp.forward(x_t, t),
-            Network::SrUnet(_) => {
-                panic!("an SR-UNet needs its low-resolution image: sample it through a cascade")
+            Network::SrUnet(sr) => {
+                let (Some(lowres), Some(level)) = (&cond.image, &cond.noise_level) else {
+                    panic!(
+                        "an SR-UNet needs its low-resolution image (Conditioning::image) and noise level (Conditioning::noise_level)"
+                    )
+                };
+                let inputs = UNetInputs {
+                    class_labels: cond.class_labels.as_ref(),
+                    label_vector: cond.label_vector.as_ref(),
+                    context: cond.context.as_ref(),
+                    lowres_noise_level: Some(level),
+                    ..UNetInputs::default()
+                };
+                sr.f_forward_with(x_t, t, lowres, &inputs, train)
+                    .unwrap_or_else(|e| panic!("SR-UNet: {e}"))
             }
         }
     }
@@ -96,6 +114,7 @@ mod tests {
             label_vector: Some(Tensor::ones([2, 3], f)),
             image: Some(Tensor::randn([2, 1, 4, 4], f)),
             context: Some(Tensor::randn([2, 2], f)),
+            noise_level: None,
         };
         let base = tch::no_grad(|| denoiser.forward(&x, &t, &cond));
         assert_eq!(base.size(), [2, 3, 4, 4]);

@@ -14,6 +14,9 @@ pub struct Conditioning {
     pub image: Option<Tensor>,
     /// A context vector per sample, float `[B, D]`.
     pub context: Option<Tensor>,
+    /// Noise-augmentation level of the low-resolution input of a super-resolution stage,
+    /// float `[B]` in `[0, 1]` (the low-resolution image itself travels in `image`).
+    pub noise_level: Option<Tensor>,
 }
 
 fn cat_opt(a: &Option<Tensor>, b: &Option<Tensor>) -> Option<Tensor> {
@@ -43,6 +46,7 @@ impl Conditioning {
             && self.label_vector.is_none()
             && self.image.is_none()
             && self.context.is_none()
+            && self.noise_level.is_none()
     }
 
     /// A cheap copy sharing storage.
@@ -53,19 +57,35 @@ impl Conditioning {
             label_vector: c(&self.label_vector),
             image: c(&self.image),
             context: c(&self.context),
+            noise_level: c(&self.noise_level),
+        }
+    }
+
+    /// The conditioning of the samples at `index` (int64 `[K]`), in that order: for routing
+    /// part of a batch to another denoiser.
+    pub fn index_select(&self, index: &Tensor) -> Self {
+        let s = |t: &Option<Tensor>| t.as_ref().map(|t| t.index_select(0, index));
+        Self {
+            class_labels: s(&self.class_labels),
+            label_vector: s(&self.label_vector),
+            image: s(&self.image),
+            context: s(&self.context),
+            noise_level: s(&self.noise_level),
         }
     }
 
     /// The "unconditional" version used by classifier-free guidance (Ho & Salimans 2022):
     /// class labels become `null_class` (the extra embedding row trained with label dropout),
-    /// label and context vectors become zeros. The conditioning image is kept: image-to-image
-    /// models are guided on their labels, not on their input.
+    /// label and context vectors become zeros. The conditioning image (and a super-resolution
+    /// stage's noise level) is kept: image-to-image models are guided on their labels, not on
+    /// their input.
     pub fn unconditional(&self, null_class: i64) -> Self {
         Self {
             class_labels: self.class_labels.as_ref().map(|l| l.full_like(null_class)),
             label_vector: self.label_vector.as_ref().map(Tensor::zeros_like),
             image: self.image.as_ref().map(Tensor::shallow_clone),
             context: self.context.as_ref().map(Tensor::zeros_like),
+            noise_level: self.noise_level.as_ref().map(Tensor::shallow_clone),
         }
     }
 
@@ -76,6 +96,7 @@ impl Conditioning {
             label_vector: cat_opt(&self.label_vector, &other.label_vector),
             image: cat_opt(&self.image, &other.image),
             context: cat_opt(&self.context, &other.context),
+            noise_level: cat_opt(&self.noise_level, &other.noise_level),
         }
     }
 }

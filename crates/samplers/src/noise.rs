@@ -5,6 +5,8 @@
 
 use std::sync::{Mutex, MutexGuard};
 
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use tch::{Device, Kind, Tensor};
 
 /// libtorch has one global CPU generator; seeding it and drawing must not interleave with
@@ -75,26 +77,65 @@ impl NoiseSource for GlobalSeedNoise {
     }
 }
 
-/// One independent stream per image: draw k for image i is `randn` after seeding with
-/// `mix(seed_i, k)`. Image i therefore gets the same noise whatever batch it is sampled in,
-/// so changing `--batch-size` never changes the images.
+/// One independent stream per image, so image `i` gets the same noise whatever batch it is
+/// sampled in: changing `--batch-size` never changes the images.
+///
+/// Image `i`'s stream is a `ChaCha8` generator seeded with `mix(seed, i)` (SplitMix64, see
+/// [`mix`]); each draw takes the next `C·H·W` standard normals from it, made by the Box–Muller
+/// transform of pairs of 53-bit uniforms (computed in f64, rounded to f32). The whole batch is
+/// drawn on the host, without touching libtorch's global generator, and moved to the device in
+/// one copy.
 pub struct PerImageNoise {
-    seeds: Vec<u64>,
-    draws: u64,
+    streams: Vec<ChaCha8Rng>,
 }
 
 impl PerImageNoise {
-    /// Image `i` gets seed `mix(seed, first_index + i)`.
+    /// Image `i` of the batch is image `first_index + i` of the run: stream `mix(seed, first_index + i)`.
     pub fn new(seed: u64, first_index: u64, batch: usize) -> Self {
-        let seeds = (0..batch as u64)
-            .map(|i| mix(seed, first_index + i))
-            .collect();
-        Self { seeds, draws: 0 }
+        Self::from_seeds(
+            (0..batch as u64)
+                .map(|i| mix(seed, first_index + i))
+                .collect(),
+        )
     }
 
-    /// Explicit per-image seeds.
+    /// Explicit per-image stream seeds.
     pub fn from_seeds(seeds: Vec<u64>) -> Self {
-        Self { seeds, draws: 0 }
+        Self {
+            streams: seeds.into_iter().map(ChaCha8Rng::seed_from_u64).collect(),
+        }
+    }
+
+    /// Number of images (streams).
+    pub fn len(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// True when built for no images.
+    pub fn is_empty(&self) -> bool {
+        self.streams.is_empty()
+    }
+}
+
+/// `n` standard normals from `rng` (Box–Muller on pairs of uniforms in (0, 1]).
+pub(crate) fn fill_standard_normal(rng: &mut ChaCha8Rng, out: &mut [f32]) {
+    const SCALE: f64 = 1.0 / (1u64 << 53) as f64;
+    let mut chunks = out.chunks_exact_mut(2);
+    let mut pair = || {
+        // (k + 1) / 2^53 lies in (0, 1], so the logarithm is finite.
+        let u1 = ((rng.next_u64() >> 11) + 1) as f64 * SCALE;
+        let u2 = (rng.next_u64() >> 11) as f64 * SCALE;
+        let r = (-2.0 * u1.ln()).sqrt();
+        let theta = std::f64::consts::TAU * u2;
+        ((r * theta.cos()) as f32, (r * theta.sin()) as f32)
+    };
+    for c in &mut chunks {
+        let (a, b) = pair();
+        c[0] = a;
+        c[1] = b;
+    }
+    if let [last] = chunks.into_remainder() {
+        *last = pair().0;
     }
 }
 
@@ -102,22 +143,23 @@ impl NoiseSource for PerImageNoise {
     fn draw(&mut self, shape: &[i64], kind: Kind, device: Device) -> Tensor {
         assert_eq!(
             shape.first().copied(),
-            Some(self.seeds.len() as i64),
+            Some(self.streams.len() as i64),
             "PerImageNoise built for {} images, asked for shape {shape:?}",
-            self.seeds.len()
+            self.streams.len()
         );
-        let k = self.draws;
-        self.draws += 1;
-        let _lock = generator_lock();
-        let per_image: Vec<Tensor> = self
-            .seeds
-            .iter()
-            .map(|&s| {
-                tch::manual_seed((mix(s, k) >> 1) as i64);
-                Tensor::randn(&shape[1..], (kind, Device::Cpu))
-            })
-            .collect();
-        Tensor::stack(&per_image, 0).to_device(device)
+        let per_image: usize = shape[1..].iter().product::<i64>() as usize;
+        let mut values = vec![0f32; per_image * self.streams.len()];
+        for (rng, chunk) in self
+            .streams
+            .iter_mut()
+            .zip(values.chunks_exact_mut(per_image.max(1)))
+        {
+            fill_standard_normal(rng, chunk);
+        }
+        Tensor::from_slice(&values)
+            .reshape(shape)
+            .to_kind(kind)
+            .to_device(device)
     }
 }
 

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod config;
+pub mod ensemble;
 pub mod export;
 pub mod model;
 pub mod sample;

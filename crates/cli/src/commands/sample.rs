@@ -1,45 +1,48 @@
-//! `difflab sample`: generate images with a model and any sampler, and record how.
+//! `difflab sample`: generate images with a run, a checkpoint, a diffusers model, an expert
+//! ensemble or a cascade, with any sampler, and record how.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use difflab_models::load_diffusers_unet;
-use difflab_pipeline::ModelConfig;
-use difflab_pipeline::checkpoint::load_weights;
-use difflab_pipeline::config::load_config;
+use difflab_pipeline::DeviceSpec;
+use difflab_pipeline::cascade::{
+    CascadeManifest, CliStageSettings, PlannedStage, StageSpec, StageWeights, check_chain,
+    run_cascade,
+};
 use difflab_pipeline::images::{grid_columns, save_grid, save_images};
-use difflab_pipeline::train::{ProcessConfig, resolve_checkpoint};
-use difflab_pipeline::{DeviceSpec, Network, NetworkDenoiser};
-use difflab_samplers::{Conditioning, GlobalSeedNoise, NoiseSource, SamplerConfig, SamplerKind};
-use difflab_schedulers::NoiseSchedule;
+use difflab_pipeline::sampling::{
+    DiffusersModelSpec, EnsembleSpec, JobOptions, ModelInfo, NoiseMode, SamplerOverrides,
+    StageModel, StageOutput, WeightsKind, load_diffusers_model, load_input_images,
+};
+use difflab_samplers::{SamplerConfig, SamplerKind};
 use difflab_schedulers::{BetaScheduleKind, Prediction, ScheduleConfig, TimestepSpacing};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
-use sha2::{Digest, Sha256};
-use tch::nn;
-use tch::{Kind, Tensor};
 
 /// Arguments of `difflab sample`.
 #[derive(Args, Debug)]
 pub struct SampleArgs {
-    /// A diffusers `UNet2DModel` folder (config.json + diffusion_pytorch_model.safetensors).
-    #[arg(
-        long,
-        value_name = "DIR",
-        required_unless_present = "run",
-        conflicts_with = "run"
-    )]
-    diffusers_model: Option<PathBuf>,
-    /// A difflab run directory: its config.yaml and latest checkpoint (EMA weights unless --raw).
-    #[arg(long, value_name = "DIR")]
+    /// A difflab run directory: its config.yaml and latest checkpoint.
+    #[arg(long, value_name = "DIR", group = "source")]
     run: Option<PathBuf>,
-    /// With --run: a specific checkpoint directory instead of the latest.
-    #[arg(long, requires = "run")]
+    /// A checkpoint directory (RUN/checkpoints/step-N or RUN/checkpoints/latest).
+    #[arg(long, value_name = "DIR", group = "source")]
     checkpoint: Option<PathBuf>,
-    /// With --run: the raw weights instead of the EMA weights.
-    #[arg(long, requires = "run")]
+    /// A diffusers `UNet2DModel` folder (config.json + diffusion_pytorch_model.safetensors).
+    #[arg(long, value_name = "DIR", group = "source")]
+    diffusers_model: Option<PathBuf>,
+    /// A cascade manifest (`stages:`) or an expert-ensemble manifest (`experts:`).
+    #[arg(long, value_name = "MANIFEST", group = "source")]
+    config: Option<PathBuf>,
+    /// With a cascade manifest: the stages to run, in order, e.g. `base+sr` or `sr`.
+    #[arg(long, requires = "config")]
+    cascade: Option<String>,
+    /// The EMA weights (default).
+    #[arg(long, conflicts_with = "raw")]
+    ema: bool,
+    /// The raw weights instead of the EMA weights.
+    #[arg(long)]
     raw: bool,
     /// ddim, ddpm or cold (default: the run's sampler; ddim for diffusers models).
     #[arg(long, value_parser = parse::<SamplerKind>)]
@@ -56,40 +59,64 @@ pub struct SampleArgs {
     /// Added to leading-spaced timesteps.
     #[arg(long)]
     steps_offset: Option<usize>,
-    /// What the model predicts: eps, x0 or v (diffusers models; a run knows its objective).
-    #[arg(long, default_value = "eps", value_parser = parse::<Prediction>)]
-    prediction: Prediction,
-    /// The noise schedule the model was trained with (diffusers' default: linear 1e-4..0.02).
-    #[arg(long, default_value = "linear", value_parser = parse::<BetaScheduleKind>)]
-    beta_schedule: BetaScheduleKind,
-    /// β_1 of the training schedule.
-    #[arg(long)]
-    beta_start: Option<f64>,
-    /// β_T of the training schedule.
-    #[arg(long)]
-    beta_end: Option<f64>,
-    /// Training timesteps T.
-    #[arg(long, default_value_t = 1000)]
-    train_timesteps: usize,
     /// Do not clamp the predicted x₀ to [-1, 1].
     #[arg(long)]
     no_clip_sample: bool,
-    /// Class label for every image (class-conditional models).
+    /// Classifier-free guidance weight w (1 = none; needs a model trained with label dropout).
+    #[arg(long)]
+    guidance: Option<f64>,
+    /// Class of every image (class-conditional models; default: cycle through the classes).
     #[arg(long)]
     class: Option<i64>,
+    /// Label vector of every image (multi-hot models), comma-separated, e.g. `1,0,0,1`.
+    #[arg(long, value_delimiter = ',')]
+    labels: Option<Vec<f32>>,
+    /// Input images (a file or a folder): the low-resolution input of a first SR stage, the
+    /// conditioning image of an image-to-image model, or the clean images a cold-diffusion run
+    /// starts from (default for cold runs: its training data).
+    #[arg(long, value_name = "FILE_OR_DIR")]
+    cond_image: Option<PathBuf>,
+    /// SR stages: the augmentation level of the low-resolution input, in [0, 1].
+    #[arg(long)]
+    noise_level: Option<f64>,
+    /// Cascades: load each stage only while it runs (one stage's weights on the device).
+    #[arg(long)]
+    offload: bool,
     /// Number of images.
     #[arg(short = 'n', long = "num-images", default_value_t = 16)]
     num_images: usize,
     /// Images per forward pass (bounds memory; default: all).
     #[arg(long)]
     batch_size: Option<usize>,
-    /// Seed: the initial noise is `torch.manual_seed(seed); torch.randn([n, C, H, W])`, as in
-    /// diffusers pipelines.
+    /// Seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Output folder: 000000.png, …, grid.png, sample.json.
+    /// per-image (each image its own stream: the same images whatever --batch-size) or
+    /// torch-global (`torch.manual_seed(seed)` then draws in order, as diffusers pipelines).
+    /// Default: per-image, except torch-global for --diffusers-model.
+    #[arg(long, value_parser = clap::value_parser!(NoiseMode))]
+    noise: Option<NoiseMode>,
+    /// Also write trajectory.png: x_t and the predicted x₀ over the steps for the first images.
+    #[arg(long)]
+    save_trajectory: bool,
+    /// Output folder: 000000.png, …, grid.png, sample.json (cascades: stages/<name>/ too).
     #[arg(long, default_value = "samples")]
     out: PathBuf,
+    /// Diffusers models: what the model predicts (eps, x0 or v).
+    #[arg(long, default_value = "eps", value_parser = parse::<Prediction>)]
+    prediction: Prediction,
+    /// Diffusers models: the training noise schedule (default linear 1e-4..0.02).
+    #[arg(long, default_value = "linear", value_parser = parse::<BetaScheduleKind>)]
+    beta_schedule: BetaScheduleKind,
+    /// Diffusers models: β_1 of the training schedule.
+    #[arg(long)]
+    beta_start: Option<f64>,
+    /// Diffusers models: β_T of the training schedule.
+    #[arg(long)]
+    beta_end: Option<f64>,
+    /// Diffusers models: training timesteps T.
+    #[arg(long, default_value_t = 1000)]
+    train_timesteps: usize,
 }
 
 fn parse<T: std::str::FromStr<Err = difflab_schedulers::ScheduleError>>(
@@ -97,6 +124,132 @@ fn parse<T: std::str::FromStr<Err = difflab_schedulers::ScheduleError>>(
 ) -> Result<T, String> {
     s.parse()
         .map_err(|e: difflab_schedulers::ScheduleError| e.to_string())
+}
+
+impl SampleArgs {
+    fn weights(&self) -> WeightsKind {
+        if self.raw {
+            WeightsKind::Raw
+        } else {
+            WeightsKind::Ema
+        }
+    }
+
+    fn cli_settings(&self) -> CliStageSettings {
+        CliStageSettings {
+            sampler: SamplerOverrides {
+                kind: self.sampler,
+                steps: self.steps,
+                eta: self.eta,
+                spacing: self.spacing,
+                steps_offset: self.steps_offset,
+                clip_sample: self.no_clip_sample.then_some(false),
+            },
+            guidance: self.guidance,
+            class: self.class,
+            labels: self.labels.clone(),
+            noise_level: self.noise_level,
+        }
+    }
+}
+
+/// The stages to run and how.
+struct Plan {
+    stages: Vec<PlannedStage>,
+    preloaded: Vec<StageWeights>,
+    offload: bool,
+    noise: NoiseMode,
+}
+
+/// Does this YAML file hold a cascade (`stages:`) or an ensemble (`experts:`)?
+fn manifest_kind(path: &Path) -> Result<&'static str> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let top: std::collections::BTreeMap<String, serde::de::IgnoredAny> =
+        serde_saphyr::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    match (top.contains_key("stages"), top.contains_key("experts")) {
+        (true, false) => Ok("cascade"),
+        (false, true) => Ok("ensemble"),
+        _ => bail!(
+            "{}: not a cascade manifest (top-level `stages:`) or an ensemble manifest (`experts:`)",
+            path.display()
+        ),
+    }
+}
+
+fn plan(args: &SampleArgs, device: tch::Device) -> Result<Plan> {
+    let single = |stages: Vec<PlannedStage>, noise| Plan {
+        preloaded: Vec::new(),
+        stages,
+        offload: args.offload,
+        noise,
+    };
+    let default_noise = args.noise.unwrap_or_default();
+    if let Some(dir) = &args.diffusers_model {
+        let schedule = ScheduleConfig {
+            beta_start: args.beta_start,
+            beta_end: args.beta_end,
+            ..ScheduleConfig::new(args.beta_schedule, args.train_timesteps)
+        };
+        schedule
+            .build()
+            .context("--beta-schedule / --beta-start / --beta-end")?;
+        let spec = DiffusersModelSpec {
+            schedule,
+            prediction: args.prediction,
+            sampler: SamplerConfig {
+                spacing: TimestepSpacing::Leading,
+                ..SamplerConfig::new(SamplerKind::Ddim)
+            },
+        };
+        let model = load_diffusers_model(dir, spec, device)
+            .with_context(|| format!("loading diffusers model {}", dir.display()))?;
+        let stage = PlannedStage::of("model", StageSpec::Single(model.info.clone()));
+        return Ok(Plan {
+            stages: vec![stage],
+            preloaded: vec![StageWeights::Loaded(StageModel::Single(model))],
+            offload: false,
+            noise: args.noise.unwrap_or(NoiseMode::TorchGlobal),
+        });
+    }
+    if let Some(path) = args.run.as_ref().or(args.checkpoint.as_ref()) {
+        let info = ModelInfo::from_run(path, args.weights())?;
+        return Ok(single(
+            vec![PlannedStage::of("model", StageSpec::Single(info))],
+            default_noise,
+        ));
+    }
+    let Some(manifest) = &args.config else {
+        bail!(
+            "say what to sample from: --run DIR, --checkpoint DIR, --diffusers-model DIR or --config MANIFEST"
+        );
+    };
+    match manifest_kind(manifest)? {
+        "ensemble" => {
+            if args.cascade.is_some() {
+                bail!(
+                    "--cascade applies to cascade manifests; {} is an ensemble manifest",
+                    manifest.display()
+                );
+            }
+            let spec = StageSpec::Ensemble(EnsembleSpec::open(manifest)?);
+            Ok(single(
+                vec![PlannedStage::of("ensemble", spec)],
+                default_noise,
+            ))
+        }
+        _ => {
+            let cascade = CascadeManifest::open(manifest)?;
+            let stages = cascade.plan(manifest, args.cascade.as_deref())?;
+            check_chain(&stages)?;
+            Ok(Plan {
+                stages,
+                preloaded: Vec::new(),
+                offload: args.offload || cascade.offload,
+                noise: default_noise,
+            })
+        }
+    }
 }
 
 /// Run the command.
@@ -109,274 +262,131 @@ pub fn run(args: &SampleArgs, device: DeviceSpec) -> Result<()> {
         bail!("--batch-size must be at least 1");
     }
     let device = device.resolve()?;
-    let source = match (&args.diffusers_model, &args.run) {
-        (Some(dir), _) => diffusers_source(args, dir, device)?,
-        (None, Some(run)) => run_source(args, run, device)?,
-        (None, None) => unreachable!("clap requires --diffusers-model or --run"),
+    let Plan {
+        stages,
+        preloaded,
+        offload,
+        noise,
+    } = plan(args, device)?;
+    // Input images are read at the size the first stage wants them.
+    let input = match &args.cond_image {
+        None => None,
+        Some(path) => {
+            let info = stages[0].spec.info();
+            let shape = match &info.lowres {
+                Some(low) => low.shape.clone(),
+                None if info.conditioning.cond_channels > 0 => vec![
+                    info.conditioning.cond_channels,
+                    info.shape[1],
+                    info.shape[2],
+                ],
+                None if info.shape.len() == 3 => info.shape.clone(),
+                None => bail!("--cond-image: {} does not take images", info.label),
+            };
+            Some(load_input_images(path, shape[2], shape[0])?)
+        }
     };
-    let Source {
-        network,
-        _vs,
-        schedule,
-        schedule_config,
-        mut sampler_config,
-        prediction,
-        shape,
-        classes,
-        record,
-    } = source;
-    if let Some(kind) = args.sampler {
-        sampler_config.kind = kind;
-    }
-    if args.steps.is_some() {
-        sampler_config.steps = args.steps;
-    }
-    if let Some(eta) = args.eta {
-        sampler_config.eta = eta;
-    }
-    if let Some(spacing) = args.spacing {
-        sampler_config.spacing = spacing;
-    }
-    if let Some(offset) = args.steps_offset {
-        sampler_config.steps_offset = offset;
-    }
-    if args.no_clip_sample {
-        sampler_config.clip_sample = false;
-    }
-    if sampler_config.kind == SamplerKind::Cold {
-        bail!(
-            "--sampler cold starts from degraded data and is not available here yet; use ddim or ddpm"
-        );
-    }
-    let labels = match (classes, args.class) {
-        (Some(n), Some(k)) if (0..n).contains(&k) => Some(k),
-        (Some(n), Some(k)) => bail!(
-            "--class {k} is out of range: this model has classes 0..{}",
-            n - 1
-        ),
-        (Some(n), None) => bail!("this model is class-conditional ({n} classes): pass --class K"),
-        (None, Some(k)) => bail!("--class {k} given but this model is unconditional"),
-        (None, None) => None,
+    let options = JobOptions {
+        num_images: args.num_images,
+        batch_size: batch,
+        seed: args.seed,
+        noise,
+        trajectory: args.save_trajectory,
     };
-    let sampler = sampler_config.build(&schedule, None)?;
-    let denoiser = NetworkDenoiser::new(&network, prediction);
-
-    let n = args.num_images as i64;
-    let mut noise = GlobalSeedNoise::new(args.seed);
-    let mut full = vec![n];
-    full.extend(&shape);
-    let x_t = noise.draw(&full, Kind::Float, tch::Device::Cpu);
-    let steps = sampler.timesteps().len();
-    let batches = (args.num_images).div_ceil(batch);
-    let bar = ProgressBar::new((steps * batches) as u64).with_style(
+    let cli = args.cli_settings();
+    let bar = ProgressBar::new(0).with_style(
         ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} steps  {elapsed} (eta {eta})")
             .expect("valid template"),
     );
-    let mut outputs = Vec::with_capacity(batches);
-    for (b, chunk) in x_t.split(batch as i64, 0).into_iter().enumerate() {
-        bar.set_message(format!("batch {}/{batches}", b + 1));
-        let size = chunk.size()[0];
-        let cond = match labels {
-            Some(k) => Conditioning::classes(Tensor::full([size], k, (Kind::Int64, device))),
-            None => Conditioning::none(),
-        };
-        let x = sampler
-            .sample(
-                &denoiser,
-                chunk.to_device(device),
-                &cond,
-                &mut noise,
-                &mut |_| bar.inc(1),
-            )
-            .with_context(|| format!("sampling batch {}", b + 1))?;
-        if shape.len() == 3 {
-            save_images(&x, &args.out, b * batch)?;
-        }
-        outputs.push(x.to_device(tch::Device::Cpu));
-    }
+    let last = stages.len() - 1;
+    let names: Vec<String> = stages.iter().map(|s| s.name.clone()).collect();
+    let out = &args.out;
+    let outputs = run_cascade(
+        &stages,
+        preloaded,
+        &cli,
+        input,
+        &options,
+        offload,
+        device,
+        &mut |stage, b, n, step| {
+            if step.index == 0 && b == 0 {
+                bar.set_length((step.total * n) as u64);
+                bar.set_position(0);
+            }
+            bar.set_message(format!("{stage}: batch {}/{n}", b + 1));
+            bar.inc(1);
+        },
+        &mut |i, output| {
+            let dir = if i == last {
+                out.clone()
+            } else {
+                out.join("stages").join(&names[i])
+            };
+            save_output(output, &dir, args.num_images)
+                .map_err(|e| difflab_pipeline::sampling::SamplingError::invalid(format!("{e:#}")))
+        },
+    )?;
     bar.finish_and_clear();
-    drop(noise);
-    let all = Tensor::cat(&outputs, 0);
-    if shape.len() == 3 {
-        save_grid(
-            &all,
-            grid_columns(args.num_images),
-            &args.out.join("grid.png"),
-        )?;
-    } else {
-        // Vector data (the 2-D toy): one CSV row per sample.
-        std::fs::create_dir_all(&args.out)
-            .with_context(|| format!("creating {}", args.out.display()))?;
-        let rows = Vec::<Vec<f32>>::try_from(all.flatten(1, -1)).context("samples to rows")?;
-        let text: String = rows
-            .iter()
-            .map(|r| r.iter().map(f32::to_string).collect::<Vec<_>>().join(",") + "\n")
-            .collect();
-        let path = args.out.join("samples.csv");
-        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-    }
 
     let record = json!({
         "difflab_version": env!("CARGO_PKG_VERSION"),
-        "model": record,
-        "prediction": prediction,
-        "schedule": schedule_config,
-        "sampler": sampler_config,
-        "timesteps": sampler.timesteps(),
+        "command": std::env::args().collect::<Vec<_>>(),
         "seed": args.seed,
-        "noise": "torch.manual_seed(seed); randn([n, ...]) on the CPU generator, then batches in order",
+        "noise": noise,
+        "noise_scheme": match noise {
+            NoiseMode::PerImage => "image i: ChaCha8 stream seeded with splitmix(seed, i); draws in order: SR augmentation noise, x_T, one per stochastic step",
+            NoiseMode::TorchGlobal => "torch.manual_seed(seed); randn([n, ...]) for x_T on the CPU generator, then each batch's draws in order",
+        },
         "num_images": args.num_images,
         "batch_size": batch,
-        "class": labels,
         "device": format!("{device:?}"),
-        "image_size": shape,
+        "offload": offload,
+        "stages": stages.iter().zip(&outputs).map(|(s, o)| {
+            let mut r = o.record.clone();
+            r["name"] = json!(s.name);
+            r["output_shape"] = json!(o.samples.size()[1..]);
+            r
+        }).collect::<Vec<_>>(),
     });
-    let path = args.out.join("sample.json");
+    let path = out.join("sample.json");
     let tmp = path.with_extension("json.tmp");
     std::fs::write(&tmp, serde_json::to_string_pretty(&record)? + "\n")
         .and_then(|()| std::fs::rename(&tmp, &path))
         .with_context(|| format!("writing {}", path.display()))?;
+    let final_output = &outputs[last];
+    if let Some(t) = &final_output.trajectory {
+        t.save(&out.join("trajectory.png"))?;
+    }
     eprintln!(
-        "wrote {} images, grid.png and sample.json to {} ({} {} steps)",
+        "wrote {} samples, grid and sample.json to {} ({})",
         args.num_images,
-        args.out.display(),
-        sampler.name(),
-        steps
+        out.display(),
+        stages
+            .iter()
+            .zip(&outputs)
+            .map(|(s, o)| format!("{}: {} steps", s.name, o.timesteps.len()))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     Ok(())
 }
 
-/// Hex SHA-256 of a file, streamed.
-fn sha256_file(path: &Path) -> Result<String> {
-    let mut file =
-        std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let read = file
-            .read(&mut buf)
-            .with_context(|| format!("reading {}", path.display()))?;
-        if read == 0 {
-            break;
-        }
-        hasher.update(&buf[..read]);
-    }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
-}
-
-/// What to sample from, wherever it came from.
-struct Source {
-    network: Network,
-    _vs: nn::VarStore,
-    schedule: NoiseSchedule,
-    schedule_config: ScheduleConfig,
-    sampler_config: SamplerConfig,
-    prediction: Prediction,
-    shape: Vec<i64>,
-    classes: Option<i64>,
-    record: serde_json::Value,
-}
-
-/// A diffusers UNet folder with diffusers' default DDIM settings (overridable by flags).
-fn diffusers_source(args: &SampleArgs, dir: &Path, device: tch::Device) -> Result<Source> {
-    let (unet, vs, model_config) = load_diffusers_unet(dir, device)
-        .with_context(|| format!("loading diffusers model {}", dir.display()))?;
-    let (h, w) = model_config
-        .sample_size()
-        .with_context(|| format!("{}: config.json has no sample_size", dir.display()))?;
-    let schedule_config = ScheduleConfig {
-        beta_start: args.beta_start,
-        beta_end: args.beta_end,
-        ..ScheduleConfig::new(args.beta_schedule, args.train_timesteps)
-    };
-    let schedule = schedule_config
-        .build()
-        .context("--beta-schedule / --beta-start / --beta-end")?;
-    let sampler_config = SamplerConfig {
-        spacing: TimestepSpacing::Leading,
-        ..SamplerConfig::new(SamplerKind::Ddim)
-    };
-    let record = json!({
-        "diffusers_model": dir,
-        "weights_sha256": sha256_file(&dir.join("diffusion_pytorch_model.safetensors"))?,
-        "config_sha256": sha256_file(&dir.join("config.json"))?,
-    });
-    Ok(Source {
-        classes: unet.config().num_classes,
-        network: Network::Unet(unet),
-        _vs: vs,
-        schedule,
-        schedule_config,
-        sampler_config,
-        prediction: args.prediction,
-        shape: vec![model_config.in_channels, h, w],
-        record,
-    })
-}
-
-/// A difflab run: its resolved config and a checkpoint's EMA (or raw) weights.
-fn run_source(args: &SampleArgs, run: &Path, device: tch::Device) -> Result<Source> {
-    let config_path = run.join("config.yaml");
-    let config = load_config(&config_path, &[])?;
-    let checkpoint = match &args.checkpoint {
-        Some(c) => resolve_checkpoint(c)?,
-        None => resolve_checkpoint(run)?,
-    };
-    let weights = checkpoint.join(if args.raw {
-        "model.safetensors"
+/// Images as PNGs and a grid; vectors (the 2-D toy) as `samples.csv`.
+fn save_output(output: &StageOutput, dir: &Path, n: usize) -> Result<()> {
+    let x = &output.samples;
+    if x.dim() == 4 {
+        save_images(x, dir, 0)?;
+        save_grid(x, grid_columns(n), &dir.join("grid.png"))?;
     } else {
-        "ema.safetensors"
-    });
-    let mut vs = nn::VarStore::new(device);
-    let network = Network::build(&vs.root(), &config.model).context("building the model")?;
-    load_weights(&mut vs, &weights)?;
-    let (shape, classes) = match &config.model {
-        ModelConfig::Unet(u) => {
-            if u.label_dim.is_some() || u.cond_channels > 0 || u.context_dim.is_some() {
-                bail!(
-                    "sampling models with label-vector, image or context conditioning from the CLI lands with the sampling issue"
-                );
-            }
-            (
-                vec![
-                    u.in_channels,
-                    config.data.resolution,
-                    config.data.resolution,
-                ],
-                u.num_classes,
-            )
-        }
-        ModelConfig::Mlp(m) => (vec![m.data_dim], None),
-        ModelConfig::SrUnet(_) => {
-            bail!("an SR stage samples through a cascade (lands with the cascade issue)")
-        }
-    };
-    if !matches!(config.process, ProcessConfig::Gaussian) {
-        bail!(
-            "{}: cold-diffusion runs start from degraded data; sampling them from the CLI lands with the sampling issue",
-            config_path.display()
-        );
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let rows = Vec::<Vec<f32>>::try_from(x.flatten(1, -1)).context("samples to rows")?;
+        let text: String = rows
+            .iter()
+            .map(|r| r.iter().map(f32::to_string).collect::<Vec<_>>().join(",") + "\n")
+            .collect();
+        let path = dir.join("samples.csv");
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     }
-    let schedule = config.schedule.build()?;
-    let record = json!({
-        "run": run,
-        "checkpoint": checkpoint,
-        "weights": if args.raw { "raw" } else { "ema" },
-        "weights_sha256": sha256_file(&weights)?,
-    });
-    Ok(Source {
-        network,
-        _vs: vs,
-        schedule,
-        schedule_config: config.schedule.clone(),
-        sampler_config: config.sampler.clone(),
-        prediction: config.objective,
-        shape,
-        classes,
-        record,
-    })
+    Ok(())
 }

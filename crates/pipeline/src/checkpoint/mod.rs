@@ -171,3 +171,29 @@ pub fn load_optimizer(opt: &mut AdamW, dir: &Path) -> Result<(), CheckpointError
     let named = safetensors::read_safetensors(&file)?;
     opt.load_state_from(&named, &file)
 }
+
+/// Hex SHA-256 of a file, streamed: recorded next to samples so that they name the exact
+/// weights they came from.
+pub fn sha256_file(path: &Path) -> Result<String, CheckpointError> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let io = |error| CheckpointError::Io {
+        path: path.to_path_buf(),
+        error,
+    };
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let read = file.read(&mut buf).map_err(io)?;
+        if read == 0 {
+            break;
+        }
+        hasher.update(&buf[..read]);
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}

@@ -30,6 +30,7 @@ pub const DEFAULT_FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
 ///   workers: 2              # decode threads
 ///   shapes: {num_images: 2000, seed_offset: 0}
 ///   toy2d: {dataset: spiral, num_points: 10000, noise: null, seed_offset: 0}
+///   lowres: null            # SR stages: side of the low-resolution input (area-downsampled)
 /// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -65,6 +66,10 @@ pub struct DataConfig {
     pub shapes: ShapesConfig,
     /// Settings of `kind: toy2d`.
     pub toy2d: Toy2dConfig,
+    /// For super-resolution stages (`model.kind: sr_unet`): the side of the low-resolution
+    /// input, made from each `resolution`² image by area downsampling; must divide
+    /// `resolution`.
+    pub lowres: Option<i64>,
 }
 
 impl Default for DataConfig {
@@ -84,6 +89,7 @@ impl Default for DataConfig {
             workers: 2,
             shapes: ShapesConfig::default(),
             toy2d: Toy2dConfig::default(),
+            lowres: None,
         }
     }
 }
@@ -106,6 +112,17 @@ impl DataConfig {
         }
         if self.limit == Some(0) {
             return bad("data.limit: 0 leaves no examples".into());
+        }
+        if let Some(r) = self.lowres {
+            if self.kind == DataKind::Toy2d {
+                return bad("data.lowres: toy2d data are points, not images".into());
+            }
+            if r < 1 || r >= self.resolution || self.resolution % r != 0 {
+                return bad(format!(
+                    "data.lowres: {r} must be smaller than data.resolution ({}) and divide it",
+                    self.resolution
+                ));
+            }
         }
         let folder_only = [
             ("labels", self.labels.is_some()),

@@ -75,6 +75,7 @@ pub use folder::{FolderDataset, list_images};
 pub use loader::{Batch, DataCursor, DataLoader, epoch_permutation, flip_decision};
 pub use shapes::{SHAPE_COLORS, SHAPE_NAMES, ShapesDataset, render_shape};
 pub use toy2d::{Toy2dDataset, sample_toy2d, sample_toy2d_with_noise, spiral_distance};
+pub use transform::load_image;
 
 /// A dataset could not be opened, or an example could not be loaded.
 #[derive(Debug, thiserror::Error)]

@@ -203,11 +203,7 @@ pub(crate) fn to_model_range(mut data: Vec<f32>) -> Vec<f32> {
 }
 
 /// Decode a file and run the whole preprocessing: planes, resize + crop, [−1, 1].
-pub(crate) fn load_image(
-    path: &Path,
-    resolution: usize,
-    channels: usize,
-) -> Result<Vec<f32>, DataError> {
+pub fn load_image(path: &Path, resolution: usize, channels: usize) -> Result<Vec<f32>, DataError> {
     let image = decode_file(path)?;
     if image.width() == 0 || image.height() == 0 {
         return Err(DataError::Decode {

@@ -4,6 +4,7 @@ use difflab_schedulers::DegradationConfig;
 use serde::{Deserialize, Serialize};
 
 use super::{LossKind, Precision};
+use crate::cascade::LowresNoiseConfig;
 use crate::optim::{EmaConfig, LrConfig, OptimizerConfig};
 
 /// How data is corrupted: Gaussian diffusion, or cold diffusion with a degradation.
@@ -72,6 +73,8 @@ pub struct TrainingConfig {
     pub on_nan: NanPolicy,
     /// `auto` (bf16 autocast on CUDA, fp32 on CPU), `fp32` or `bf16`.
     pub precision: Precision,
+    /// Super-resolution stages: noise-conditioning augmentation of the low-resolution input.
+    pub lowres_noise: LowresNoiseConfig,
 }
 
 impl Default for TrainingConfig {
@@ -95,6 +98,7 @@ impl Default for TrainingConfig {
             preview_images: 16,
             on_nan: NanPolicy::Stop,
             precision: Precision::Auto,
+            lowres_noise: LowresNoiseConfig::default(),
         }
     }
 }
@@ -143,7 +147,7 @@ impl TrainingConfig {
         if self.keep_last == 0 {
             return bad("keep_last", &0, "must be >= 1");
         }
-        Ok(())
+        self.lowres_noise.validate()
     }
 }
 

@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use difflab_models::ModelError;
+use difflab_models::{ModelError, UNetConfig};
 use difflab_samplers::{Conditioning, GlobalSeedNoise, SampleError, generator_lock};
 use difflab_schedulers::{Degradation, ForwardProcess, NoiseSchedule, Prediction, ScheduleError};
 use serde_json::json;
@@ -20,6 +20,7 @@ use super::{
     Autocast, GaussianLossInputs, LossKind, NanPolicy, ProcessConfig, RunDir, cold_loss,
     gaussian_loss,
 };
+use crate::cascade::{area_downsample, augment_lowres};
 use crate::checkpoint::{
     CheckpointContents, CheckpointError, load_optimizer, load_weights, read_state,
 };
@@ -167,63 +168,114 @@ enum Process {
 }
 
 /// Check that the data fits the model, before anything is written.
-fn check_data_fits_model(
+fn check_data_fits_model(data: &dyn Dataset, config: &ExperimentConfig) -> Result<(), TrainError> {
+    let shape = data.shape();
+    let err = |m: String| Err(TrainError::Config(m));
+    let label_dropout = config.training.label_dropout;
+    match &config.model {
+        ModelConfig::Unet(u) => {
+            if config.data.lowres.is_some() {
+                return err(
+                    "data.lowres is for super-resolution stages (model.kind: sr_unet)".into(),
+                );
+            }
+            check_unet_inputs(data, u, "model", label_dropout)
+        }
+        ModelConfig::SrUnet(sr) => {
+            let Some(lowres) = config.data.lowres else {
+                return err("model.kind: sr_unet needs data.lowres (the side of the low-resolution input, e.g. 16 for 16 -> 32)".into());
+            };
+            if sr.lowres_channels() != sr.unet.in_channels {
+                return err(format!(
+                    "model.lowres_channels = {} but the low-resolution input is the image itself ({} channels)",
+                    sr.lowres_channels(),
+                    sr.unet.in_channels
+                ));
+            }
+            let factor = config.data.resolution / lowres;
+            if let Some(s) = sr.scale_factor
+                && s != factor
+            {
+                return err(format!(
+                    "model.scale_factor = {s} but data.resolution / data.lowres = {} / {lowres} = {factor}",
+                    config.data.resolution
+                ));
+            }
+            if sr.unet.cond_channels > 0 || data.cond_shape().is_some() {
+                return err("extra conditioning images for SR stages (model.unet.cond_channels, data.cond_images) are not supported by the trainer".into());
+            }
+            check_unet_inputs(data, &sr.unet, "model.unet", label_dropout)
+        }
+        ModelConfig::Mlp(m) => {
+            if shape != [m.data_dim] {
+                return err(format!(
+                    "data examples have shape {shape:?} but model.data_dim = {}",
+                    m.data_dim
+                ));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The checks shared by UNets and the UNet inside an SR stage (`key` prefixes the config keys).
+fn check_unet_inputs(
     data: &dyn Dataset,
-    model: &ModelConfig,
+    u: &UNetConfig,
+    key: &str,
     label_dropout: f64,
 ) -> Result<(), TrainError> {
     let shape = data.shape();
     let err = |m: String| Err(TrainError::Config(m));
-    match model {
-        ModelConfig::Unet(u) => {
-            if shape.len() != 3 || shape[0] != u.in_channels {
-                return err(format!(
-                    "data examples have shape {shape:?} but model.in_channels = {}; set data.channels or model.in_channels",
-                    u.in_channels
-                ));
-            }
-            match (data.num_classes(), u.num_classes) {
-                (Some(n), Some(m)) if n != m => {
-                    return err(format!("the data has {n} classes but model.num_classes = {m}"));
-                }
-                (Some(n), None) => {
-                    return err(format!("the data has {n} classes (data.label_mode: class) but model.num_classes is not set"));
-                }
-                (None, Some(m)) => {
-                    return err(format!("model.num_classes = {m} but the data has no class labels (set data.label_mode: class)"));
-                }
-                _ => {}
-            }
-            if data.num_classes().is_some() && label_dropout > 0.0 && !u.null_class {
-                return err("training.label_dropout needs model.null_class: true (the row used for dropped labels)".into());
-            }
-            if data.label_dim() != u.label_dim {
-                return err(format!(
-                    "data label vectors have {:?} entries but model.label_dim = {:?}",
-                    data.label_dim(),
-                    u.label_dim
-                ));
-            }
-            let cond = data.cond_shape().map(|s| s[0]).unwrap_or(0);
-            if cond != u.cond_channels {
-                return err(format!(
-                    "data conditioning images have {cond} channels but model.cond_channels = {}",
-                    u.cond_channels
-                ));
-            }
-            if u.self_condition {
-                return err("model.self_condition is not supported by the trainer yet".into());
-            }
-            Ok(())
-        }
-        ModelConfig::Mlp(m) => {
-            if shape != [m.data_dim] {
-                return err(format!("data examples have shape {shape:?} but model.data_dim = {}", m.data_dim));
-            }
-            Ok(())
-        }
-        ModelConfig::SrUnet(_) => err("training an sr_unet needs the cascade data path (data.lowres), which lands with cascades".into()),
+    if shape.len() != 3 || shape[0] != u.in_channels {
+        return err(format!(
+            "data examples have shape {shape:?} but {key}.in_channels = {}; set data.channels or {key}.in_channels",
+            u.in_channels
+        ));
     }
+    match (data.num_classes(), u.num_classes) {
+        (Some(n), Some(m)) if n != m => {
+            return err(format!(
+                "the data has {n} classes but {key}.num_classes = {m}"
+            ));
+        }
+        (Some(n), None) => {
+            return err(format!(
+                "the data has {n} classes (data.label_mode: class) but {key}.num_classes is not set"
+            ));
+        }
+        (None, Some(m)) => {
+            return err(format!(
+                "{key}.num_classes = {m} but the data has no class labels (set data.label_mode: class)"
+            ));
+        }
+        _ => {}
+    }
+    if data.num_classes().is_some() && label_dropout > 0.0 && !u.null_class {
+        return err(format!(
+            "training.label_dropout needs {key}.null_class: true (the row used for dropped labels)"
+        ));
+    }
+    if data.label_dim() != u.label_dim {
+        return err(format!(
+            "data label vectors have {:?} entries but {key}.label_dim = {:?}",
+            data.label_dim(),
+            u.label_dim
+        ));
+    }
+    let cond = data.cond_shape().map(|s| s[0]).unwrap_or(0);
+    if cond != u.cond_channels {
+        return err(format!(
+            "data conditioning images have {cond} channels but {key}.cond_channels = {}",
+            u.cond_channels
+        ));
+    }
+    if u.self_condition {
+        return err(format!(
+            "{key}.self_condition is not supported by the trainer yet"
+        ));
+    }
+    Ok(())
 }
 
 /// Train `config` as described by `options`. `stop` is polled after every step (set it from a
@@ -256,7 +308,7 @@ pub fn train(
 
     // Data first: a missing or empty dataset fails before the model is built.
     let dataset = open_dataset(&config.data, config.seed)?;
-    check_data_fits_model(dataset.as_ref(), &config.model, training.label_dropout)?;
+    check_data_fits_model(dataset.as_ref(), config)?;
     let micro_batch = training.batch_size / training.grad_accum;
     let mut loader = DataLoader::new(
         dataset.clone(),
@@ -588,12 +640,20 @@ fn micro_batch_loss(
             None => v,
         }
     });
-    let cond = Conditioning {
+    let mut cond = Conditioning {
         class_labels,
         label_vector,
         image: batch.cond_image.as_ref().map(|c| c.to_device(device)),
         context: None,
+        noise_level: None,
     };
+    if let (ModelConfig::SrUnet(_), Some(r)) = (&config.model, config.data.lowres) {
+        // Noise-conditioning augmentation: a fresh level per image in [0, train_max].
+        let lowres = area_downsample(&x0, r);
+        let level = Tensor::rand([b], opts) * training.lowres_noise.train_max;
+        cond.image = Some(augment_lowres(&lowres, &level, &lowres.randn_like()));
+        cond.noise_level = Some(level);
+    }
     let mut noise = x0.randn_like();
     if training.offset_noise > 0.0 && x0.dim() == 4 {
         let s = x0.size();
@@ -683,7 +743,13 @@ fn write_preview(
         }
     };
     let denoiser = NetworkDenoiser::new(ema_network, config.objective);
-    let cond = preview_conditioning(config, dataset.as_ref(), x_start.size()[0], device)?;
+    let cond = preview_conditioning(
+        config,
+        dataset.as_ref(),
+        x_start.size()[0],
+        device,
+        &mut noise,
+    )?;
     let samples = sampler.sample(&denoiser, x_start, &cond, &mut noise, &mut |_| {})?;
     if shape.len() == 1 {
         let path = run.samples().join(format!("step-{step:06}.csv"));
@@ -708,20 +774,24 @@ fn write_preview(
 }
 
 /// Preview conditioning: class-conditional models cycle through their classes; label vectors
-/// and conditioning images come from the first `n` examples of the data.
+/// and conditioning images come from the first `n` examples of the data; SR stages upsample
+/// the first `n` images, downsampled and augmented at the sampling level.
 fn preview_conditioning(
     config: &ExperimentConfig,
     dataset: &dyn Dataset,
     n: i64,
     device: Device,
+    noise: &mut dyn difflab_samplers::NoiseSource,
 ) -> Result<Conditioning, TrainError> {
-    let ModelConfig::Unet(u) = &config.model else {
-        return Ok(Conditioning::none());
+    let (u, lowres) = match &config.model {
+        ModelConfig::Unet(u) => (u, None),
+        ModelConfig::SrUnet(sr) => (&sr.unet, config.data.lowres),
+        ModelConfig::Mlp(_) => return Ok(Conditioning::none()),
     };
     let class_labels = u
         .num_classes
         .map(|k| Tensor::arange(n, (Kind::Int64, device)).remainder(k));
-    let examples = if u.label_dim.is_some() || u.cond_channels > 0 {
+    let examples = if u.label_dim.is_some() || u.cond_channels > 0 || lowres.is_some() {
         (0..n as usize)
             .map(|i| dataset.get(i % dataset.len()))
             .collect::<Result<Vec<_>, _>>()?
@@ -746,10 +816,31 @@ fn preview_conditioning(
                 .collect(),
         )
     });
+    let (image, noise_level) = match lowres {
+        None => (image, None),
+        Some(r) => {
+            let shape = dataset.shape();
+            let hr = stack(
+                examples
+                    .iter()
+                    .map(|e| Tensor::from_slice(&e.data).reshape(&shape[..]))
+                    .collect(),
+            );
+            let small = area_downsample(&hr, r);
+            let level = Tensor::full(
+                [n],
+                config.training.lowres_noise.sample,
+                (Kind::Float, device),
+            );
+            let z = noise.draw(&small.size(), Kind::Float, device);
+            (Some(augment_lowres(&small, &level, &z)), Some(level))
+        }
+    };
     Ok(Conditioning {
         class_labels,
         label_vector,
         image,
         context: None,
+        noise_level,
     })
 }

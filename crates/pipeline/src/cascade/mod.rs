@@ -1,0 +1,16 @@
+//! Cascaded generation (Ho et al. 2022, "Cascaded Diffusion Models"): a base stage samples at
+//! low resolution and super-resolution stages each upsample the previous stage's output.
+//!
+//! [`lowres`] holds what SR stages share between training and sampling (area downsampling and
+//! noise-conditioning augmentation); [`manifest`] the YAML that names the stages; [`run`]
+//! drives them in order.
+
+pub mod lowres;
+pub mod manifest;
+pub mod run;
+
+pub use lowres::{LowresNoiseConfig, area_downsample, augment_lowres, augmentation_alpha_bar};
+pub use manifest::{
+    CascadeManifest, CliStageSettings, PlannedStage, StageEntry, StageSpec, check_chain,
+};
+pub use run::{StageWeights, run_cascade};
