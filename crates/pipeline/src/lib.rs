@@ -11,6 +11,7 @@ pub mod logging;
 mod network;
 mod network_denoiser;
 pub mod optim;
+pub mod sweep;
 pub mod train;
 
 pub use config::{ConfigError, ExperimentConfig, ModelConfig, Override, load_config};
