@@ -15,6 +15,11 @@ struct Cli {
     #[arg(long, global = true, value_parser = parse_device)]
     device: Option<DeviceSpec>,
 
+    /// CPU threads libtorch may use (default: libtorch's choice, usually every core).
+    /// `difflab sweep --jobs N` passes each child its share.
+    #[arg(long, global = true, value_parser = clap::value_parser!(u64).range(1..))]
+    threads: Option<u64>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -35,6 +40,8 @@ enum Command {
     /// Inspect networks.
     #[command(subcommand)]
     Model(commands::model::ModelCommand),
+    /// Train and evaluate every point of a sweep file; write results tables and plots.
+    Sweep(commands::sweep::SweepArgs),
 }
 
 fn parse_device(s: &str) -> Result<DeviceSpec, String> {
@@ -44,6 +51,9 @@ fn parse_device(s: &str) -> Result<DeviceSpec, String> {
 
 fn main() {
     let cli = Cli::parse();
+    if let Some(n) = cli.threads {
+        tch::set_num_threads(n as i32);
+    }
     let result: Result<()> = match cli.command {
         Command::Train(args) => commands::train::run(&args, cli.device),
         Command::Schedule(args) => commands::schedule::run(&args),
@@ -51,6 +61,13 @@ fn main() {
         Command::Config(command) => commands::config::run(&command),
         Command::Model(command) => commands::model::run(&command),
         Command::Export(args) => commands::export::run(&args),
+        Command::Sweep(args) => commands::sweep::run(
+            &args,
+            &commands::sweep::Globals {
+                device: cli.device,
+                threads: cli.threads.map(|n| n as usize),
+            },
+        ),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

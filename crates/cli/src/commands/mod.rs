@@ -5,4 +5,5 @@ pub mod export;
 pub mod model;
 pub mod sample;
 pub mod schedule;
+pub mod sweep;
 pub mod train;
