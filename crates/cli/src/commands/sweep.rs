@@ -570,9 +570,7 @@ pub fn run(args: &SweepArgs, globals: &Globals) -> Result<()> {
 
 fn report_outputs(out: &Path, table: &ResultsTable) {
     eprintln!(
-        "results: {}, {} and {} plot{} in {}",
-        "results.csv",
-        "results.md",
+        "results: results.csv, results.md and {} plot{} in {}",
         table.metric_names().len(),
         if table.metric_names().len() == 1 {
             ""
