@@ -15,6 +15,11 @@ struct Cli {
     #[arg(long, global = true, value_parser = parse_device)]
     device: Option<DeviceSpec>,
 
+    /// CPU threads libtorch may use (default: libtorch's choice, usually every core).
+    /// `difflab sweep --jobs N` passes each child its share.
+    #[arg(long, global = true, value_parser = clap::value_parser!(u64).range(1..))]
+    threads: Option<u64>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -38,6 +43,8 @@ enum Command {
     /// Expert ensembles: branch experts off a trained run.
     #[command(subcommand)]
     Ensemble(commands::ensemble::EnsembleCommand),
+    /// Train and evaluate every point of a sweep file; write results tables and plots.
+    Sweep(commands::sweep::SweepArgs),
 }
 
 fn parse_device(s: &str) -> Result<DeviceSpec, String> {
@@ -47,6 +54,9 @@ fn parse_device(s: &str) -> Result<DeviceSpec, String> {
 
 fn main() {
     let cli = Cli::parse();
+    if let Some(n) = cli.threads {
+        tch::set_num_threads(n as i32);
+    }
     let result: Result<()> = match cli.command {
         Command::Train(args) => commands::train::run(&args, cli.device),
         Command::Schedule(args) => commands::schedule::run(&args),
@@ -55,6 +65,13 @@ fn main() {
         Command::Model(command) => commands::model::run(&command),
         Command::Export(args) => commands::export::run(&args),
         Command::Ensemble(command) => commands::ensemble::run(&command),
+        Command::Sweep(args) => commands::sweep::run(
+            &args,
+            &commands::sweep::Globals {
+                device: cli.device,
+                threads: cli.threads.map(|n| n as usize),
+            },
+        ),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

@@ -13,6 +13,7 @@ mod network;
 mod network_denoiser;
 pub mod optim;
 pub mod sampling;
+pub mod sweep;
 pub mod train;
 
 pub use config::{ConfigError, ExperimentConfig, ModelConfig, Override, load_config};

@@ -6,4 +6,5 @@ pub mod export;
 pub mod model;
 pub mod sample;
 pub mod schedule;
+pub mod sweep;
 pub mod train;
