@@ -35,6 +35,9 @@ enum Command {
     /// Inspect networks.
     #[command(subcommand)]
     Model(commands::model::ModelCommand),
+    /// Sample-quality metrics (classifier-FID, KID, precision/recall, toy distances), and
+    /// `eval train-reference` for the feature classifier.
+    Eval(commands::eval::EvalArgs),
 }
 
 fn parse_device(s: &str) -> Result<DeviceSpec, String> {
@@ -51,6 +54,7 @@ fn main() {
         Command::Config(command) => commands::config::run(&command),
         Command::Model(command) => commands::model::run(&command),
         Command::Export(args) => commands::export::run(&args),
+        Command::Eval(args) => commands::eval::run(&args, cli.device),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

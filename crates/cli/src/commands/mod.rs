@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod config;
+pub mod eval;
 pub mod export;
 pub mod model;
 pub mod sample;
