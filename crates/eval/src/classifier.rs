@@ -17,8 +17,8 @@
 //! function, which keeps training reproducible and features deterministic.
 
 use serde::{Deserialize, Serialize};
-use tch::nn::{self, Module};
 use tch::Tensor;
+use tch::nn::{self, Module};
 
 /// The shape of a [`LeNet`]: what it reads and what it outputs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -76,7 +76,9 @@ pub fn extract_features(
         start += len;
     }
     if features.is_empty() {
-        return Err(EvalError::Input("no images to extract features from".into()));
+        return Err(EvalError::Input(
+            "no images to extract features from".into(),
+        ));
     }
     Ok(Extracted {
         features: Tensor::cat(&features, 0),

@@ -102,7 +102,10 @@ pub fn frechet_distance(a: &FeatureStats, b: &FeatureStats) -> Result<f64, EvalE
             b.mean.size()
         )));
     }
-    let diff = (&a.mean - &b.mean).square().sum(Kind::Double).double_value(&[]);
+    let diff = (&a.mean - &b.mean)
+        .square()
+        .sum(Kind::Double)
+        .double_value(&[]);
     let root_a = sqrtm_psd(&a.cov);
     let middle = root_a.matmul(&b.cov.to_kind(Kind::Double)).matmul(&root_a);
     let middle = (&middle + middle.tr()) / 2.0;

@@ -51,7 +51,8 @@ pub(crate) fn unbiased_mmd2(kxx: &Tensor, kyy: &Tensor, kxy: &Tensor) -> f64 {
     let n = kxx.size()[0] as f64;
     let m = kyy.size()[0] as f64;
     let off = |k: &Tensor| {
-        k.sum(Kind::Double).double_value(&[]) - k.diagonal(0, 0, 1).sum(Kind::Double).double_value(&[])
+        k.sum(Kind::Double).double_value(&[])
+            - k.diagonal(0, 0, 1).sum(Kind::Double).double_value(&[])
     };
     off(kxx) / (n * (n - 1.0)) + off(kyy) / (m * (m - 1.0))
         - 2.0 * kxy.sum(Kind::Double).double_value(&[]) / (n * m)
@@ -86,7 +87,11 @@ pub fn kid(x: &Tensor, y: &Tensor, options: KidOptions) -> Result<KidResult, Eva
         .map(|s| {
             let a = pick(&x, 0, s);
             let b = pick(&y, 1, s);
-            unbiased_mmd2(&poly_kernel(&a, &a), &poly_kernel(&b, &b), &poly_kernel(&a, &b))
+            unbiased_mmd2(
+                &poly_kernel(&a, &a),
+                &poly_kernel(&b, &b),
+                &poly_kernel(&a, &b),
+            )
         })
         .collect();
     let n = values.len() as f64;
@@ -124,7 +129,10 @@ mod tests {
         let shifted = kid(&x, &normal(600, 16, 0.5, 2), options).unwrap();
         assert!(same.mean.abs() < 0.02, "{same:?}");
         assert!(shifted.mean > 0.1, "{shifted:?}");
-        assert!(shifted.mean > 10.0 * same.mean.abs().max(1e-3), "{shifted:?} {same:?}");
+        assert!(
+            shifted.mean > 10.0 * same.mean.abs().max(1e-3),
+            "{shifted:?} {same:?}"
+        );
     }
 
     #[test]
@@ -150,7 +158,11 @@ mod tests {
 
     #[test]
     fn rejects_mismatched_features() {
-        let e = kid(&normal(10, 3, 0.0, 0), &normal(10, 4, 0.0, 0), KidOptions::default());
+        let e = kid(
+            &normal(10, 3, 0.0, 0),
+            &normal(10, 4, 0.0, 0),
+            KidOptions::default(),
+        );
         assert!(e.is_err());
     }
 }

@@ -115,7 +115,8 @@ mod tests {
 
     #[test]
     fn far_away_samples_have_zero_precision() {
-        let pr = precision_recall(&normal(300, 0.0, 1.0, 0), &normal(300, 20.0, 1.0, 1), 3).unwrap();
+        let pr =
+            precision_recall(&normal(300, 0.0, 1.0, 0), &normal(300, 20.0, 1.0, 1), 3).unwrap();
         assert_eq!(pr.precision, 0.0);
         assert_eq!(pr.recall, 0.0);
     }

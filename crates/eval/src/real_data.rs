@@ -81,9 +81,7 @@ impl RealData {
             Some(
                 indices
                     .iter()
-                    .map(|&i| {
-                        dataset.get(i).map(|e| e.class.expect("class labels"))
-                    })
+                    .map(|&i| dataset.get(i).map(|e| e.class.expect("class labels")))
                     .collect::<Result<Vec<_>, _>>()?,
             )
         } else {
@@ -127,9 +125,10 @@ impl RealData {
         let mut full = vec![which.len() as i64];
         full.extend(&shape);
         let images = Tensor::from_slice(&data).view(full.as_slice());
-        let labels = self.labels.as_ref().map(|l| {
-            Tensor::from_slice(&which.iter().map(|&w| l[w]).collect::<Vec<_>>())
-        });
+        let labels = self
+            .labels
+            .as_ref()
+            .map(|l| Tensor::from_slice(&which.iter().map(|&w| l[w]).collect::<Vec<_>>()));
         Ok((images, labels))
     }
 

@@ -153,11 +153,20 @@ pub fn sha256_file(path: &Path) -> Result<String, EvalError> {
         }
         hasher.update(&buf[..n]);
     }
-    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 /// Accuracy of `net` on images with labels.
-fn accuracy(net: &LeNet, images: &Tensor, labels: &Tensor, device: Device) -> Result<f64, EvalError> {
+fn accuracy(
+    net: &LeNet,
+    images: &Tensor,
+    labels: &Tensor,
+    device: Device,
+) -> Result<f64, EvalError> {
     let out = extract_features(net, images, 500, device)?;
     Ok(out
         .predictions
@@ -197,7 +206,11 @@ pub fn train_classifier(
     let (test_x, test_y) = test.load_all()?;
     let test_y = test_y.expect("labels");
     let shape = train_x.size();
-    let num_classes = (train_y.max().int64_value(&[]).max(test_y.max().int64_value(&[]))) + 1;
+    let num_classes = (train_y
+        .max()
+        .int64_value(&[])
+        .max(test_y.max().int64_value(&[])))
+        + 1;
     let spec = ClassifierSpec {
         input_size: shape[2].max(shape[3]),
         channels: shape[1],
@@ -227,7 +240,9 @@ pub fn train_classifier(
             if step >= total {
                 break 'epochs;
             }
-            let lr = options.lr * 0.5 * (1.0 + (std::f64::consts::PI * step as f64 / total as f64).cos());
+            let lr = options.lr
+                * 0.5
+                * (1.0 + (std::f64::consts::PI * step as f64 / total as f64).cos());
             opt.set_lr(lr);
             let idx = Tensor::from_slice(&chunk.iter().map(|&i| i as i64).collect::<Vec<_>>());
             let x = crate::features::prepare_images(&train_x.index_select(0, &idx), &spec)?
@@ -279,8 +294,12 @@ pub fn train_classifier(
         threads: tch::get_num_threads() as i64,
         data: data.clone(),
         data_seed,
-        class_names: (data.kind == DataKind::FashionMnist)
-            .then(|| FASHION_MNIST_CLASSES.iter().map(|s| s.to_string()).collect()),
+        class_names: (data.kind == DataKind::FashionMnist).then(|| {
+            FASHION_MNIST_CLASSES
+                .iter()
+                .map(|s| s.to_string())
+                .collect()
+        }),
         floor_cfid,
         floor_cfid_n: floor_n,
     };

@@ -183,8 +183,10 @@ pub fn evaluate_images(
         let hits = generated.predictions.eq_tensor(requested);
         out.metrics.insert("class_accuracy".into(), mean(&hits));
         if let Some(ref_y) = &ref_y {
-            out.floor
-                .insert("class_accuracy".into(), mean(&reference.predictions.eq_tensor(ref_y)));
+            out.floor.insert(
+                "class_accuracy".into(),
+                mean(&reference.predictions.eq_tensor(ref_y)),
+            );
         }
         let classes: Vec<i64> = Vec::try_from(&requested.unique_dim(0, true, false, false).0)
             .map_err(EvalError::Torch)?;
@@ -249,12 +251,18 @@ pub fn evaluate_toy(
         "mmd_rbf".into(),
         mmd_rbf(&samples, &reference, &TOY_BANDWIDTHS)?,
     );
-    out.floor
-        .insert("mmd_rbf".into(), mmd_rbf(&floor, &reference, &TOY_BANDWIDTHS)?);
-    out.metrics
-        .insert("energy_distance".into(), energy_distance(&samples, &reference)?);
-    out.floor
-        .insert("energy_distance".into(), energy_distance(&floor, &reference)?);
+    out.floor.insert(
+        "mmd_rbf".into(),
+        mmd_rbf(&floor, &reference, &TOY_BANDWIDTHS)?,
+    );
+    out.metrics.insert(
+        "energy_distance".into(),
+        energy_distance(&samples, &reference)?,
+    );
+    out.floor.insert(
+        "energy_distance".into(),
+        energy_distance(&floor, &reference)?,
+    );
     let cov = mode_coverage(kind, noise, &sample_points);
     let floor_cov = mode_coverage(kind, noise, &floor_points);
     out.metrics.insert("mode_coverage".into(), cov.coverage);

@@ -118,17 +118,28 @@ pub fn mode_coverage(kind: Toy2dKind, noise: f32, samples: &[[f32; 2]]) -> ModeC
         match kind {
             Toy2dKind::EightGaussians => (
                 8,
-                format!("8 Gaussians; a sample within 3σ = {:.3} of a centre", 3.0 * noise),
+                format!(
+                    "8 Gaussians; a sample within 3σ = {:.3} of a centre",
+                    3.0 * noise
+                ),
                 Box::new(move |x, y| {
-                    nearest_centre(x, y, (0..8).map(|k| {
-                        let a = k as f64 * PI / 4.0;
-                        (a.cos(), a.sin())
-                    }), 3.0 * noise)
+                    nearest_centre(
+                        x,
+                        y,
+                        (0..8).map(|k| {
+                            let a = k as f64 * PI / 4.0;
+                            (a.cos(), a.sin())
+                        }),
+                        3.0 * noise,
+                    )
                 }),
             ),
             Toy2dKind::DiscGrid => (
                 16,
-                format!("16 discs; a sample within {:.3} of a disc centre", 1.5 * noise),
+                format!(
+                    "16 discs; a sample within {:.3} of a disc centre",
+                    1.5 * noise
+                ),
                 Box::new(move |x, y| {
                     let c = |k: usize| (k as f64 - 1.5) / 1.5;
                     nearest_centre(x, y, (0..16).map(|k| (c(k / 4), c(k % 4))), 1.5 * noise)
@@ -217,7 +228,11 @@ mod tests {
 
     #[test]
     fn distances_are_near_zero_for_one_distribution_and_grow_with_a_shift() {
-        for kind in [Toy2dKind::Spiral, Toy2dKind::EightGaussians, Toy2dKind::DiscGrid] {
+        for kind in [
+            Toy2dKind::Spiral,
+            Toy2dKind::EightGaussians,
+            Toy2dKind::DiscGrid,
+        ] {
             let a = tensor(&sample_toy2d(kind, 800, 1));
             let b = tensor(&sample_toy2d(kind, 800, 2));
             let mmd_same = mmd_rbf(&a, &b, &TOY_BANDWIDTHS).unwrap();
@@ -227,17 +242,27 @@ mod tests {
                 let c = &b + shift;
                 let m = mmd_rbf(&a, &c, &TOY_BANDWIDTHS).unwrap();
                 let e = energy_distance(&a, &c).unwrap();
-                assert!(m > last.0 && e > last.1, "{kind:?} {shift}: {m} {e} after {last:?}");
+                assert!(
+                    m > last.0 && e > last.1,
+                    "{kind:?} {shift}: {m} {e} after {last:?}"
+                );
                 last = (m, e);
             }
-            assert!(mmd_same.abs() < 0.01 && energy_same.abs() < 0.01, "{kind:?} {mmd_same} {energy_same}");
+            assert!(
+                mmd_same.abs() < 0.01 && energy_same.abs() < 0.01,
+                "{kind:?} {mmd_same} {energy_same}"
+            );
             assert!(last.0 > 20.0 * mmd_same.abs() && last.1 > 20.0 * energy_same.abs());
         }
     }
 
     #[test]
     fn true_samples_cover_every_mode_and_a_collapsed_set_does_not() {
-        for kind in [Toy2dKind::Spiral, Toy2dKind::EightGaussians, Toy2dKind::DiscGrid] {
+        for kind in [
+            Toy2dKind::Spiral,
+            Toy2dKind::EightGaussians,
+            Toy2dKind::DiscGrid,
+        ] {
             let true_points = sample_toy2d(kind, 2000, 3);
             let c = mode_coverage(kind, kind.default_noise(), &true_points);
             assert_eq!(c.coverage, 1.0, "{kind:?} {c:?}");

@@ -201,7 +201,9 @@ fn evaluate(args: &MetricsArgs, device: Option<DeviceSpec>) -> Result<()> {
         bail!("--samples/-n must be at least 1");
     }
     if args.run.is_none() && folder.is_none() {
-        bail!("pass --run DIR (sample, then evaluate) or --samples DIR (evaluate existing samples)");
+        bail!(
+            "pass --run DIR (sample, then evaluate) or --samples DIR (evaluate existing samples)"
+        );
     }
     let config: Option<ExperimentConfig> = match (&args.run, &args.config) {
         (Some(run), _) => Some(load_config(&run.join("config.yaml"), &[])?),
@@ -215,10 +217,7 @@ fn evaluate(args: &MetricsArgs, device: Option<DeviceSpec>) -> Result<()> {
         Some(s) => s
             .parse::<SamplerKind>()
             .map_err(|e| anyhow::anyhow!("--sampler: {e}"))?,
-        None => config
-            .as_ref()
-            .map(|c| c.sampler.kind)
-            .unwrap_or_default(),
+        None => config.as_ref().map(|c| c.sampler.kind).unwrap_or_default(),
     };
     let steps = args
         .steps
@@ -249,7 +248,10 @@ fn evaluate(args: &MetricsArgs, device: Option<DeviceSpec>) -> Result<()> {
     // Which classes to generate, and how many of each.
     let class_list: Option<Vec<i64>> = match (classes, args.class) {
         (Some(k), Some(c)) if (0..k).contains(&c) => Some(vec![c]),
-        (Some(k), Some(c)) => bail!("--class {c} is out of range: the model has classes 0..{}", k - 1),
+        (Some(k), Some(c)) => bail!(
+            "--class {c} is out of range: the model has classes 0..{}",
+            k - 1
+        ),
         (Some(k), None) => Some((0..k).collect()),
         (None, Some(c)) if folder.is_some() => Some(vec![c]),
         (None, Some(c)) => bail!("--class {c} given but the run is not class-conditional"),
@@ -444,13 +446,24 @@ fn read_folder_with_classes(
     if classes.len() == 1 && !class_dir(dir, classes[0]).is_dir() {
         let x = read_image_folder(dir)?;
         let n = x.size()[0];
-        return Ok((x, Some(Tensor::full([n], classes[0], (tch::Kind::Int64, tch::Device::Cpu)))));
+        return Ok((
+            x,
+            Some(Tensor::full(
+                [n],
+                classes[0],
+                (tch::Kind::Int64, tch::Device::Cpu),
+            )),
+        ));
     }
     let mut images = Vec::new();
     let mut labels = Vec::new();
     for &k in classes {
         let x = read_image_folder(&class_dir(dir, k))?;
-        labels.push(Tensor::full([x.size()[0]], k, (tch::Kind::Int64, tch::Device::Cpu)));
+        labels.push(Tensor::full(
+            [x.size()[0]],
+            k,
+            (tch::Kind::Int64, tch::Device::Cpu),
+        ));
         images.push(x);
     }
     Ok((Tensor::cat(&images, 0), Some(Tensor::cat(&labels, 0))))
