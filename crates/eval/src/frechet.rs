@@ -154,9 +154,10 @@ mod tests {
         // Σ₁ = Q diag(a) Qᵀ, Σ₂ = Q diag(b) Qᵀ share eigenvectors: the trace term is
         // Σ (√a_i − √b_i)², whatever the rotation Q.
         tch::manual_seed(1);
-        let (q, _) = Tensor::randn([4, 4], (Kind::Double, Device::Cpu)).linalg_qr("reduced");
-        let a = [2.0, 0.5, 3.0, 1.0];
-        let b = [0.5, 2.0, 3.0, 0.0];
+        let r = Tensor::randn([4, 4], (Kind::Double, Device::Cpu));
+        let (_, q) = (&r + r.tr()).linalg_eigh("L");
+        let a = [2.0f64, 0.5, 3.0, 1.0];
+        let b = [0.5f64, 2.0, 3.0, 0.0];
         let make = |v: &[f64]| q.matmul(&Tensor::from_slice(v).diag(0)).matmul(&q.tr());
         let s1 = stats(&[0.0; 4], make(&a));
         let s2 = stats(&[0.5, 0.0, 0.0, 0.0], make(&b));
