@@ -45,6 +45,9 @@ enum Command {
     Ensemble(commands::ensemble::EnsembleCommand),
     /// Train and evaluate every point of a sweep file; write results tables and plots.
     Sweep(commands::sweep::SweepArgs),
+    /// Sample-quality metrics (classifier-FID, KID, precision/recall, toy distances), and
+    /// `eval train-reference` for the feature classifier.
+    Eval(commands::eval::EvalArgs),
 }
 
 fn parse_device(s: &str) -> Result<DeviceSpec, String> {
@@ -72,6 +75,7 @@ fn main() {
                 threads: cli.threads.map(|n| n as usize),
             },
         ),
+        Command::Eval(args) => commands::eval::run(&args, cli.device),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod ensemble;
+pub mod eval;
 pub mod export;
 pub mod model;
 pub mod sample;

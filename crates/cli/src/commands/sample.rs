@@ -268,6 +268,9 @@ pub fn run(args: &SampleArgs, device: DeviceSpec) -> Result<()> {
         offload,
         noise,
     } = plan(args, device)?;
+    if args.noise_level.is_some() && stages.iter().all(|s| s.spec.info().lowres.is_none()) {
+        bail!("--noise-level applies to super-resolution stages, and none is being sampled");
+    }
     // Input images are read at the size the first stage wants them.
     let input = match &args.cond_image {
         None => None,

@@ -122,7 +122,7 @@ impl PlannedStage {
     }
 
     /// Its settings with the command line's (`cli`) on top of the manifest's on top of the
-    /// run's.
+    /// run's; `--noise-level` reaches only SR stages.
     pub fn settings(&self, cli: &CliStageSettings) -> StageSettings {
         let info = self.spec.info();
         StageSettings {
@@ -133,7 +133,11 @@ impl PlannedStage {
                 None => ClassChoice::Cycle,
             },
             labels: cli.labels.clone(),
-            noise_level: cli.noise_level.or(self.noise_level),
+            // The command line's level is for the SR stages of the cascade.
+            noise_level: match info.lowres {
+                Some(_) => cli.noise_level.or(self.noise_level),
+                None => self.noise_level,
+            },
         }
     }
 }
