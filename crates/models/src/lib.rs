@@ -17,6 +17,7 @@
 pub mod attention;
 pub mod diffusers;
 pub mod embeddings;
+pub mod flops;
 mod error;
 pub mod mlp;
 pub mod params;
