@@ -35,6 +35,8 @@ enum Command {
     /// Inspect networks.
     #[command(subcommand)]
     Model(commands::model::ModelCommand),
+    /// Measure training and sampling throughput, FLOPs and peak memory of one model.
+    Bench(commands::bench::BenchArgs),
 }
 
 fn parse_device(s: &str) -> Result<DeviceSpec, String> {
@@ -51,6 +53,7 @@ fn main() {
         Command::Config(command) => commands::config::run(&command),
         Command::Model(command) => commands::model::run(&command),
         Command::Export(args) => commands::export::run(&args),
+        Command::Bench(args) => commands::bench::run(&args, cli.device),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

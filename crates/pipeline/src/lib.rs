@@ -2,6 +2,7 @@
 //! once: configs, datasets, the trainer, checkpoints, logging, image output and the runtime
 //! device choice.
 
+pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
