@@ -53,6 +53,9 @@ def main():
     p.add_argument("--sgemm-size", type=int, default=2048)
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
+    if args.threads:
+        # OpenMP reads this at start-up: set it before torch loads.
+        os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
 
     import torch
     from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel

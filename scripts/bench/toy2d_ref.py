@@ -11,6 +11,7 @@ Prints one JSON object with the keys of `difflab bench --json`.
 import argparse
 import json
 import math
+import os
 import statistics
 import time
 
@@ -28,6 +29,9 @@ def main():
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
+    if args.threads:
+        # OpenMP reads this at start-up: set it before torch loads, as the Rust side does.
+        os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
 
     import torch
     from torch import nn
@@ -79,13 +83,13 @@ def main():
         optimizer.step()
         if step >= args.warmup:
             times.append(time.perf_counter() - start)
-    total = sum(times)
+    total = sum(times) or float("nan")
     report = {
         "impl": "pytorch",
         "model": "toy2d",
         "threads": torch.get_num_threads(),
         "batch": args.batch,
-        "train": {
+        "train": None if not times else {
             "images_per_s": args.train_steps * args.batch / total,
             "steps_per_s": args.train_steps / total,
             "median_step_ms": statistics.median(times) * 1e3,
@@ -108,7 +112,7 @@ def main():
                     x = mean
         if run > 0:
             runs.append(time.perf_counter() - start)
-    report["sample"] = {
+    report["sample"] = None if not runs else {
         "images_per_s": args.sample_runs * args.points / sum(runs),
         "median_run_s": statistics.median(runs),
         "steps": T,

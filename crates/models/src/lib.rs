@@ -17,8 +17,8 @@
 pub mod attention;
 pub mod diffusers;
 pub mod embeddings;
-pub mod flops;
 mod error;
+pub mod flops;
 pub mod mlp;
 pub mod params;
 pub mod resnet;

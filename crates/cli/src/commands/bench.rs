@@ -121,12 +121,9 @@ pub fn run(args: &BenchArgs, device: Option<DeviceSpec>) -> Result<()> {
         None
     };
     // Achieved GFLOP/s: training counts forward + backward (3× forward), sampling forward only.
-    let achieved = |images_per_s: f64, factor: f64| {
-        fwd.map(|f| images_per_s * factor * f as f64 / 1e9)
-    };
-    let train_gflops = train
-        .as_ref()
-        .and_then(|t| achieved(t.images_per_s, 3.0));
+    let achieved =
+        |images_per_s: f64, factor: f64| fwd.map(|f| images_per_s * factor * f as f64 / 1e9);
+    let train_gflops = train.as_ref().and_then(|t| achieved(t.images_per_s, 3.0));
     let sample_gflops = sample
         .as_ref()
         .and_then(|s| achieved(s.images_per_s * s.steps as f64, 1.0));

@@ -16,9 +16,7 @@ use tch::{Device, Kind, Tensor, nn};
 
 use crate::data::Batch;
 use crate::optim::{AdamW, Ema, clip_grad_norm};
-use crate::train::{
-    Autocast, TrainError, apply_update, build_process, micro_batch_loss, mix,
-};
+use crate::train::{Autocast, TrainError, apply_update, build_process, micro_batch_loss, mix};
 use crate::{ExperimentConfig, ModelConfig, Network, NetworkDenoiser};
 
 /// What to measure and how much.
@@ -144,9 +142,8 @@ fn synthetic_batch(config: &ExperimentConfig, batch: i64, resolution: i64) -> Ba
             .num_classes
             .map(|k| Tensor::randint(k, [batch], (Kind::Int64, Device::Cpu)));
         label_vector = u.label_dim.map(|d| Tensor::rand([batch, d], f).round());
-        cond_image = (u.cond_channels > 0).then(|| {
-            Tensor::rand([batch, u.cond_channels, resolution, resolution], f) * 2.0 - 1.0
-        });
+        cond_image = (u.cond_channels > 0)
+            .then(|| Tensor::rand([batch, u.cond_channels, resolution, resolution], f) * 2.0 - 1.0);
     }
     Batch {
         x,
