@@ -93,12 +93,12 @@ pub fn sgemm_gflops(n: i64, reps: usize, device: Device) -> f64 {
     let _guard = tch::no_grad_guard();
     let a = Tensor::randn([n, n], (Kind::Float, device));
     let b = Tensor::randn([n, n], (Kind::Float, device));
-    let mut out = Tensor::empty([n, n], (Kind::Float, device));
+    let out = Tensor::empty([n, n], (Kind::Float, device));
     let mut times = Vec::with_capacity(reps);
     for i in 0..reps + 2 {
         sync(device);
         let start = Instant::now();
-        let _ = a.mm_out(&mut out, &b);
+        let _ = a.mm_out(&out, &b);
         sync(device);
         if i >= 2 {
             times.push(start.elapsed().as_secs_f64());
