@@ -48,6 +48,8 @@ enum Command {
     /// Sample-quality metrics (classifier-FID, KID, precision/recall, toy distances), and
     /// `eval train-reference` for the feature classifier.
     Eval(commands::eval::EvalArgs),
+    /// Measure training and sampling throughput, FLOPs and peak memory of one model.
+    Bench(commands::bench::BenchArgs),
 }
 
 fn parse_device(s: &str) -> Result<DeviceSpec, String> {
@@ -76,6 +78,7 @@ fn main() {
             },
         ),
         Command::Eval(args) => commands::eval::run(&args, cli.device),
+        Command::Bench(args) => commands::bench::run(&args, cli.device),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

@@ -18,6 +18,7 @@ pub mod attention;
 pub mod diffusers;
 pub mod embeddings;
 mod error;
+pub mod flops;
 pub mod mlp;
 pub mod params;
 pub mod resnet;

@@ -3,6 +3,7 @@
 //! device choice.
 
 pub mod cascade;
+pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod data;

@@ -129,7 +129,7 @@ pub struct TrainOutcome {
 }
 
 /// SplitMix64-style mix of a seed with a counter (the per-step seed).
-fn mix(seed: u64, n: u64) -> u64 {
+pub(crate) fn mix(seed: u64, n: u64) -> u64 {
     let mut z = seed
         ^ n.wrapping_add(0x9E37_79B9_7F4A_7C15)
             .wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -156,7 +156,7 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
 }
 
 /// The corruption process, built once.
-enum Process {
+pub(crate) enum Process {
     Gaussian {
         forward: ForwardProcess,
         timesteps: (i64, i64),
@@ -278,6 +278,56 @@ fn check_unet_inputs(
     Ok(())
 }
 
+/// The corruption process and loss of `config`, on `device`.
+pub(crate) fn build_process(
+    config: &ExperimentConfig,
+    schedule: &NoiseSchedule,
+    device: Device,
+) -> Result<(Process, LossKind), TrainError> {
+    let training = &config.training;
+    let process = match &config.process {
+        ProcessConfig::Gaussian => {
+            let t = schedule.alphas_cumprod.len() as i64;
+            let (lo, hi) = match training.timestep_range {
+                Some([lo, hi]) if hi as i64 <= t => (lo as i64, hi as i64),
+                Some([lo, hi]) => {
+                    return Err(TrainError::Config(format!(
+                        "invalid training.timestep_range = [{lo}, {hi}): must lie in [0, {t}] (schedule.timesteps)"
+                    )));
+                }
+                None => (0, t),
+            };
+            Process::Gaussian {
+                forward: ForwardProcess::new(schedule, device),
+                timesteps: (lo, hi),
+            }
+        }
+        ProcessConfig::Cold { degradation } => {
+            if config.objective != Prediction::X0 {
+                return Err(TrainError::Config(format!(
+                    "process.kind: cold trains a restoration network: set objective: x0 (got {:?})",
+                    config.objective
+                )));
+            }
+            let degradation = degradation.build(schedule, device)?;
+            let n = degradation.num_steps();
+            let (lo, hi) = match training.timestep_range {
+                Some([lo, hi]) => ((lo as i64).max(1), (hi as i64).min(n + 1)),
+                None => (1, n + 1),
+            };
+            Process::Cold {
+                degradation,
+                levels: (lo, hi),
+            }
+        }
+    };
+    let loss_kind = training.loss.unwrap_or(match process {
+        Process::Gaussian { .. } => LossKind::Mse,
+        Process::Cold { .. } => LossKind::L1,
+    });
+    Ok((process, loss_kind))
+}
+
 /// Train `config` as described by `options`. `stop` is polled after every step (set it from a
 /// Ctrl-C handler): the run then writes a checkpoint and returns with `interrupted = true`.
 pub fn train(
@@ -320,46 +370,7 @@ pub fn train(
 
     let device = options.device;
     let schedule: NoiseSchedule = config.schedule.build()?;
-    let process = match &config.process {
-        ProcessConfig::Gaussian => {
-            let t = schedule.alphas_cumprod.len() as i64;
-            let (lo, hi) = match training.timestep_range {
-                Some([lo, hi]) if hi as i64 <= t => (lo as i64, hi as i64),
-                Some([lo, hi]) => {
-                    return Err(TrainError::Config(format!(
-                        "invalid training.timestep_range = [{lo}, {hi}): must lie in [0, {t}] (schedule.timesteps)"
-                    )));
-                }
-                None => (0, t),
-            };
-            Process::Gaussian {
-                forward: ForwardProcess::new(&schedule, device),
-                timesteps: (lo, hi),
-            }
-        }
-        ProcessConfig::Cold { degradation } => {
-            if config.objective != Prediction::X0 {
-                return Err(TrainError::Config(format!(
-                    "process.kind: cold trains a restoration network: set objective: x0 (got {:?})",
-                    config.objective
-                )));
-            }
-            let degradation = degradation.build(&schedule, device)?;
-            let n = degradation.num_steps();
-            let (lo, hi) = match training.timestep_range {
-                Some([lo, hi]) => ((lo as i64).max(1), (hi as i64).min(n + 1)),
-                None => (1, n + 1),
-            };
-            Process::Cold {
-                degradation,
-                levels: (lo, hi),
-            }
-        }
-    };
-    let loss_kind = training.loss.unwrap_or(match process {
-        Process::Gaussian { .. } => LossKind::Mse,
-        Process::Cold { .. } => LossKind::L1,
-    });
+    let (process, loss_kind) = build_process(config, &schedule, device)?;
 
     // Model, EMA copy, optimizer — initialised from the seed.
     tch::manual_seed(mix(config.seed, u64::MAX) as i64);
@@ -535,9 +546,7 @@ pub fn train(
                 }
             }
         } else {
-            optimizer.step(lr);
-            optimizer.zero_grad();
-            ema.update(&vs, &mut ema_vs, step + 1);
+            apply_update(&mut optimizer, &mut ema, &vs, &mut ema_vs, lr, step + 1);
             last_loss = loss_value;
         }
         step += 1;
@@ -609,8 +618,23 @@ pub fn train(
     })
 }
 
+/// The parameter update of optimizer step `step` (1 for the first) once the gradients are in:
+/// AdamW at `lr`, gradients zeroed, then the EMA.
+pub(crate) fn apply_update(
+    optimizer: &mut AdamW,
+    ema: &mut Ema,
+    vs: &nn::VarStore,
+    ema_vs: &mut nn::VarStore,
+    lr: f64,
+    step: u64,
+) {
+    optimizer.step(lr);
+    optimizer.zero_grad();
+    ema.update(vs, ema_vs, step);
+}
+
 /// The loss of one micro-batch; all randomness from the (already seeded) global generator.
-fn micro_batch_loss(
+pub(crate) fn micro_batch_loss(
     batch: &Batch,
     network: &Network,
     process: &Process,
