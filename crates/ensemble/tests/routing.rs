@@ -252,7 +252,7 @@ fn ddim_strides_and_cold_levels_reach_the_expert_of_each_step() {
     let ens = make(1000, 500);
     let x = Tensor::zeros([2, 3], (Kind::Float, Device::Cpu));
     let mut noise = GlobalSeedNoise::new(0);
-    sampler
+    let _ = sampler
         .sample(
             &ens,
             x.shallow_clone(),
@@ -287,7 +287,8 @@ fn ddim_strides_and_cold_levels_reach_the_expert_of_each_step() {
     let ens = make(7, 4);
     let img = Tensor::zeros([1, 1, 8, 8], (Kind::Float, Device::Cpu));
     let mut noise = GlobalSeedNoise::new(0);
-    cold.sample(&ens, img, &Conditioning::none(), &mut noise, &mut |_| {})
+    let _ = cold
+        .sample(&ens, img, &Conditioning::none(), &mut noise, &mut |_| {})
         .unwrap();
     let visited = log.borrow().clone();
     assert_eq!(

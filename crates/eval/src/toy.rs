@@ -82,6 +82,9 @@ pub fn energy_distance(x: &Tensor, y: &Tensor) -> Result<f64, EvalError> {
     Ok(2.0 * mean_all(&x, &y) - within(&x) - within(&y))
 }
 
+/// Which mode a point belongs to, if any.
+type ModeOf = Box<dyn Fn(f64, f64) -> Option<usize>>;
+
 /// How many of a toy distribution's modes the samples reach.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ModeCoverage {
@@ -114,48 +117,47 @@ pub struct ModeCoverage {
 /// enough high-quality samples).
 pub fn mode_coverage(kind: Toy2dKind, noise: f32, samples: &[[f32; 2]]) -> ModeCoverage {
     let noise = noise as f64;
-    let (modes, definition, assign): (usize, String, Box<dyn Fn(f64, f64) -> Option<usize>>) =
-        match kind {
-            Toy2dKind::EightGaussians => (
-                8,
-                format!(
-                    "8 Gaussians; a sample within 3σ = {:.3} of a centre",
-                    3.0 * noise
-                ),
-                Box::new(move |x, y| {
-                    nearest_centre(
-                        x,
-                        y,
-                        (0..8).map(|k| {
-                            let a = k as f64 * PI / 4.0;
-                            (a.cos(), a.sin())
-                        }),
-                        3.0 * noise,
-                    )
-                }),
+    let (modes, definition, assign): (usize, String, ModeOf) = match kind {
+        Toy2dKind::EightGaussians => (
+            8,
+            format!(
+                "8 Gaussians; a sample within 3σ = {:.3} of a centre",
+                3.0 * noise
             ),
-            Toy2dKind::DiscGrid => (
-                16,
-                format!(
-                    "16 discs; a sample within {:.3} of a disc centre",
-                    1.5 * noise
-                ),
-                Box::new(move |x, y| {
-                    let c = |k: usize| (k as f64 - 1.5) / 1.5;
-                    nearest_centre(x, y, (0..16).map(|k| (c(k / 4), c(k % 4))), 1.5 * noise)
-                }),
+            Box::new(move |x, y| {
+                nearest_centre(
+                    x,
+                    y,
+                    (0..8).map(|k| {
+                        let a = k as f64 * PI / 4.0;
+                        (a.cos(), a.sin())
+                    }),
+                    3.0 * noise,
+                )
+            }),
+        ),
+        Toy2dKind::DiscGrid => (
+            16,
+            format!(
+                "16 discs; a sample within {:.3} of a disc centre",
+                1.5 * noise
             ),
-            Toy2dKind::Spiral => (
-                SPIRAL_ARCS,
-                format!(
-                    "spiral (no discrete modes): {SPIRAL_ARCS} equal arcs of the centre curve; a sample within {noise:.3} of the curve counts for the arc of its nearest curve point"
-                ),
-                Box::new(move |x, y| {
-                    let (u, d) = nearest_on_spiral(x, y);
-                    (d <= noise).then(|| ((u * SPIRAL_ARCS as f64) as usize).min(SPIRAL_ARCS - 1))
-                }),
+            Box::new(move |x, y| {
+                let c = |k: usize| (k as f64 - 1.5) / 1.5;
+                nearest_centre(x, y, (0..16).map(|k| (c(k / 4), c(k % 4))), 1.5 * noise)
+            }),
+        ),
+        Toy2dKind::Spiral => (
+            SPIRAL_ARCS,
+            format!(
+                "spiral (no discrete modes): {SPIRAL_ARCS} equal arcs of the centre curve; a sample within {noise:.3} of the curve counts for the arc of its nearest curve point"
             ),
-        };
+            Box::new(move |x, y| {
+                let (u, d) = nearest_on_spiral(x, y);
+                (d <= noise).then(|| ((u * SPIRAL_ARCS as f64) as usize).min(SPIRAL_ARCS - 1))
+            }),
+        ),
+    };
     let mut counts = vec![0usize; modes];
     let mut in_mode = 0usize;
     for p in samples {

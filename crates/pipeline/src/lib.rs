@@ -2,8 +2,8 @@
 //! once: configs, datasets, the trainer, checkpoints, logging, image output and the runtime
 //! device choice.
 
-pub mod cascade;
 pub mod bench;
+pub mod cascade;
 pub mod checkpoint;
 pub mod config;
 pub mod data;

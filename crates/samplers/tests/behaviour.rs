@@ -456,6 +456,7 @@ fn unconditional_conditioning_zeroes_labels_and_keeps_the_image() {
         label_vector: Some(Tensor::ones([2, 5], (Kind::Float, Device::Cpu))),
         image: Some(randn(2, &[2, 1, 4, 4])),
         context: Some(Tensor::ones([2, 8], (Kind::Float, Device::Cpu)) * 3.0),
+        noise_level: Some(Tensor::from_slice(&[0.1f32, 0.2])),
     };
     let u = cond.unconditional(10);
     assert_eq!(
@@ -474,6 +475,24 @@ fn unconditional_conditioning_zeroes_labels_and_keeps_the_image() {
             .unwrap()
             .equal(cond.image.as_ref().unwrap())
     );
+    assert!(
+        u.noise_level
+            .as_ref()
+            .unwrap()
+            .equal(cond.noise_level.as_ref().unwrap()),
+        "an SR stage's augmentation level is kept"
+    );
+    // Selecting samples keeps every field, in the given order.
+    let picked = cond.index_select(&Tensor::from_slice(&[1i64]));
+    assert_eq!(
+        Vec::<i64>::try_from(picked.class_labels.unwrap()).unwrap(),
+        [2]
+    );
+    assert_eq!(
+        Vec::<f32>::try_from(picked.noise_level.unwrap()).unwrap(),
+        [0.2]
+    );
+    assert_eq!(picked.image.unwrap().size(), [1, 1, 4, 4]);
     // The original is untouched.
     assert_eq!(
         cond.label_vector

@@ -242,6 +242,7 @@ pub fn bench_sampling(
         label_vector: example.label_vector.map(|v| v.to_device(device)),
         image: example.cond_image.map(|c| c.to_device(device)),
         context: None,
+        noise_level: None,
     };
     let shape = example_shape(config, settings.batch, settings.resolution);
     let mut noise = GlobalSeedNoise::new(mix(config.seed, 0x5EED));

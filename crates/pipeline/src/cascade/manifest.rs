@@ -74,6 +74,8 @@ pub struct StageEntry {
 
 /// A stage's model, described (weights not loaded).
 #[derive(Clone, Debug)]
+// A handful per process: the size difference between variants does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum StageSpec {
     /// One run or checkpoint.
     Single(ModelInfo),

@@ -6,6 +6,8 @@ use super::manifest::{CliStageSettings, PlannedStage, StageSpec};
 use crate::sampling::{JobOptions, OnStep, SamplingError, StageModel, StageOutput, sample_stage};
 
 /// A stage's model, loaded now or when the stage runs.
+// A handful per process: the size difference between variants does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum StageWeights {
     /// Already on the device (e.g. a diffusers model loaded by the caller).
     Loaded(StageModel),

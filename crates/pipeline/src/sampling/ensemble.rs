@@ -108,6 +108,8 @@ impl EnsembleSpec {
 }
 
 /// A stage's model: one network, or an ensemble of experts.
+// A handful per process: the size difference between variants does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum StageModel {
     /// One network.
     Single(LoadedModel),
