@@ -74,12 +74,14 @@ fn ddim_20_reproduces_the_diffusers_pipeline_images() {
     let record: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("sample.json")).unwrap()).unwrap();
     assert_eq!(record["seed"], 0);
-    assert_eq!(record["sampler"]["kind"], "ddim");
-    assert_eq!(record["timesteps"].as_array().unwrap().len(), 20);
     assert_eq!(
-        record["model"]["weights_sha256"].as_str().unwrap().len(),
-        64
+        record["noise"], "torch-global",
+        "diffusers models default to its noise"
     );
+    let stage = &record["stages"][0];
+    assert_eq!(stage["sampler"]["kind"], "ddim");
+    assert_eq!(stage["timesteps"].as_array().unwrap().len(), 20);
+    assert_eq!(stage["model"]["weights_sha256"].as_str().unwrap().len(), 64);
 
     // Batching bounds memory without changing the images (up to float rounding: libtorch picks
     // different matmul/conv kernels for different batch sizes).

@@ -107,8 +107,11 @@ fn a_tiny_quickstart_trains_and_writes_its_run_directory() {
     assert!(samples.join("000002.png").exists() && samples.join("grid.png").exists());
     let record: serde_json::Value =
         serde_json::from_slice(&std::fs::read(samples.join("sample.json")).unwrap()).unwrap();
-    assert_eq!(record["model"]["weights"], "ema");
-    assert_eq!(record["timesteps"].as_array().unwrap().len(), 4);
+    assert_eq!(record["stages"][0]["model"]["weights"], "ema");
+    assert_eq!(
+        record["stages"][0]["timesteps"].as_array().unwrap().len(),
+        4
+    );
     // Running again without --resume/--overwrite refuses and leaves the run alone.
     let again = difflab(&args);
     assert_eq!(again.status.code(), Some(1));

@@ -204,10 +204,11 @@ fn an_ensemble_of_the_same_weights_equals_the_single_model() {
 /// A stub that logs every timestep it is asked about.
 fn logging_stub(
     name: &'static str,
+    prediction: Prediction,
     log: std::rc::Rc<std::cell::RefCell<Vec<(&'static str, i64)>>>,
 ) -> Stub {
     Box::new(FnDenoiser::new(
-        Prediction::Eps,
+        prediction,
         move |x: &Tensor, t: &Tensor, _: &Conditioning| {
             log.borrow_mut().push((name, t.int64_value(&[0])));
             x.zeros_like()
@@ -220,20 +221,20 @@ fn ddim_strides_and_cold_levels_reach_the_expert_of_each_step() {
     use difflab_samplers::{ColdSampler, SamplerConfig, SamplerKind};
     use difflab_schedulers::DegradationConfig;
     let log = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
-    let make = |t: i64, split: i64| {
+    let make = |t: i64, split: i64, p: Prediction| {
         ExpertEnsemble::new(
             vec![
                 Expert {
                     name: "low".into(),
                     lo: 0,
                     hi: split,
-                    denoiser: logging_stub("low", log.clone()),
+                    denoiser: logging_stub("low", p, log.clone()),
                 },
                 Expert {
                     name: "high".into(),
                     lo: split,
                     hi: t,
-                    denoiser: logging_stub("high", log.clone()),
+                    denoiser: logging_stub("high", p, log.clone()),
                 },
             ],
             t,
@@ -249,7 +250,7 @@ fn ddim_strides_and_cold_levels_reach_the_expert_of_each_step() {
     }
     .build(&schedule, None)
     .unwrap();
-    let ens = make(1000, 500);
+    let ens = make(1000, 500, Prediction::Eps);
     let x = Tensor::zeros([2, 3], (Kind::Float, Device::Cpu));
     let mut noise = GlobalSeedNoise::new(0);
     let _ = sampler
@@ -284,7 +285,7 @@ fn ddim_strides_and_cold_levels_reach_the_expert_of_each_step() {
         X0Processing::None,
     )
     .unwrap();
-    let ens = make(7, 4);
+    let ens = make(7, 4, Prediction::X0);
     let img = Tensor::zeros([1, 1, 8, 8], (Kind::Float, Device::Cpu));
     let mut noise = GlobalSeedNoise::new(0);
     let _ = cold

@@ -117,7 +117,7 @@ fn sr_training_configs_are_checked_before_anything_is_written() {
 
 #[test]
 fn data_lowres_must_divide_the_resolution() {
-    let text = "data: {kind: shapes, resolution: 32, lowres: 12}\n";
+    let text = "name: t\ndata: {kind: shapes, resolution: 32, lowres: 12}\nmodel: {kind: unet}\n";
     let e = parse_config(text, Path::new("x.yaml"), &[])
         .unwrap_err()
         .to_string();

@@ -390,12 +390,14 @@ fn draw_samples(
     let mut records = Vec::new();
     for (class, out, count, seed) in jobs {
         let mut cmd = Command::new(&exe);
-        cmd.arg("sample").arg("--run").arg(run);
+        cmd.arg("sample");
+        // A checkpoint names its run; otherwise the run's latest checkpoint.
+        match &args.checkpoint {
+            Some(c) => cmd.arg("--checkpoint").arg(c),
+            None => cmd.arg("--run").arg(run),
+        };
         cmd.args(["-n", &count.to_string(), "--seed", &seed.to_string()]);
         cmd.arg("--out").arg(&out);
-        if let Some(c) = &args.checkpoint {
-            cmd.arg("--checkpoint").arg(c);
-        }
         if args.raw {
             cmd.arg("--raw");
         }
