@@ -15,14 +15,12 @@
 //! - `PATH.test-stats.safetensors`: mean `[D]`, covariance `[D, D]` (f64) and count of the
 //!   features of the whole test part.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use difflab_pipeline::checkpoint::load_weights;
 use difflab_pipeline::data::{DataConfig, DataKind, FASHION_MNIST_CLASSES, epoch_permutation};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use tch::nn::{self, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
 
@@ -141,23 +139,9 @@ impl std::fmt::Debug for ReferenceClassifier {
     }
 }
 
-/// Hex SHA-256 of a file.
+/// Hex SHA-256 of a file (the pipeline's, recorded next to checkpoints and samples too).
 pub fn sha256_file(path: &Path) -> Result<String, EvalError> {
-    let mut file = std::fs::File::open(path).map_err(|e| EvalError::file(path, e))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = file.read(&mut buf).map_err(|e| EvalError::file(path, e))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    Ok(difflab_pipeline::checkpoint::sha256_file(path)?)
 }
 
 /// Accuracy of `net` on images with labels.

@@ -83,6 +83,19 @@ pub fn augment_lowres(x: &Tensor, level: &Tensor, noise: &Tensor) -> Tensor {
     &a.sqrt() * x + (a.ones_like() - &a).sqrt() * noise
 }
 
+/// The low-resolution input of a sampling step: `x` (`[B, C, h, w]`) augmented at one fixed
+/// `level`, with its noise drawn from `noise`. Returns the augmented images and the `[B]`
+/// levels, as [`difflab_samplers::Conditioning`]'s `image` and `noise_level` take them.
+pub fn augment_at_level(
+    x: &Tensor,
+    level: f64,
+    noise: &mut dyn difflab_samplers::NoiseSource,
+) -> (Tensor, Tensor) {
+    let z = noise.draw(&x.size(), Kind::Float, x.device());
+    let s = Tensor::full([x.size()[0]], level, (Kind::Float, x.device()));
+    (augment_lowres(x, &s, &z), s)
+}
+
 /// Area downsampling of `x` (`[B, C, H, W]`) to `resolution`² — the mean of each `H/r × W/r`
 /// block (`torch.nn.functional.interpolate(mode="area")`); `resolution` must divide `H` and `W`.
 pub fn area_downsample(x: &Tensor, resolution: i64) -> Tensor {

@@ -9,7 +9,9 @@ pub mod lowres;
 pub mod manifest;
 pub mod run;
 
-pub use lowres::{LowresNoiseConfig, area_downsample, augment_lowres, augmentation_alpha_bar};
+pub use lowres::{
+    LowresNoiseConfig, area_downsample, augment_at_level, augment_lowres, augmentation_alpha_bar,
+};
 pub use manifest::{
     CascadeManifest, CliStageSettings, PlannedStage, StageEntry, StageSpec, check_chain,
 };

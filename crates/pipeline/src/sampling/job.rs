@@ -11,7 +11,7 @@ use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
 use super::{JobNoise, NoiseMode, SamplingError, StageModel, Trajectory};
-use crate::cascade::augment_lowres;
+use crate::cascade::augment_at_level;
 use crate::cascade::lowres::check_sample_level;
 use crate::data::open_dataset;
 use crate::train::ProcessConfig;
@@ -351,10 +351,8 @@ impl BatchInputs {
             .map(|v| v.unsqueeze(0).expand([b, -1], false).to_device(d));
         let (image, noise_level) = match (&self.cond_image, self.noise_level) {
             (Some(lowres), Some(level)) => {
-                let x = rows(lowres, &range, d);
-                let z = noise.draw(&x.size(), Kind::Float, d);
-                let s = Tensor::full([b], level, (Kind::Float, d));
-                (Some(augment_lowres(&x, &s, &z)), Some(s))
+                let (z, s) = augment_at_level(&rows(lowres, &range, d), level, noise);
+                (Some(z), Some(s))
             }
             (Some(image), None) => (Some(rows(image, &range, d)), None),
             _ => (None, None),

@@ -20,7 +20,7 @@ use super::{
     Autocast, GaussianLossInputs, LossKind, NanPolicy, ProcessConfig, RunDir, cold_loss,
     gaussian_loss,
 };
-use crate::cascade::{area_downsample, augment_lowres};
+use crate::cascade::{area_downsample, augment_at_level, augment_lowres};
 use crate::checkpoint::{
     CheckpointContents, CheckpointError, load_optimizer, load_weights, read_state,
 };
@@ -851,13 +851,8 @@ fn preview_conditioning(
                     .collect(),
             );
             let small = area_downsample(&hr, r);
-            let level = Tensor::full(
-                [n],
-                config.training.lowres_noise.sample,
-                (Kind::Float, device),
-            );
-            let z = noise.draw(&small.size(), Kind::Float, device);
-            (Some(augment_lowres(&small, &level, &z)), Some(level))
+            let (z, level) = augment_at_level(&small, config.training.lowres_noise.sample, noise);
+            (Some(z), Some(level))
         }
     };
     Ok(Conditioning {
