@@ -201,3 +201,63 @@ fn bad_requests_fail_clearly() {
         assert!(err.contains(needle), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn training_evaluates_its_checkpoints_every_eval_every_steps() {
+    let run_dir = temp_dir("eval-every");
+    let config = repo().join("configs/toy2d.yaml");
+    let base = [
+        "train",
+        "--config",
+        config.to_str().unwrap(),
+        "--out",
+        run_dir.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--set",
+        "training.steps=4",
+        "--set",
+        "training.checkpoint_every=2",
+        "--set",
+        "data.toy2d.num_points=200",
+        "--set",
+        "model.hidden=16",
+        "--set",
+        "training.batch_size=16",
+        "--set",
+        "logging.eval_samples=64",
+    ];
+    // Evaluations run on checkpoints: a period that misses them is refused up front.
+    let mut bad = base.to_vec();
+    bad.extend(["--set", "logging.eval_every=3"]);
+    let run = difflab(&bad);
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success());
+    assert!(
+        err.contains("logging.eval_every = 3") && err.contains("checkpoint_every (2)"),
+        "{err}"
+    );
+
+    let mut good = base.to_vec();
+    good.extend(["--set", "logging.eval_every=2"]);
+    let run = difflab(&good);
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{err}");
+    assert!(
+        err.contains("eval at step 2: ") && err.contains("eval at step 4: "),
+        "{err}"
+    );
+    for step in [2, 4] {
+        let report = read_json(&run_dir.join(format!("eval/step-{step}/eval.json")));
+        check_shape(&report, &["mmd_rbf", "energy_distance", "mode_coverage"]);
+    }
+    // The metrics reach TensorBoard as eval/<name> scalars.
+    let events: Vec<u8> = std::fs::read_dir(run_dir.join("tensorboard"))
+        .unwrap()
+        .flat_map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .collect();
+    let tag = b"eval/mmd_rbf";
+    let count = events.windows(tag.len()).filter(|w| w == tag).count();
+    assert_eq!(count, 2, "one eval/mmd_rbf scalar per evaluated checkpoint");
+    std::fs::remove_dir_all(run_dir).unwrap();
+}

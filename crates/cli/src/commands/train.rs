@@ -1,13 +1,13 @@
 //! `difflab train`: train one model (a base model, an SR stage or one expert) from a config.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
 use clap::Args;
 use difflab_pipeline::config::load_config;
-use difflab_pipeline::train::{TrainOptions, train};
+use difflab_pipeline::train::{CheckpointEvaluator, TrainOptions, train_with_evaluator};
 use difflab_pipeline::{DeviceSpec, Override};
 
 use super::config::parse_override;
@@ -65,8 +65,17 @@ pub fn run(args: &TrainArgs, device: Option<DeviceSpec>) -> Result<()> {
         init: args.init.clone(),
         device,
     };
-    let outcome = train(&config, &options, &stop)
-        .with_context(|| format!("training {}", args.config.display()))?;
+    let samples = config.logging.eval_samples;
+    let mut evaluate = |step: u64, checkpoint: &Path| {
+        evaluate_checkpoint(&run_dir, checkpoint, step, samples, device)
+    };
+    let outcome = train_with_evaluator(
+        &config,
+        &options,
+        &stop,
+        (config.logging.eval_every > 0).then_some(&mut evaluate as &mut CheckpointEvaluator<'_>),
+    )
+    .with_context(|| format!("training {}", args.config.display()))?;
     if outcome.interrupted {
         eprintln!(
             "stopped at step {} — checkpoint {}\nresume with: difflab train --config {} --out {} --resume",
@@ -94,4 +103,46 @@ pub fn run(args: &TrainArgs, device: Option<DeviceSpec>) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `logging.eval_every`: run `difflab eval` on `checkpoint` (the run's sampler,
+/// `samples` samples) into `RUN/eval/step-<N>` and return its metrics.
+fn evaluate_checkpoint(
+    run: &Path,
+    checkpoint: &Path,
+    step: u64,
+    samples: usize,
+    device: tch::Device,
+) -> Result<Vec<(String, f64)>, String> {
+    let out = run.join("eval").join(format!("step-{step}"));
+    let exe = std::env::current_exe().map_err(|e| format!("locating difflab: {e}"))?;
+    let device = match device {
+        tch::Device::Cuda(i) => format!("cuda:{i}"),
+        _ => "cpu".to_string(),
+    };
+    let output = std::process::Command::new(exe)
+        .args(["--device", &device, "eval", "--run"])
+        .arg(run)
+        .arg("--checkpoint")
+        .arg(checkpoint)
+        .args(["-n", &samples.to_string(), "--json", "--out"])
+        .arg(&out)
+        .output()
+        .map_err(|e| format!("running difflab eval: {e}"))?;
+    if !output.status.success() {
+        let err = String::from_utf8_lossy(&output.stderr);
+        let tail: Vec<&str> = err.lines().rev().take(3).collect();
+        return Err(tail.into_iter().rev().collect::<Vec<_>>().join(" | "));
+    }
+    let path = out.join("eval.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let metrics = json["metrics"]
+        .as_object()
+        .ok_or_else(|| format!("{}: no \"metrics\" object", path.display()))?;
+    Ok(metrics
+        .iter()
+        .filter_map(|(k, v)| v.as_f64().map(|v| (k.clone(), v)))
+        .collect())
 }

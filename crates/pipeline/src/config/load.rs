@@ -97,6 +97,12 @@ fn validate(config: &ExperimentConfig) -> Result<(), String> {
     config.data.validate().map_err(|e| e.to_string())?;
     config.training.validate()?;
     config.logging.validate()?;
+    let (every, ckpt) = (config.logging.eval_every, config.training.checkpoint_every);
+    if every > 0 && !every.is_multiple_of(ckpt) {
+        return Err(format!(
+            "invalid logging.eval_every = {every}: evaluations run on checkpoints, so it must be a multiple of training.checkpoint_every ({ckpt})"
+        ));
+    }
     config.training.optimizer.validate()?;
     config.training.lr_schedule.validate()?;
     config.training.ema.validate()?;

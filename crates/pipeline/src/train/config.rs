@@ -159,6 +159,12 @@ pub struct LoggingConfig {
     pub log_every: u64,
     /// Write TensorBoard event files under the run directory's `tensorboard/`.
     pub tensorboard: bool,
+    /// Evaluate the checkpoint every N steps with `difflab eval` (the run's sampler,
+    /// `eval_samples` samples) and log the metrics as `eval/<name>`; 0 = never. Must be a
+    /// multiple of `training.checkpoint_every`.
+    pub eval_every: u64,
+    /// Samples per in-training evaluation.
+    pub eval_samples: usize,
 }
 
 impl LoggingConfig {
@@ -166,6 +172,12 @@ impl LoggingConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.log_every == 0 {
             return Err("invalid logging.log_every = 0: must be >= 1".into());
+        }
+        if self.eval_every > 0 && self.eval_samples < 2 {
+            return Err(format!(
+                "invalid logging.eval_samples = {}: metrics need at least 2 samples",
+                self.eval_samples
+            ));
         }
         Ok(())
     }
@@ -176,6 +188,8 @@ impl Default for LoggingConfig {
         Self {
             log_every: 10,
             tensorboard: true,
+            eval_every: 0,
+            eval_samples: 256,
         }
     }
 }

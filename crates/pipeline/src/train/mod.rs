@@ -12,5 +12,7 @@ pub use objective::{
 };
 pub use precision::{Autocast, Precision};
 pub use run_dir::{RunDir, resolve_checkpoint};
-pub use trainer::{TrainError, TrainOptions, TrainOutcome, train};
+pub use trainer::{
+    CheckpointEvaluator, TrainError, TrainOptions, TrainOutcome, train, train_with_evaluator,
+};
 pub(crate) use trainer::{apply_update, build_process, micro_batch_loss, mix};

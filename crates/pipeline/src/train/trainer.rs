@@ -335,6 +335,23 @@ pub fn train(
     options: &TrainOptions,
     stop: &AtomicBool,
 ) -> Result<TrainOutcome, TrainError> {
+    train_with_evaluator(config, options, stop, None)
+}
+
+/// Evaluates a checkpoint during training (`logging.eval_every`): given the step and the
+/// checkpoint directory, returns named metrics, or an error message. The pipeline does not
+/// know the metrics; the `difflab` binary plugs in `difflab eval`.
+pub type CheckpointEvaluator<'a> = dyn FnMut(u64, &Path) -> Result<Vec<(String, f64)>, String> + 'a;
+
+/// [`train`], calling `evaluate` on the checkpoint written every `logging.eval_every` steps and
+/// logging what it returns as `eval/<name>` scalars. A failing evaluation is reported and
+/// training goes on: it never costs the run.
+pub fn train_with_evaluator(
+    config: &ExperimentConfig,
+    options: &TrainOptions,
+    stop: &AtomicBool,
+    mut evaluate: Option<&mut CheckpointEvaluator<'_>>,
+) -> Result<TrainOutcome, TrainError> {
     let training = &config.training;
     training.validate().map_err(TrainError::Config)?;
     let run = RunDir::new(&options.run_dir);
@@ -565,6 +582,25 @@ pub fn train(
             last_checkpoint = Some(write_checkpoint(
                 step, &loader, &optimizer, &vs, &ema_vs, last_loss,
             )?);
+            let eval_every = config.logging.eval_every;
+            if let (Some(eval), Some(dir)) = (evaluate.as_mut(), last_checkpoint.as_ref())
+                && eval_every > 0
+                && step.is_multiple_of(eval_every)
+            {
+                match eval(step, dir) {
+                    Ok(metrics) => {
+                        let text: Vec<String> =
+                            metrics.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
+                        progress.message(&format!("eval at step {step}: {}", text.join(", ")));
+                        if let Some(ev) = events.as_mut() {
+                            for (name, value) in &metrics {
+                                ev.add_scalar(&format!("eval/{name}"), *value, step as i64)?;
+                            }
+                        }
+                    }
+                    Err(e) => progress.message(&format!("eval at step {step} failed: {e}")),
+                }
+            }
         }
         let preview_due = training.sample_every > 0 && step.is_multiple_of(training.sample_every);
         if preview_due || (last && !interrupted) {
