@@ -433,3 +433,30 @@ fn dry_run_slurm_point_and_collect() {
     assert!(!bad_out.exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_sweep_evaluates_its_points_with_the_real_eval_command() {
+    let dir = temp_dir("sweep-real-eval");
+    let file = write_sweep(
+        &dir,
+        "real-eval",
+        4,
+        "grid:\n  objective: [eps, v]\nevaluate:\n  samples: 32\n  seeds: [0]\n  samplers:\n    - {sampler: ddpm, steps: 10}\n",
+    );
+    let out = dir.join("out");
+    let run = sweep(
+        &[file.to_str().unwrap(), "--out", out.to_str().unwrap()],
+        &[],
+    );
+    assert!(run.status.success(), "{}", text(&run));
+    let csv = read(out.join("results.csv"));
+    let header = csv.lines().next().unwrap();
+    for metric in ["mmd_rbf", "energy_distance", "mode_coverage"] {
+        assert!(header.contains(metric), "{header}");
+        assert!(out.join(format!("{metric}.png")).exists(), "{metric}.png");
+    }
+    assert_eq!(csv.lines().count(), 3, "a row per point:\n{csv}");
+    let md = read(out.join("results.md"));
+    assert!(md.contains("Real-vs-real floor"), "{md}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
