@@ -7,8 +7,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use difflab_pipeline::DeviceSpec;
 use difflab_pipeline::cascade::{
-    CascadeManifest, CliStageSettings, PlannedStage, StageSpec, StageWeights, check_chain,
-    run_cascade,
+    CascadeManifest, CliStageSettings, PlannedStage, StageSpec, StageWeights, run_cascade,
 };
 use difflab_pipeline::images::{grid_columns, save_grid, save_images};
 use difflab_pipeline::sampling::{
@@ -241,7 +240,6 @@ fn plan(args: &SampleArgs, device: tch::Device) -> Result<Plan> {
         _ => {
             let cascade = CascadeManifest::open(manifest)?;
             let stages = cascade.plan(manifest, args.cascade.as_deref())?;
-            check_chain(&stages)?;
             Ok(Plan {
                 stages,
                 preloaded: Vec::new(),

@@ -182,8 +182,7 @@ impl CascadeManifest {
     }
 
     /// The stages named in `selection` (`base+sr`; `None`: all, in order), described and
-    /// checked: models exist, ensembles are valid, and resolutions chain. `input_shape` is the
-    /// shape of images given with `--cond-image`, when there are some.
+    /// checked: models exist, ensembles are valid, and resolutions chain ([`check_chain`]).
     pub fn plan(
         &self,
         path: &Path,
