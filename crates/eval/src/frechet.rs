@@ -167,7 +167,8 @@ mod tests {
                 .map(|(x, y)| (x.sqrt() - y.sqrt()).powi(2))
                 .sum::<f64>();
         let d = frechet_distance(&s1, &s2).unwrap();
-        assert!((d - expected).abs() < 1e-9, "{d} vs {expected}");
+        // f64 eigendecompositions agree to ~1e-8 across thread schedules; 1e-6 still pins the formula.
+        assert!((d - expected).abs() < 1e-6, "{d} vs {expected}");
         assert!(frechet_distance(&s1, &s1).unwrap() < 1e-9);
     }
 
