@@ -59,6 +59,8 @@ fn parse_device(s: &str) -> Result<DeviceSpec, String> {
 
 fn main() {
     let cli = Cli::parse();
+    // Keep freed tensor memory for reuse rather than re-faulting it in every step.
+    difflab_pipeline::allocator::tune_for_tensors();
     if let Some(n) = cli.threads {
         tch::set_num_threads(n as i32);
     }

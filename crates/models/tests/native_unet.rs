@@ -138,14 +138,17 @@ fn null_class_is_the_default_label_and_scalar_t_broadcasts() {
         Some(&Tensor::from_slice(&[3i64, 3])),
         false,
     );
-    assert_eq!((none - &null).abs().max().double_value(&[]), 0.0);
+    // A scalar t is shared by the batch, so its embedding is computed for one row and
+    // broadcast; the explicit [5, 5] is embedded row by row. One-row and two-row matrix
+    // products may round differently in the last bits.
+    assert!((none - &null).abs().max().double_value(&[]) < 1e-5);
     let class0 = unet.forward(
         &x,
         &Tensor::from_slice(&[5i64]),
         Some(&Tensor::from_slice(&[0i64, 0])),
         false,
     );
-    assert!((class0 - null).abs().max().double_value(&[]) > 0.0);
+    assert!((class0 - null).abs().max().double_value(&[]) > 1e-4);
 }
 
 #[test]

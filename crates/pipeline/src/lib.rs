@@ -2,6 +2,7 @@
 //! once: configs, datasets, the trainer, checkpoints, logging, image output and the runtime
 //! device choice.
 
+pub mod allocator;
 pub mod bench;
 pub mod cascade;
 pub mod checkpoint;

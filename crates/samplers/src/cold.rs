@@ -10,7 +10,7 @@
 
 use difflab_schedulers::{Degradation, Prediction, ScheduleError};
 use serde::{Deserialize, Serialize};
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 use crate::sampler::run_loop;
 use crate::{
@@ -56,7 +56,7 @@ pub fn cold_step(
     fresh_noise: Option<&Tensor>,
 ) -> StepOutput {
     let b = x_t.size()[0];
-    let level = |l: i64| Tensor::full([b], l, (Kind::Int64, x_t.device()));
+    let level = |l: i64| crate::shared_timestep(l, b, x_t.device());
     let (t, t_prev) = (level(t), level(t_prev));
     let prev = match algorithm {
         ColdAlgorithm::Naive => degradation.degrade(&pred_x0, &t_prev, fresh_noise),

@@ -47,7 +47,12 @@ impl<D: Denoiser> Denoiser for ClassifierFreeGuidance<D> {
             return self.inner.forward(x_t, t, &uncond);
         }
         let x2 = Tensor::cat(&[x_t, x_t], 0);
-        let t2 = Tensor::cat(&[t, t], 0);
+        // A shared timestep stays shared (stride 0) for the doubled batch.
+        let t2 = if crate::is_shared_timestep(t) {
+            t.narrow(0, 0, 1).expand([2 * t.size()[0]], false)
+        } else {
+            Tensor::cat(&[t, t], 0)
+        };
         let out = self.inner.forward(&x2, &t2, &cond.cat(&uncond));
         let halves = out.chunk(2, 0);
         let (c, u) = (&halves[0], &halves[1]);

@@ -27,5 +27,5 @@ pub use denoiser::{Denoiser, FnDenoiser};
 pub use error::SampleError;
 pub use guidance::ClassifierFreeGuidance;
 pub use noise::{GeneratorLock, GlobalSeedNoise, NoiseSource, PerImageNoise, generator_lock};
-pub use sampler::{Sampler, StepInfo, StepOutput};
+pub use sampler::{Sampler, StepInfo, StepOutput, is_shared_timestep, shared_timestep};
 pub use x0_processing::X0Processing;

@@ -10,7 +10,7 @@ use difflab_models::diffusers::{CONFIG_FILE, DiffusersUNetConfig};
 use difflab_pipeline::bench::{
     BenchSettings, bench_sampling, bench_training, forward_flops, peak_rss_bytes, sgemm_gflops,
 };
-use difflab_pipeline::config::load_config;
+use difflab_pipeline::config::{load_config, parse_config};
 use difflab_pipeline::{DeviceSpec, ExperimentConfig, ModelConfig, Override};
 use serde_json::json;
 
@@ -29,7 +29,7 @@ pub struct BenchArgs {
     /// sections are used.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Override config keys (with --config). Repeatable.
+    /// Override config keys (e.g. `training.memory_format=contiguous`). Repeatable.
     #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_override)]
     overrides: Vec<Override>,
     /// Examples per training step and per sampling run.
@@ -73,7 +73,9 @@ fn experiment(args: &BenchArgs) -> Result<(ExperimentConfig, Option<i64>)> {
             "model": ModelConfig::Unet(native),
         });
         let sample_size = config.sample_size().map(|(h, _)| h);
-        let experiment = serde_json::from_value(value).context("building the experiment")?;
+        // JSON is YAML: parse it like a config file, so `--set` applies here too.
+        let experiment = parse_config(&value.to_string(), &path, &args.overrides)
+            .context("building the experiment")?;
         return Ok((experiment, sample_size));
     }
     let Some(path) = &args.config else {
@@ -169,6 +171,11 @@ pub fn run(args: &BenchArgs, device: Option<DeviceSpec>) -> Result<()> {
             t.steps_per_s,
             t.median_step_ms,
             pct(train_gflops)
+        );
+        let p = &t.phases_ms;
+        println!(
+            "    per step: forward {:.2} ms, backward {:.2} ms, clip {:.2} ms, AdamW {:.2} ms, zero grad {:.2} ms, EMA {:.2} ms",
+            p.forward, p.backward, p.clip, p.optimizer, p.zero_grad, p.ema
         );
     }
     if let Some(s) = &sample {

@@ -16,7 +16,9 @@ use tch::{Device, Kind, Tensor, nn};
 
 use crate::data::Batch;
 use crate::optim::{AdamW, Ema, clip_grad_norm};
-use crate::train::{Autocast, TrainError, apply_update, build_process, micro_batch_loss, mix};
+use crate::train::{
+    Autocast, TrainError, build_process, lay_out_for_training, micro_batch_loss, mix,
+};
 use crate::{ExperimentConfig, ModelConfig, Network, NetworkDenoiser};
 
 /// What to measure and how much.
@@ -49,6 +51,26 @@ pub struct TrainFigures {
     pub median_step_ms: f64,
     /// Timed steps.
     pub steps: usize,
+    /// Where a step's time goes: the mean milliseconds per step of each phase.
+    pub phases_ms: StepPhases,
+}
+
+/// Mean milliseconds per training step spent in each phase of the step (on CUDA the device is
+/// synchronised between phases, so each figure includes its own kernels).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct StepPhases {
+    /// Reseeding, timestep and noise draws, forward pass and loss, reading the loss back.
+    pub forward: f64,
+    /// `loss.backward()`.
+    pub backward: f64,
+    /// Gradient-norm clipping (including its read of the norm).
+    pub clip: f64,
+    /// The AdamW update.
+    pub optimizer: f64,
+    /// Zeroing the gradients.
+    pub zero_grad: f64,
+    /// The EMA update.
+    pub ema: f64,
 }
 
 /// Sampling throughput.
@@ -105,6 +127,31 @@ pub fn sgemm_gflops(n: i64, reps: usize, device: Device) -> f64 {
         }
     }
     2.0 * (n as f64).powi(3) / median(&mut times) / 1e9
+}
+
+/// Seconds spent in each of a step's phases, measured lap by lap.
+struct PhaseClock {
+    device: Device,
+    last: Instant,
+    laps: [f64; 6],
+}
+
+impl PhaseClock {
+    fn new(device: Device, start: Instant) -> Self {
+        Self {
+            device,
+            last: start,
+            laps: [0.0; 6],
+        }
+    }
+
+    /// Close phase `i`: the time since the previous lap (after the device catches up).
+    fn lap(&mut self, i: usize) {
+        sync(self.device);
+        let now = Instant::now();
+        self.laps[i] += (now - self.last).as_secs_f64();
+        self.last = now;
+    }
 }
 
 fn sync(device: Device) {
@@ -170,6 +217,7 @@ pub fn bench_training(
     let network = Network::build(&vs.root(), &config.model)?;
     let mut ema_vs = nn::VarStore::new(device);
     let _ema_network = Network::build(&ema_vs.root(), &config.model)?;
+    lay_out_for_training(config, &vs, &ema_vs);
     let mut ema = Ema::new(&vs, &ema_vs, &training.ema)?;
     let mut optimizer = AdamW::new(&vs, &training.optimizer);
     let null_class = match &config.model {
@@ -182,9 +230,11 @@ pub fn bench_training(
     let mut times = Vec::with_capacity(settings.train_steps);
     let total = settings.warmup + settings.train_steps;
     let mut timed = 0.0;
+    let mut phases = [0.0f64; 6];
     for step in 0..total as u64 {
         sync(device);
         let start = Instant::now();
+        let mut clock = PhaseClock::new(device, start);
         let lr = training
             .lr_schedule
             .lr_at(training.optimizer.lr, step, training.steps);
@@ -199,23 +249,43 @@ pub fn bench_training(
             };
             // The trainer reads the loss (for NaN checks and logging) every step.
             let _value = loss.double_value(&[]);
+            clock.lap(0);
             loss.backward();
+            clock.lap(1);
         }
         let _norm = clip_grad_norm(&vs, training.grad_clip);
-        apply_update(&mut optimizer, &mut ema, &vs, &mut ema_vs, lr, step + 1);
-        sync(device);
+        clock.lap(2);
+        // `apply_update`, phase by phase.
+        optimizer.step(lr);
+        clock.lap(3);
+        optimizer.zero_grad();
+        clock.lap(4);
+        ema.update(&vs, &mut ema_vs, step + 1);
+        clock.lap(5);
         if step as usize >= settings.warmup {
             let dt = start.elapsed().as_secs_f64();
             timed += dt;
             times.push(dt);
+            for (sum, lap) in phases.iter_mut().zip(clock.laps) {
+                *sum += lap;
+            }
         }
     }
     let steps = settings.train_steps;
+    let per_step = |i: usize| phases[i] * 1e3 / steps.max(1) as f64;
     Ok(TrainFigures {
         images_per_s: (steps as f64 * settings.batch as f64) / timed,
         steps_per_s: steps as f64 / timed,
         median_step_ms: median(&mut times) * 1e3,
         steps,
+        phases_ms: StepPhases {
+            forward: per_step(0),
+            backward: per_step(1),
+            clip: per_step(2),
+            optimizer: per_step(3),
+            zero_grad: per_step(4),
+            ema: per_step(5),
+        },
     })
 }
 
@@ -298,6 +368,23 @@ mod tests {
         let train = bench_training(&config, &settings).expect("train");
         assert!(train.images_per_s.is_finite() && train.images_per_s > 0.0);
         assert_eq!(train.steps, 2);
+        let p = &train.phases_ms;
+        let phases = [
+            p.forward,
+            p.backward,
+            p.clip,
+            p.optimizer,
+            p.zero_grad,
+            p.ema,
+        ];
+        assert!(phases.iter().all(|ms| ms.is_finite() && *ms >= 0.0));
+        // The phases tile the step: their sum is the mean step time (within timer overhead).
+        let mean_step_ms = 1e3 / train.steps_per_s;
+        let sum: f64 = phases.iter().sum();
+        assert!(
+            sum <= mean_step_ms * 1.0001 && sum > 0.5 * mean_step_ms,
+            "{sum} vs {mean_step_ms}"
+        );
         let sample = bench_sampling(&config, &settings).expect("sample");
         assert!(sample.images_per_s.is_finite() && sample.images_per_s > 0.0);
         assert!(forward_flops(&config.model, 8).expect("flops") > 0);

@@ -180,7 +180,10 @@ impl Ema {
             };
             let mut shadow = shadow.shallow_clone();
             if *trainable && decay > 0.0 {
-                let _ = shadow.lerp_(var, 1.0 - decay);
+                // One Rust pass for f32 CPU weights (bit-identical to `lerp_`), else libtorch.
+                if !super::fused_cpu::lerp_into(&shadow, var, (1.0 - decay) as f32) {
+                    let _ = shadow.lerp_(var, 1.0 - decay);
+                }
             } else {
                 shadow.copy_(var);
             }

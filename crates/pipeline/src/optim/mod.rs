@@ -11,10 +11,12 @@
 //! | `lr.rs`    | [`LrConfig::lr_at`]: linear warmup, then constant / cosine / step decay |
 //! | `clip.rs`  | [`clip_grad_norm`]: global L2 norm clipping                             |
 //! | `ema.rs`   | [`Ema`]: exponential moving average of the weights, with warmup         |
+//! | `fused_cpu.rs` | one-pass Rust kernels for the AdamW and EMA updates of f32 CPU tensors |
 
 mod adamw;
 mod clip;
 mod ema;
+mod fused_cpu;
 mod lr;
 
 pub(crate) use adamw::is_float;

@@ -3,7 +3,7 @@
 use difflab_schedulers::DegradationConfig;
 use serde::{Deserialize, Serialize};
 
-use super::{LossKind, Precision};
+use super::{LossKind, MemoryFormat, Precision};
 use crate::cascade::LowresNoiseConfig;
 use crate::optim::{EmaConfig, LrConfig, OptimizerConfig};
 
@@ -73,6 +73,9 @@ pub struct TrainingConfig {
     pub on_nan: NanPolicy,
     /// `auto` (bf16 autocast on CUDA, fp32 on CPU), `fp32` or `bf16`.
     pub precision: Precision,
+    /// Layout of the convolutional weights and activations: `auto` (channels-last for UNets,
+    /// the default), `contiguous` or `channels_last`. Changes speed, not what is computed.
+    pub memory_format: MemoryFormat,
     /// Super-resolution stages: noise-conditioning augmentation of the low-resolution input.
     pub lowres_noise: LowresNoiseConfig,
 }
@@ -98,6 +101,7 @@ impl Default for TrainingConfig {
             preview_images: 16,
             on_nan: NanPolicy::Stop,
             precision: Precision::Auto,
+            memory_format: MemoryFormat::Auto,
             lowres_noise: LowresNoiseConfig::default(),
         }
     }

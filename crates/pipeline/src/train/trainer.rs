@@ -18,7 +18,7 @@ use tch::{Device, Kind, Tensor, nn};
 
 use super::{
     Autocast, GaussianLossInputs, LossKind, NanPolicy, ProcessConfig, RunDir, cold_loss,
-    gaussian_loss,
+    gaussian_loss, store_to_channels_last, to_channels_last,
 };
 use crate::cascade::{area_downsample, augment_at_level, augment_lowres};
 use crate::checkpoint::{
@@ -395,6 +395,7 @@ pub fn train_with_evaluator(
     let network = Network::build(&vs.root(), &config.model)?;
     let mut ema_vs = nn::VarStore::new(device);
     let ema_network = Network::build(&ema_vs.root(), &config.model)?;
+    lay_out_for_training(config, &vs, &ema_vs);
     let fingerprint = model_fingerprint(&config.model);
 
     let mut start_step = 0u64;
@@ -656,6 +657,23 @@ pub fn train_with_evaluator(
 
 /// The parameter update of optimizer step `step` (1 for the first) once the gradients are in:
 /// AdamW at `lr`, gradients zeroed, then the EMA.
+/// Put the model's and the EMA model's weights in the layout `training.memory_format` asks for
+/// (see [`super::memory_format`]); call before the optimizer is built.
+pub(crate) fn lay_out_for_training(
+    config: &ExperimentConfig,
+    vs: &nn::VarStore,
+    ema_vs: &nn::VarStore,
+) {
+    if config
+        .training
+        .memory_format
+        .channels_last_for(&config.model)
+    {
+        store_to_channels_last(vs);
+        store_to_channels_last(ema_vs);
+    }
+}
+
 pub(crate) fn apply_update(
     optimizer: &mut AdamW,
     ema: &mut Ema,
@@ -719,7 +737,14 @@ pub(crate) fn micro_batch_loss(
         let s = x0.size();
         noise += Tensor::randn([s[0], s[1], 1, 1], opts) * training.offset_noise;
     }
-    let model = |x_t: &Tensor, t: &Tensor| network.forward_cond(x_t, t, &cond, true);
+    let channels_last = training.memory_format.channels_last_for(&config.model);
+    let model = |x_t: &Tensor, t: &Tensor| {
+        if channels_last {
+            network.forward_cond(&to_channels_last(x_t), t, &cond, true)
+        } else {
+            network.forward_cond(x_t, t, &cond, true)
+        }
+    };
     match process {
         Process::Gaussian {
             forward,
