@@ -1,4 +1,5 @@
-//! Fused CPU kernels for the element-wise updates of [`super::AdamW`] and [`super::Ema`]: one
+//! Fused CPU kernels for the element-wise updates of [`super::AdamW`] and [`super::Ema`], and
+//! for gradient clipping ([`super::clip_grad_norm`]): one
 //! pass over each parameter's memory in Rust instead of five to eight libtorch operations, each
 //! allocating a temporary and crossing the dispatcher (for the 2-D toy's 3×256 MLP the tensor-op
 //! AdamW step took more time than forward and backward together).
@@ -88,40 +89,198 @@ pub(crate) struct AdamScalars {
     pub neg_step_size: f32,
 }
 
-/// One Adam/AdamW step over one parameter, in place: `var`, `exp_avg` and `exp_avg_sq` are
-/// written, `grad` is read. Returns `false` (touching nothing) unless all four are dense f32
-/// CPU tensors laid out alike ([`same_dense_layout`]) in disjoint memory.
-pub(crate) fn adam_step(
-    var: &Tensor,
-    grad: &Tensor,
-    exp_avg: &Tensor,
-    exp_avg_sq: &Tensor,
+/// Adam/AdamW steps queued parameter by parameter, then run together: split into chunks of
+/// [`CHUNK`] elements and spread over libtorch's intra-op thread count (the updates are
+/// element-wise, so any split gives the same bits).
+#[derive(Default)]
+pub(crate) struct AdamBatch<'t> {
+    jobs: Vec<AdamJob<'t>>,
+}
+
+/// One parameter's (or one chunk's) memory and step scalars.
+struct AdamJob<'t> {
+    p: &'t mut [f32],
+    g: &'t [f32],
+    m: &'t mut [f32],
+    v: &'t mut [f32],
     s: AdamScalars,
-) -> bool {
-    let all = [var, grad, exp_avg, exp_avg_sq];
-    let n = var.numel();
-    if !same_dense_layout(&all) || !disjoint(&all) {
+}
+
+impl<'t> AdamBatch<'t> {
+    /// Whether [`AdamBatch::push`] accepts these tensors: all four dense f32 CPU tensors laid
+    /// out alike ([`same_dense_layout`]) in pairwise disjoint memory.
+    pub(crate) fn accepts(
+        var: &Tensor,
+        grad: &Tensor,
+        exp_avg: &Tensor,
+        exp_avg_sq: &Tensor,
+    ) -> bool {
+        let all = [var, grad, exp_avg, exp_avg_sq];
+        same_dense_layout(&all) && disjoint(&all)
+    }
+
+    /// Queue one step of one parameter: `var`, `exp_avg` and `exp_avg_sq` will be written,
+    /// `grad` read. Returns `false` (queueing nothing) unless [`AdamBatch::accepts`] them.
+    /// Nothing else may read or write these tensors until [`AdamBatch::run`] returns (the
+    /// borrows hold them alive, not still).
+    pub(crate) fn push(
+        &mut self,
+        var: &'t Tensor,
+        grad: &'t Tensor,
+        exp_avg: &'t Tensor,
+        exp_avg_sq: &'t Tensor,
+        s: AdamScalars,
+    ) -> bool {
+        if !Self::accepts(var, grad, exp_avg, exp_avg_sq) {
+            return false;
+        }
+        let n = var.numel();
+        // SAFETY: four dense f32 CPU tensors of `n` elements each, laid out alike and pairwise
+        // disjoint (checked above), borrowed for `'t`; the caller does not touch them until
+        // `run` returns.
+        let job = unsafe {
+            AdamJob {
+                p: std::slice::from_raw_parts_mut(var.data_ptr() as *mut f32, n),
+                g: std::slice::from_raw_parts(grad.data_ptr() as *const f32, n),
+                m: std::slice::from_raw_parts_mut(exp_avg.data_ptr() as *mut f32, n),
+                v: std::slice::from_raw_parts_mut(exp_avg_sq.data_ptr() as *mut f32, n),
+                s,
+            }
+        };
+        self.jobs.push(job);
+        true
+    }
+
+    /// Run every queued step.
+    pub(crate) fn run(self) {
+        let chunks = chunked(
+            self.jobs,
+            |j| j.p.len(),
+            |j, at| {
+                let (p0, p1) = j.p.split_at_mut(at);
+                let (g0, g1) = j.g.split_at(at);
+                let (m0, m1) = j.m.split_at_mut(at);
+                let (v0, v1) = j.v.split_at_mut(at);
+                let s = j.s;
+                (
+                    AdamJob {
+                        p: p0,
+                        g: g0,
+                        m: m0,
+                        v: v0,
+                        s,
+                    },
+                    AdamJob {
+                        p: p1,
+                        g: g1,
+                        m: m1,
+                        v: v1,
+                        s,
+                    },
+                )
+            },
+        );
+        in_parallel(chunks, |j| adam_slices(j.p, j.g, j.m, j.v, j.s));
+    }
+}
+
+/// Elements per unit of parallel work, and the least work worth a second thread.
+const CHUNK: usize = 1 << 15;
+
+/// `jobs` cut into pieces of at most [`CHUNK`] elements.
+fn chunked<J>(
+    jobs: Vec<J>,
+    len: impl Fn(&J) -> usize,
+    split: impl Fn(J, usize) -> (J, J),
+) -> Vec<J> {
+    let mut out = Vec::with_capacity(jobs.len());
+    for mut job in jobs {
+        while len(&job) > CHUNK {
+            let (head, tail) = split(job, CHUNK);
+            out.push(head);
+            job = tail;
+        }
+        out.push(job);
+    }
+    out
+}
+
+/// Run `f` on every chunk: on this thread when there is little work or one intra-op thread,
+/// else on libtorch's intra-op thread count of scoped threads, each taking a contiguous run of
+/// chunks (this thread included).
+fn in_parallel<J: Send>(chunks: Vec<J>, f: impl Fn(J) + Sync) {
+    let threads = (tch::get_num_threads().max(1) as usize).min(chunks.len());
+    if threads <= 1 {
+        chunks.into_iter().for_each(f);
+        return;
+    }
+    let per_thread = chunks.len().div_ceil(threads);
+    let mut groups: Vec<Vec<J>> = Vec::with_capacity(threads);
+    let mut chunks = chunks.into_iter().peekable();
+    while chunks.peek().is_some() {
+        groups.push(chunks.by_ref().take(per_thread).collect());
+    }
+    let f = &f;
+    std::thread::scope(|scope| {
+        let mut groups = groups.into_iter();
+        let mine = groups.next();
+        for group in groups {
+            scope.spawn(move || group.into_iter().for_each(f));
+        }
+        mine.into_iter().flatten().for_each(f);
+    });
+}
+
+/// `Σ g²` over every element of `grads`, accumulated in f64 chunk by chunk (fixed chunks, summed
+/// in order, so the result does not depend on the thread count); `None` unless every gradient
+/// is a dense f32 CPU tensor.
+pub(crate) fn sum_of_squares(grads: &[Tensor]) -> Option<f64> {
+    if !grads.iter().all(is_dense_cpu_f32) {
+        return None;
+    }
+    let slices: Vec<&[f32]> = grads
+        .iter()
+        // SAFETY: dense f32 CPU tensors (checked above), only read, borrowed for this call.
+        .map(|g| unsafe { std::slice::from_raw_parts(g.data_ptr() as *const f32, g.numel()) })
+        .collect();
+    let chunks = chunked(slices, |g| g.len(), |g, at| g.split_at(at));
+    let mut partial = vec![0.0f64; chunks.len()];
+    in_parallel(
+        chunks.into_iter().zip(partial.iter_mut()).collect(),
+        |(g, out)| {
+            *out = g.iter().map(|&x| f64::from(x) * f64::from(x)).sum();
+        },
+    );
+    Some(partial.iter().sum())
+}
+
+/// Multiply every element of `grads` by `coef` in place (f32, as `g.mul_(coef)`); `false`
+/// (touching nothing) unless every gradient is a dense f32 CPU tensor and no two overlap.
+pub(crate) fn scale(grads: &[Tensor], coef: f32) -> bool {
+    let refs: Vec<&Tensor> = grads.iter().collect();
+    if !(grads.iter().all(is_dense_cpu_f32) && disjoint(&refs)) {
         return false;
     }
-    // SAFETY: four dense f32 CPU tensors of `n` elements each, laid out alike and pairwise
-    // disjoint (checked above); nothing else touches them during this call (no-grad, one
-    // thread).
-    let (p, g, m, v) = unsafe {
-        (
-            std::slice::from_raw_parts_mut(var.data_ptr() as *mut f32, n),
-            std::slice::from_raw_parts(grad.data_ptr() as *const f32, n),
-            std::slice::from_raw_parts_mut(exp_avg.data_ptr() as *mut f32, n),
-            std::slice::from_raw_parts_mut(exp_avg_sq.data_ptr() as *mut f32, n),
-        )
-    };
+    let slices: Vec<&mut [f32]> = grads
+        .iter()
+        // SAFETY: dense, pairwise disjoint f32 CPU tensors (checked above), borrowed for this
+        // call, nothing else touching them.
+        .map(|g| unsafe { std::slice::from_raw_parts_mut(g.data_ptr() as *mut f32, g.numel()) })
+        .collect();
+    let chunks = chunked(slices, |g| g.len(), |g, at| g.split_at_mut(at));
+    in_parallel(chunks, |g| g.iter_mut().for_each(|x| *x *= coef));
+    true
+}
+
+/// One Adam/AdamW step over matching slices, with the widest instructions the CPU has.
+fn adam_slices(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: AdamScalars) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU has AVX2 and FMA (checked just above).
         unsafe { adam_avx2_fma(p, g, m, v, s) };
-        return true;
+        return;
     }
     adam_elements(p, g, m, v, s);
-    true
 }
 
 /// [`adam_elements`] compiled for AVX2 with hardware fused multiply-add (vectorised by the
@@ -155,29 +314,69 @@ fn adam_elements(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: Adam
     }
 }
 
-/// `θ_ema ← lerp(θ_ema, θ, w)` over one variable, in place; `false` (touching nothing) unless
-/// both are dense f32 CPU tensors laid out alike ([`same_dense_layout`]) in disjoint memory.
-pub(crate) fn lerp_into(shadow: &Tensor, var: &Tensor, weight: f32) -> bool {
-    let n = var.numel();
-    if !(same_dense_layout(&[shadow, var]) && disjoint(&[shadow, var])) {
-        return false;
+/// EMA updates `θ_ema ← lerp(θ_ema, θ, w)` queued variable by variable, then run together
+/// like [`AdamBatch`].
+#[derive(Default)]
+pub(crate) struct LerpBatch<'t> {
+    jobs: Vec<(&'t mut [f32], &'t [f32], f32)>,
+}
+
+impl<'t> LerpBatch<'t> {
+    /// Queue `shadow ← lerp(shadow, var, weight)`; `false` (queueing nothing) unless both are
+    /// dense f32 CPU tensors laid out alike ([`same_dense_layout`]) in disjoint memory. Nothing
+    /// else may touch them until [`LerpBatch::run`] returns.
+    pub(crate) fn push(&mut self, shadow: &'t Tensor, var: &'t Tensor, weight: f32) -> bool {
+        if !(same_dense_layout(&[shadow, var]) && disjoint(&[shadow, var])) {
+            return false;
+        }
+        let n = var.numel();
+        // SAFETY: two disjoint dense f32 CPU tensors of `n` elements laid out alike (checked
+        // above), borrowed for `'t` and left alone by the caller until `run` returns.
+        let job = unsafe {
+            (
+                std::slice::from_raw_parts_mut(shadow.data_ptr() as *mut f32, n),
+                std::slice::from_raw_parts(var.data_ptr() as *const f32, n),
+                weight,
+            )
+        };
+        self.jobs.push(job);
+        true
     }
-    // SAFETY: two disjoint dense f32 CPU tensors of `n` elements laid out alike (checked
-    // above).
-    let (e, p) = unsafe {
-        (
-            std::slice::from_raw_parts_mut(shadow.data_ptr() as *mut f32, n),
-            std::slice::from_raw_parts(var.data_ptr() as *const f32, n),
-        )
-    };
+
+    /// Run every queued update.
+    pub(crate) fn run(self) {
+        let chunks = chunked(
+            self.jobs,
+            |j| j.0.len(),
+            |(e, p, w), at| {
+                let (e0, e1) = e.split_at_mut(at);
+                let (p0, p1) = p.split_at(at);
+                ((e0, p0, w), (e1, p1, w))
+            },
+        );
+        in_parallel(chunks, |(e, p, w)| lerp_slices(e, p, w));
+    }
+}
+
+/// `lerp` over matching slices, with the widest instructions the CPU has.
+fn lerp_slices(e: &mut [f32], p: &[f32], weight: f32) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU has AVX2 and FMA (checked just above).
         unsafe { lerp_avx2_fma(e, p, weight) };
-        return true;
+        return;
     }
     lerp_elements(e, p, weight);
-    true
+}
+
+/// `θ_ema ← lerp(θ_ema, θ, w)` over one variable, in place, now; `false` (touching nothing)
+/// unless [`LerpBatch::push`] accepts the pair.
+#[cfg(test)]
+pub(crate) fn lerp_into(shadow: &Tensor, var: &Tensor, weight: f32) -> bool {
+    let mut batch = LerpBatch::default();
+    let queued = batch.push(shadow, var, weight);
+    batch.run();
+    queued
 }
 
 /// [`lerp_elements`] compiled for AVX2 with hardware fused multiply-add.
@@ -219,7 +418,14 @@ mod tests {
     fn lerp_into_matches_libtorch_lerp_bit_for_bit() {
         let _guard = tch::no_grad_guard();
         let f = (Kind::Float, Device::Cpu);
-        for (n, weight) in [(4099, 1.0 - 0.9999), (37, 0.3), (1000, 0.75), (5, 1.0)] {
+        // Sizes include several chunks ([`CHUNK`]), so the threaded split is exercised.
+        for (n, weight) in [
+            (4099, 1.0 - 0.9999),
+            (37, 0.3),
+            (1000, 0.75),
+            (5, 1.0),
+            (100_003, 0.01),
+        ] {
             let shadow = Tensor::randn([n], f);
             let var = Tensor::randn([n], f) * 3.0;
             let mut expected = shadow.copy();
@@ -272,7 +478,7 @@ mod tests {
             neg_step_size: -1e-3,
         };
         assert!(
-            !adam_step(&a, &a, &b, &b.copy(), s),
+            !AdamBatch::default().push(&a, &a, &b, &b.copy(), s),
             "aliased parameter and gradient"
         );
         assert_eq!(bits(&a), before);
