@@ -520,8 +520,7 @@ mod tests {
         }
     }
 
-    // Odd sizes, a conv kernel, a scalar, and one above two chunks of the fused kernel (so it
-    // is cut and spread over threads).
+    // Odd sizes, a conv kernel, a scalar and a large vector.
     const SHAPES: &[&[i64]] = &[&[4099], &[3, 5], &[64, 33, 3, 3], &[1], &[70_001]];
 
     #[test]

@@ -1,5 +1,4 @@
-//! Fused CPU kernels for the element-wise updates of [`super::AdamW`] and [`super::Ema`], and
-//! for gradient clipping ([`super::clip_grad_norm`]): one
+//! Fused CPU kernels for the element-wise updates of [`super::AdamW`] and [`super::Ema`]: one
 //! pass over each parameter's memory in Rust instead of five to eight libtorch operations, each
 //! allocating a temporary and crossing the dispatcher (for the 2-D toy's 3×256 MLP the tensor-op
 //! AdamW step took more time than forward and backward together).
@@ -59,12 +58,9 @@ fn span(t: &Tensor) -> (usize, usize) {
 /// Whether the element ranges of `tensors` are pairwise disjoint (a kernel writing one while
 /// reading another must not see them overlap).
 fn disjoint(tensors: &[&Tensor]) -> bool {
-    let spans: Vec<(usize, usize)> = tensors.iter().map(|t| span(t)).collect();
-    spans.iter().enumerate().all(|(i, &(a, n))| {
-        spans[i + 1..]
-            .iter()
-            .all(|&(b, m)| a + 4 * n <= b || b + 4 * m <= a)
-    })
+    let mut spans: Vec<(usize, usize)> = tensors.iter().map(|t| span(t)).collect();
+    spans.sort_unstable();
+    spans.windows(2).all(|w| w[0].0 + 4 * w[0].1 <= w[1].0)
 }
 
 /// The scalars of one Adam/AdamW step, already rounded to f32 as libtorch rounds a double
@@ -89,9 +85,11 @@ pub(crate) struct AdamScalars {
     pub neg_step_size: f32,
 }
 
-/// Adam/AdamW steps queued parameter by parameter, then run together: split into chunks of
-/// [`CHUNK`] elements and spread over libtorch's intra-op thread count (the updates are
-/// element-wise, so any split gives the same bits).
+/// Adam/AdamW steps queued parameter by parameter, then run together on this thread.
+///
+/// Spreading the work over threads of our own was tried and made the 2-D toy's step 1.6x
+/// slower: libtorch's OpenMP workers spin on the other cores between operations, and a
+/// freshly spawned thread competes with them.
 #[derive(Default)]
 pub(crate) struct AdamBatch<'t> {
     jobs: Vec<AdamJob<'t>>,
@@ -153,123 +151,10 @@ impl<'t> AdamBatch<'t> {
 
     /// Run every queued step.
     pub(crate) fn run(self) {
-        let chunks = chunked(
-            self.jobs,
-            |j| j.p.len(),
-            |j, at| {
-                let (p0, p1) = j.p.split_at_mut(at);
-                let (g0, g1) = j.g.split_at(at);
-                let (m0, m1) = j.m.split_at_mut(at);
-                let (v0, v1) = j.v.split_at_mut(at);
-                let s = j.s;
-                (
-                    AdamJob {
-                        p: p0,
-                        g: g0,
-                        m: m0,
-                        v: v0,
-                        s,
-                    },
-                    AdamJob {
-                        p: p1,
-                        g: g1,
-                        m: m1,
-                        v: v1,
-                        s,
-                    },
-                )
-            },
-        );
-        in_parallel(chunks, |j| adam_slices(j.p, j.g, j.m, j.v, j.s));
-    }
-}
-
-/// Elements per unit of parallel work, and the least work worth a second thread.
-const CHUNK: usize = 1 << 15;
-
-/// `jobs` cut into pieces of at most [`CHUNK`] elements.
-fn chunked<J>(
-    jobs: Vec<J>,
-    len: impl Fn(&J) -> usize,
-    split: impl Fn(J, usize) -> (J, J),
-) -> Vec<J> {
-    let mut out = Vec::with_capacity(jobs.len());
-    for mut job in jobs {
-        while len(&job) > CHUNK {
-            let (head, tail) = split(job, CHUNK);
-            out.push(head);
-            job = tail;
+        for j in self.jobs {
+            adam_slices(j.p, j.g, j.m, j.v, j.s);
         }
-        out.push(job);
     }
-    out
-}
-
-/// Run `f` on every chunk: on this thread when there is little work or one intra-op thread,
-/// else on libtorch's intra-op thread count of scoped threads, each taking a contiguous run of
-/// chunks (this thread included).
-fn in_parallel<J: Send>(chunks: Vec<J>, f: impl Fn(J) + Sync) {
-    let threads = (tch::get_num_threads().max(1) as usize).min(chunks.len());
-    if threads <= 1 {
-        chunks.into_iter().for_each(f);
-        return;
-    }
-    let per_thread = chunks.len().div_ceil(threads);
-    let mut groups: Vec<Vec<J>> = Vec::with_capacity(threads);
-    let mut chunks = chunks.into_iter().peekable();
-    while chunks.peek().is_some() {
-        groups.push(chunks.by_ref().take(per_thread).collect());
-    }
-    let f = &f;
-    std::thread::scope(|scope| {
-        let mut groups = groups.into_iter();
-        let mine = groups.next();
-        for group in groups {
-            scope.spawn(move || group.into_iter().for_each(f));
-        }
-        mine.into_iter().flatten().for_each(f);
-    });
-}
-
-/// `Σ g²` over every element of `grads`, accumulated in f64 chunk by chunk (fixed chunks, summed
-/// in order, so the result does not depend on the thread count); `None` unless every gradient
-/// is a dense f32 CPU tensor.
-pub(crate) fn sum_of_squares(grads: &[Tensor]) -> Option<f64> {
-    if !grads.iter().all(is_dense_cpu_f32) {
-        return None;
-    }
-    let slices: Vec<&[f32]> = grads
-        .iter()
-        // SAFETY: dense f32 CPU tensors (checked above), only read, borrowed for this call.
-        .map(|g| unsafe { std::slice::from_raw_parts(g.data_ptr() as *const f32, g.numel()) })
-        .collect();
-    let chunks = chunked(slices, |g| g.len(), |g, at| g.split_at(at));
-    let mut partial = vec![0.0f64; chunks.len()];
-    in_parallel(
-        chunks.into_iter().zip(partial.iter_mut()).collect(),
-        |(g, out)| {
-            *out = g.iter().map(|&x| f64::from(x) * f64::from(x)).sum();
-        },
-    );
-    Some(partial.iter().sum())
-}
-
-/// Multiply every element of `grads` by `coef` in place (f32, as `g.mul_(coef)`); `false`
-/// (touching nothing) unless every gradient is a dense f32 CPU tensor and no two overlap.
-pub(crate) fn scale(grads: &[Tensor], coef: f32) -> bool {
-    let refs: Vec<&Tensor> = grads.iter().collect();
-    if !(grads.iter().all(is_dense_cpu_f32) && disjoint(&refs)) {
-        return false;
-    }
-    let slices: Vec<&mut [f32]> = grads
-        .iter()
-        // SAFETY: dense, pairwise disjoint f32 CPU tensors (checked above), borrowed for this
-        // call, nothing else touching them.
-        .map(|g| unsafe { std::slice::from_raw_parts_mut(g.data_ptr() as *mut f32, g.numel()) })
-        .collect();
-    let chunks = chunked(slices, |g| g.len(), |g, at| g.split_at_mut(at));
-    in_parallel(chunks, |g| g.iter_mut().for_each(|x| *x *= coef));
-    true
 }
 
 /// One Adam/AdamW step over matching slices, with the widest instructions the CPU has.
@@ -345,16 +230,9 @@ impl<'t> LerpBatch<'t> {
 
     /// Run every queued update.
     pub(crate) fn run(self) {
-        let chunks = chunked(
-            self.jobs,
-            |j| j.0.len(),
-            |(e, p, w), at| {
-                let (e0, e1) = e.split_at_mut(at);
-                let (p0, p1) = p.split_at(at);
-                ((e0, p0, w), (e1, p1, w))
-            },
-        );
-        in_parallel(chunks, |(e, p, w)| lerp_slices(e, p, w));
+        for (e, p, w) in self.jobs {
+            lerp_slices(e, p, w);
+        }
     }
 }
 
@@ -418,7 +296,6 @@ mod tests {
     fn lerp_into_matches_libtorch_lerp_bit_for_bit() {
         let _guard = tch::no_grad_guard();
         let f = (Kind::Float, Device::Cpu);
-        // Sizes include several chunks ([`CHUNK`]), so the threaded split is exercised.
         for (n, weight) in [
             (4099, 1.0 - 0.9999),
             (37, 0.3),
