@@ -172,33 +172,19 @@ impl AdamW {
         let _guard = tch::no_grad_guard();
         let config = self.config.clone();
         self.steps += 1;
-        let grads: Vec<Tensor> = self.params.iter().map(|p| p.var.grad()).collect();
-        // Parameters the fused kernel takes; the others step through libtorch now.
-        let mut fused = vec![false; grads.len()];
-        for ((p, grad), fused) in self.params.iter_mut().zip(&grads).zip(&mut fused) {
+        for p in &mut self.params {
+            let grad = p.var.grad();
             if !grad.defined() {
                 continue;
             }
             p.step += 1;
-            *fused = kernel == Kernel::FusedWhereApplicable
-                && fused_cpu::AdamBatch::accepts(&p.var, grad, &p.exp_avg, &p.exp_avg_sq);
-            if !*fused {
-                tensor_step(&config, p, grad.shallow_clone(), lr);
+            let scalars = step_scalars(&config, lr, p.step);
+            let fused = kernel == Kernel::FusedWhereApplicable
+                && fused_cpu::adam_step(&p.var, &grad, &p.exp_avg, &p.exp_avg_sq, scalars);
+            if !fused {
+                tensor_step(&config, p, grad, lr);
             }
         }
-        let mut batch = fused_cpu::AdamBatch::default();
-        for ((p, grad), _) in self
-            .params
-            .iter()
-            .zip(&grads)
-            .zip(&fused)
-            .filter(|(_, f)| **f)
-        {
-            let scalars = step_scalars(&config, lr, p.step);
-            let queued = batch.push(&p.var, grad, &p.exp_avg, &p.exp_avg_sq, scalars);
-            debug_assert!(queued, "accepted above");
-        }
-        batch.run();
     }
 
     /// Zero every optimised variable's gradient (where defined), keeping it allocated.
@@ -336,7 +322,7 @@ impl AdamW {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Kernel {
     /// One fused Rust pass per parameter for contiguous f32 CPU tensors
-    /// ([`fused_cpu::AdamBatch`]), libtorch tensor operations for the rest.
+    /// ([`fused_cpu::adam_step`]), libtorch tensor operations for the rest.
     FusedWhereApplicable,
     /// libtorch tensor operations only (PyTorch's single-tensor sequence).
     #[cfg(test)]

@@ -172,23 +172,21 @@ impl Ema {
         let model = model_vs.variables();
         let ema = ema_vs.variables();
         let _guard = tch::no_grad_guard();
-        // Dense f32 CPU weights go through one fused, threaded pass (bit-identical to
-        // `lerp_`); everything else through libtorch.
-        let mut batch = super::fused_cpu::LerpBatch::default();
         for (name, trainable) in &self.names {
             let (Some(var), Some(shadow)) = (model.get(name), ema.get(name)) else {
                 panic!(
                     "Ema::update: variable `{name}` missing from a VarStore checked at Ema::new"
                 );
             };
+            let mut shadow = shadow.shallow_clone();
             if *trainable && decay > 0.0 {
-                if !batch.push(shadow, var, (1.0 - decay) as f32) {
-                    let _ = shadow.shallow_clone().lerp_(var, 1.0 - decay);
+                // One Rust pass for f32 CPU weights (bit-identical to `lerp_`), else libtorch.
+                if !super::fused_cpu::lerp_into(&shadow, var, (1.0 - decay) as f32) {
+                    let _ = shadow.lerp_(var, 1.0 - decay);
                 }
             } else {
-                shadow.shallow_clone().copy_(var);
+                shadow.copy_(var);
             }
         }
-        batch.run();
     }
 }

@@ -85,76 +85,48 @@ pub(crate) struct AdamScalars {
     pub neg_step_size: f32,
 }
 
-/// Adam/AdamW steps queued parameter by parameter, then run together on this thread.
+/// Whether [`adam_step`] takes these tensors: all four dense f32 CPU tensors laid out alike
+/// ([`same_dense_layout`]) in pairwise disjoint memory.
+fn adam_accepts(
+    var: &Tensor,
+    grad: &Tensor,
+    exp_avg: &Tensor,
+    exp_avg_sq: &Tensor,
+) -> bool {
+    let all = [var, grad, exp_avg, exp_avg_sq];
+    same_dense_layout(&all) && disjoint(&all)
+}
+
+/// One Adam/AdamW step of one parameter, now, in place: `var`, `exp_avg` and `exp_avg_sq` are
+/// written, `grad` is read. Returns `false` (touching nothing) unless [`adam_accepts`] them.
 ///
-/// Spreading the work over threads of our own was tried and made the 2-D toy's step 1.6x
-/// slower: libtorch's OpenMP workers spin on the other cores between operations, and a
-/// freshly spawned thread competes with them.
-#[derive(Default)]
-pub(crate) struct AdamBatch<'t> {
-    jobs: Vec<AdamJob<'t>>,
-}
-
-/// One parameter's (or one chunk's) memory and step scalars.
-struct AdamJob<'t> {
-    p: &'t mut [f32],
-    g: &'t [f32],
-    m: &'t mut [f32],
-    v: &'t mut [f32],
+/// It runs on the calling thread: spreading the work over threads of our own was tried and
+/// made the 2-D toy's step 1.6x slower (libtorch's OpenMP workers spin on the other cores
+/// between operations, and a freshly spawned thread competes with them).
+pub(crate) fn adam_step(
+    var: &Tensor,
+    grad: &Tensor,
+    exp_avg: &Tensor,
+    exp_avg_sq: &Tensor,
     s: AdamScalars,
-}
-
-impl<'t> AdamBatch<'t> {
-    /// Whether [`AdamBatch::push`] accepts these tensors: all four dense f32 CPU tensors laid
-    /// out alike ([`same_dense_layout`]) in pairwise disjoint memory.
-    pub(crate) fn accepts(
-        var: &Tensor,
-        grad: &Tensor,
-        exp_avg: &Tensor,
-        exp_avg_sq: &Tensor,
-    ) -> bool {
-        let all = [var, grad, exp_avg, exp_avg_sq];
-        same_dense_layout(&all) && disjoint(&all)
+) -> bool {
+    if !adam_accepts(var, grad, exp_avg, exp_avg_sq) {
+        return false;
     }
-
-    /// Queue one step of one parameter: `var`, `exp_avg` and `exp_avg_sq` will be written,
-    /// `grad` read. Returns `false` (queueing nothing) unless [`AdamBatch::accepts`] them.
-    /// Nothing else may read or write these tensors until [`AdamBatch::run`] returns (the
-    /// borrows hold them alive, not still).
-    pub(crate) fn push(
-        &mut self,
-        var: &'t Tensor,
-        grad: &'t Tensor,
-        exp_avg: &'t Tensor,
-        exp_avg_sq: &'t Tensor,
-        s: AdamScalars,
-    ) -> bool {
-        if !Self::accepts(var, grad, exp_avg, exp_avg_sq) {
-            return false;
-        }
-        let n = var.numel();
-        // SAFETY: four dense f32 CPU tensors of `n` elements each, laid out alike and pairwise
-        // disjoint (checked above), borrowed for `'t`; the caller does not touch them until
-        // `run` returns.
-        let job = unsafe {
-            AdamJob {
-                p: std::slice::from_raw_parts_mut(var.data_ptr() as *mut f32, n),
-                g: std::slice::from_raw_parts(grad.data_ptr() as *const f32, n),
-                m: std::slice::from_raw_parts_mut(exp_avg.data_ptr() as *mut f32, n),
-                v: std::slice::from_raw_parts_mut(exp_avg_sq.data_ptr() as *mut f32, n),
-                s,
-            }
-        };
-        self.jobs.push(job);
-        true
+    let n = var.numel();
+    // SAFETY: four dense f32 CPU tensors of `n` elements each, laid out alike and pairwise
+    // disjoint (checked above); the slices live only for this call, on this thread, under
+    // no-grad, and nothing else touches the tensors meanwhile.
+    unsafe {
+        adam_slices(
+            std::slice::from_raw_parts_mut(var.data_ptr() as *mut f32, n),
+            std::slice::from_raw_parts(grad.data_ptr() as *const f32, n),
+            std::slice::from_raw_parts_mut(exp_avg.data_ptr() as *mut f32, n),
+            std::slice::from_raw_parts_mut(exp_avg_sq.data_ptr() as *mut f32, n),
+            s,
+        );
     }
-
-    /// Run every queued step.
-    pub(crate) fn run(self) {
-        for j in self.jobs {
-            adam_slices(j.p, j.g, j.m, j.v, j.s);
-        }
-    }
+    true
 }
 
 /// One Adam/AdamW step over matching slices, with the widest instructions the CPU has.
@@ -199,41 +171,24 @@ fn adam_elements(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: Adam
     }
 }
 
-/// EMA updates `θ_ema ← lerp(θ_ema, θ, w)` queued variable by variable, then run together
-/// like [`AdamBatch`].
-#[derive(Default)]
-pub(crate) struct LerpBatch<'t> {
-    jobs: Vec<(&'t mut [f32], &'t [f32], f32)>,
-}
-
-impl<'t> LerpBatch<'t> {
-    /// Queue `shadow ← lerp(shadow, var, weight)`; `false` (queueing nothing) unless both are
-    /// dense f32 CPU tensors laid out alike ([`same_dense_layout`]) in disjoint memory. Nothing
-    /// else may touch them until [`LerpBatch::run`] returns.
-    pub(crate) fn push(&mut self, shadow: &'t Tensor, var: &'t Tensor, weight: f32) -> bool {
-        if !(same_dense_layout(&[shadow, var]) && disjoint(&[shadow, var])) {
-            return false;
-        }
-        let n = var.numel();
-        // SAFETY: two disjoint dense f32 CPU tensors of `n` elements laid out alike (checked
-        // above), borrowed for `'t` and left alone by the caller until `run` returns.
-        let job = unsafe {
-            (
-                std::slice::from_raw_parts_mut(shadow.data_ptr() as *mut f32, n),
-                std::slice::from_raw_parts(var.data_ptr() as *const f32, n),
-                weight,
-            )
-        };
-        self.jobs.push(job);
-        true
+/// `θ_ema ← lerp(θ_ema, θ, w)` over one variable, now, in place, on the calling thread;
+/// `false` (touching nothing) unless both are dense f32 CPU tensors laid out alike
+/// ([`same_dense_layout`]) in disjoint memory.
+pub(crate) fn lerp_into(shadow: &Tensor, var: &Tensor, weight: f32) -> bool {
+    if !(same_dense_layout(&[shadow, var]) && disjoint(&[shadow, var])) {
+        return false;
     }
-
-    /// Run every queued update.
-    pub(crate) fn run(self) {
-        for (e, p, w) in self.jobs {
-            lerp_slices(e, p, w);
-        }
+    let n = var.numel();
+    // SAFETY: two disjoint dense f32 CPU tensors of `n` elements laid out alike (checked
+    // above); the slices live only for this call.
+    unsafe {
+        lerp_slices(
+            std::slice::from_raw_parts_mut(shadow.data_ptr() as *mut f32, n),
+            std::slice::from_raw_parts(var.data_ptr() as *const f32, n),
+            weight,
+        );
     }
+    true
 }
 
 /// `lerp` over matching slices, with the widest instructions the CPU has.
@@ -245,16 +200,6 @@ fn lerp_slices(e: &mut [f32], p: &[f32], weight: f32) {
         return;
     }
     lerp_elements(e, p, weight);
-}
-
-/// `θ_ema ← lerp(θ_ema, θ, w)` over one variable, in place, now; `false` (touching nothing)
-/// unless [`LerpBatch::push`] accepts the pair.
-#[cfg(test)]
-pub(crate) fn lerp_into(shadow: &Tensor, var: &Tensor, weight: f32) -> bool {
-    let mut batch = LerpBatch::default();
-    let queued = batch.push(shadow, var, weight);
-    batch.run();
-    queued
 }
 
 /// [`lerp_elements`] compiled for AVX2 with hardware fused multiply-add.
@@ -355,7 +300,7 @@ mod tests {
             neg_step_size: -1e-3,
         };
         assert!(
-            !AdamBatch::default().push(&a, &a, &b, &b.copy(), s),
+            !adam_step(&a, &a, &b, &b.copy(), s),
             "aliased parameter and gradient"
         );
         assert_eq!(bits(&a), before);
