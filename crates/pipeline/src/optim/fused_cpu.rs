@@ -87,12 +87,7 @@ pub(crate) struct AdamScalars {
 
 /// Whether [`adam_step`] takes these tensors: all four dense f32 CPU tensors laid out alike
 /// ([`same_dense_layout`]) in pairwise disjoint memory.
-fn adam_accepts(
-    var: &Tensor,
-    grad: &Tensor,
-    exp_avg: &Tensor,
-    exp_avg_sq: &Tensor,
-) -> bool {
+fn adam_accepts(var: &Tensor, grad: &Tensor, exp_avg: &Tensor, exp_avg_sq: &Tensor) -> bool {
     let all = [var, grad, exp_avg, exp_avg_sq];
     same_dense_layout(&all) && disjoint(&all)
 }
