@@ -129,8 +129,7 @@ mod tests {
 
     #[test]
     fn sqrtm_squares_back() {
-        tch::manual_seed(0);
-        let b = Tensor::randn([6, 6], (Kind::Double, Device::Cpu));
+        let b = crate::seeded_randn(&[6, 6], 0);
         let a = b.matmul(&b.tr());
         let r = sqrtm_psd(&a);
         let err = (r.matmul(&r) - &a).abs().max().double_value(&[]);
@@ -153,8 +152,7 @@ mod tests {
     fn matches_the_closed_form_for_commuting_full_covariances() {
         // Σ₁ = Q diag(a) Qᵀ, Σ₂ = Q diag(b) Qᵀ share eigenvectors: the trace term is
         // Σ (√a_i − √b_i)², whatever the rotation Q.
-        tch::manual_seed(1);
-        let r = Tensor::randn([4, 4], (Kind::Double, Device::Cpu));
+        let r = crate::seeded_randn(&[4, 4], 1);
         let (_, q) = (&r + r.tr()).linalg_eigh("L");
         let a = [2.0f64, 0.5, 3.0, 1.0];
         let b = [0.5f64, 2.0, 3.0, 0.0];
@@ -174,9 +172,8 @@ mod tests {
 
     #[test]
     fn sample_statistics_approach_the_closed_form() {
-        tch::manual_seed(2);
-        let x = Tensor::randn([20000, 2], (Kind::Double, Device::Cpu));
-        let y = Tensor::randn([20000, 2], (Kind::Double, Device::Cpu)) * 2.0 + 1.0;
+        let x = crate::seeded_randn(&[20000, 2], 2);
+        let y = crate::seeded_randn(&[20000, 2], 3) * 2.0 + 1.0;
         let d = frechet_distance(
             &FeatureStats::from_features(&x).unwrap(),
             &FeatureStats::from_features(&y).unwrap(),

@@ -112,8 +112,7 @@ mod tests {
     use super::*;
 
     fn normal(n: i64, d: i64, shift: f64, seed: i64) -> Tensor {
-        tch::manual_seed(seed);
-        Tensor::randn([n, d], (Kind::Double, Device::Cpu)) + shift
+        crate::seeded_randn(&[n, d], seed) + shift
     }
 
     #[test]

@@ -94,8 +94,7 @@ mod tests {
     use super::*;
 
     fn normal(n: i64, shift: f64, scale: f64, seed: i64) -> Tensor {
-        tch::manual_seed(seed);
-        Tensor::randn([n, 4], (Kind::Double, Device::Cpu)) * scale + shift
+        crate::seeded_randn(&[n, 4], seed) * scale + shift
     }
 
     #[test]
