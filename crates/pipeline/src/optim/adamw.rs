@@ -321,7 +321,7 @@ impl AdamW {
 /// Which implementation [`AdamW::step_with`] uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Kernel {
-    /// One fused Rust pass per parameter for contiguous f32 CPU tensors
+    /// One fused Rust pass per parameter for dense f32 CPU tensors (any layout)
     /// ([`fused_cpu::adam_step`]), libtorch tensor operations for the rest.
     FusedWhereApplicable,
     /// libtorch tensor operations only (PyTorch's single-tensor sequence).

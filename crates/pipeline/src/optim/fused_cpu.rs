@@ -127,7 +127,7 @@ pub(crate) fn adam_step(
 /// One Adam/AdamW step over matching slices, with the widest instructions the CPU has.
 fn adam_slices(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: AdamScalars) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+    if has_avx2_fma() {
         // SAFETY: the CPU has AVX2 and FMA (checked just above).
         unsafe { adam_avx2_fma(p, g, m, v, s) };
         return;
@@ -186,10 +186,16 @@ pub(crate) fn lerp_into(shadow: &Tensor, var: &Tensor, weight: f32) -> bool {
     true
 }
 
+/// Whether this CPU has AVX2 and hardware fused multiply-add (the detection is cached).
+#[cfg(target_arch = "x86_64")]
+fn has_avx2_fma() -> bool {
+    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+}
+
 /// `lerp` over matching slices, with the widest instructions the CPU has.
 fn lerp_slices(e: &mut [f32], p: &[f32], weight: f32) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+    if has_avx2_fma() {
         // SAFETY: the CPU has AVX2 and FMA (checked just above).
         unsafe { lerp_avx2_fma(e, p, weight) };
         return;
