@@ -146,6 +146,9 @@ mod tests {
         s.state = PointState::Failed;
         s.error = Some("boom".into());
         s.train_seconds = 2.0;
+        // A clock reading like 1795336046.5239565 need not survive JSON's shortest decimal
+        // form to the last bit (serde_json without `float_roundtrip`); use an exact one.
+        s.started_at = 1_795_336_046.5;
         write_status(&dir, &s).unwrap();
         let back = read_status(&dir).unwrap();
         assert_eq!(back, s);
