@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor, nn, nn::Module};
 
+use crate::cpu_kernels;
 use crate::params::ParamCount;
 
 /// How the sinusoidal timestep code is laid out (diffusers' `flip_sin_to_cos`, `freq_shift`).
@@ -93,7 +94,8 @@ impl TimestepEmbedding {
 
     /// `[B, in_dim]` → `[B, out_dim]`.
     pub fn forward(&self, code: &Tensor) -> Tensor {
-        self.linear_2.forward(&self.linear_1.forward(code).silu())
+        self.linear_2
+            .forward(&cpu_kernels::silu_owned(self.linear_1.forward(code)))
     }
 }
 

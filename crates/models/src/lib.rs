@@ -15,6 +15,7 @@
 //! (config.json and weights), [`weights`] (strict safetensors loading).
 
 pub mod attention;
+pub mod cpu_kernels;
 pub mod diffusers;
 pub mod embeddings;
 mod error;

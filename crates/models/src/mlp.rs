@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor, nn, nn::Module};
 
 use crate::ModelError;
+use crate::cpu_kernels;
 use crate::embeddings::{TimestepEmbedding, sinusoidal_embedding};
 use crate::params::ParamCount;
 use crate::unet::{ModelSummary, TimeEmbeddingConfig};
@@ -31,9 +32,24 @@ impl Activation {
     /// Apply the nonlinearity elementwise.
     pub fn apply(self, x: &Tensor) -> Tensor {
         match self {
-            Self::Silu => x.silu(),
+            Self::Silu => cpu_kernels::silu(x),
             Self::Gelu => x.gelu("none"),
             Self::Relu => x.relu(),
+        }
+    }
+
+    /// [`Activation::apply`] to a fresh tensor nothing else refers to, in place where that
+    /// needs no autograd record ([`cpu_kernels::silu_owned`]).
+    pub fn apply_owned(self, x: Tensor) -> Tensor {
+        match self {
+            Self::Silu => cpu_kernels::silu_owned(x),
+            Self::Gelu => x.gelu("none"),
+            Self::Relu if x.requires_grad() => x.relu(),
+            Self::Relu => {
+                let mut x = x;
+                let _ = x.relu_();
+                x
+            }
         }
     }
 }
@@ -244,8 +260,17 @@ impl MlpDenoiser {
         let emb = act.apply(&emb);
         let mut h = self.input.forward(x);
         record("input", &h);
+        // Without autograd, each layer is one matrix product onto its two biases summed first
+        // (one row when every example shares `t`) and an in-place activation: the same sum,
+        // one pass and one allocation instead of three of each.
+        let fused = !(emb.requires_grad() || h.requires_grad());
         for (i, layer) in self.layers.iter().enumerate() {
-            h = act.apply(&(layer.linear.forward(&h) + layer.time_proj.forward(&emb)));
+            let time = layer.time_proj.forward(&emb);
+            let pre = match (&layer.linear.bs, fused) {
+                (Some(bias), true) => (time + bias).addmm(&h, &layer.linear.ws.tr()),
+                _ => layer.linear.forward(&h) + time,
+            };
+            h = act.apply_owned(pre);
             record(&format!("layers.{i}"), &h);
         }
         h = self.output.forward(&h);

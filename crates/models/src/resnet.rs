@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 use tch::{Tensor, nn, nn::Module};
 
+use crate::cpu_kernels::{silu, silu_owned};
 use crate::params::ParamCount;
 
 /// How a residual block reads the time (and class) embedding `e`.
@@ -153,12 +154,12 @@ impl ResnetBlock2D {
     /// With [`Resampling::Up`]/[`Resampling::Down`] the output is `2H × 2W`/`H/2 × W/2`.
     pub fn forward(&self, x: &Tensor, temb: &Tensor, train: bool) -> Tensor {
         let resampling = self.config.resampling;
-        let h = resampling.apply(&self.norm1.forward(x).silu());
+        let h = resampling.apply(&silu_owned(self.norm1.forward(x)));
         let x = &resampling.apply(x);
         let h = self.conv1.forward(&h);
         let e = self
             .time_emb_proj
-            .forward(&temb.silu())
+            .forward(&silu(temb))
             .unsqueeze(-1)
             .unsqueeze(-1);
         let h = match self.config.conditioning {
@@ -168,7 +169,7 @@ impl ResnetBlock2D {
                 self.norm2.forward(&h) * (1.0 + &parts[0]) + &parts[1]
             }
         };
-        let h = h.silu().dropout(self.config.dropout, train);
+        let h = silu_owned(h).dropout(self.config.dropout, train);
         let h = self.conv2.forward(&h);
         let skip = match &self.conv_shortcut {
             Some(conv) => conv.forward(x),

@@ -2,6 +2,7 @@
 //!
 //! - attention (`SpatialAttention`) and GroupNorm+SiLU at the sizes of the 32 px bench model
 //!   and of the 128 px anime model;
+//! - SiLU at inference: difflab's kernel against libtorch's;
 //! - the sampler loop's own overhead per step (DDIM with a trivial denoiser), as a fraction of
 //!   one UNet step at 32×32 (target: under 1 %);
 //! - data loading at 128 px (JPEG folder, decode + resize + crop + flip, the trainer's loader),
@@ -16,6 +17,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
+use difflab_models::cpu_kernels::silu_owned;
 use difflab_models::{AttentionConfig, AttentionKind, SpatialAttention};
 use difflab_pipeline::bench::{BenchSettings, bench_training};
 use difflab_pipeline::config::parse_config;
@@ -79,10 +81,41 @@ fn attention_and_group_norm(quick: bool) {
         let vs = nn::VarStore::new(Device::Cpu);
         let norm = nn::group_norm(vs.root(), 8, c, Default::default());
         let x = Tensor::randn([b, c, hw, hw], (Kind::Float, Device::Cpu));
-        let t = median_secs(3, reps, || drop(norm.forward(&x).silu()));
+        let t = median_secs(3, reps, || drop(silu_owned(norm.forward(&x))));
         println!(
             "| GroupNorm(8)+SiLU | [{b}, {c}, {hw}, {hw}] | {:.1} |",
             t * 1e6
+        );
+    }
+    println!();
+}
+
+/// SiLU at inference: difflab's kernel (`difflab_models::cpu_kernels`, one thread, in place)
+/// against libtorch's `silu` (SLEEF `expf`, on libtorch's threads), on the toy MLP's hidden
+/// activations when sampling 1200 points and on a 32 px UNet activation at batch 16.
+fn silu_kernel(quick: bool) {
+    println!("## SiLU at inference (no grad)\n");
+    println!("| shape | libtorch `silu` µs | difflab `silu_owned` µs | speed-up |");
+    println!("|---|---:|---:|---:|");
+    let _guard = tch::no_grad_guard();
+    let reps = if quick { 5 } else { 50 };
+    for shape in [vec![1200, 256], vec![16, 64, 32, 32], vec![25, 256]] {
+        let x = Tensor::randn(shape.as_slice(), (Kind::Float, Device::Cpu)) * 4.0;
+        let mut scratch = x.copy();
+        let libtorch = median_secs(3, reps, || drop(x.silu()));
+        let ours = median_secs(3, reps, || {
+            scratch.copy_(&x);
+            drop(silu_owned(scratch.shallow_clone()));
+        });
+        let copy = median_secs(3, reps, || {
+            scratch.copy_(&x);
+        });
+        let ours = (ours - copy).max(0.0);
+        println!(
+            "| {shape:?} | {:.1} | {:.1} | {:.2}x |",
+            libtorch * 1e6,
+            ours * 1e6,
+            libtorch / ours
         );
     }
     println!();
@@ -214,6 +247,9 @@ fn main() {
     );
     if wanted("attention") {
         attention_and_group_norm(quick);
+    }
+    if wanted("silu") {
+        silu_kernel(quick);
     }
     if wanted("sampler") {
         sampler_overhead(quick);

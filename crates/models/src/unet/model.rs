@@ -5,6 +5,7 @@ use tch::{Device, Kind, Tensor, nn, nn::Module};
 use super::blocks::{BlockCommon, ContextGain, DownBlock, MidBlock, UpBlock};
 use super::inputs::{Checked, UNetInputs, check};
 use super::summary::ModelSummary;
+use crate::cpu_kernels;
 use crate::embeddings::{ClassEmbedding, TimestepEmbedding, sinusoidal_embedding};
 use crate::params::ParamCount;
 use crate::resnet::{conv3x3, group_norm};
@@ -360,7 +361,7 @@ impl UNet {
         }
         h = self.conv_norm_out.forward(&h);
         record("conv_norm_out", &h);
-        h = self.conv_out.forward(&h.silu());
+        h = self.conv_out.forward(&cpu_kernels::silu(&h));
         record("conv_out", &h);
         h
     }

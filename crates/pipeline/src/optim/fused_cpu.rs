@@ -16,30 +16,8 @@
 //! (contiguous, channels-last, or any other dimension order) laid out alike; anything else
 //! (CUDA, f64, bf16, gappy views, mismatched layouts) takes the tensor-op path.
 
-use tch::{Device, Kind, Tensor};
-
-/// Whether `t` is an f32 CPU tensor whose `numel` elements fill one block of memory without
-/// gaps (in whatever dimension order), so it can be read as a plain `[f32]` slice.
-pub(crate) fn is_dense_cpu_f32(t: &Tensor) -> bool {
-    if !(t.defined() && t.device() == Device::Cpu && t.kind() == Kind::Float) {
-        return false;
-    }
-    let mut dims: Vec<(i64, i64)> = t
-        .stride()
-        .into_iter()
-        .zip(t.size())
-        .filter(|&(_, size)| size != 1)
-        .collect();
-    dims.sort_unstable();
-    let mut expected = 1;
-    for (stride, size) in dims {
-        if stride != expected {
-            return false;
-        }
-        expected *= size;
-    }
-    true
-}
+use difflab_models::cpu_kernels::{has_avx2_fma, is_dense_cpu_f32};
+use tch::Tensor;
 
 /// Whether every tensor is a dense f32 CPU tensor ([`is_dense_cpu_f32`]) with the sizes and
 /// strides of the first, so that the same memory offset holds the same element in each.
@@ -186,12 +164,6 @@ pub(crate) fn lerp_into(shadow: &Tensor, var: &Tensor, weight: f32) -> bool {
     true
 }
 
-/// Whether this CPU has AVX2 and hardware fused multiply-add (the detection is cached).
-#[cfg(target_arch = "x86_64")]
-fn has_avx2_fma() -> bool {
-    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-}
-
 /// `lerp` over matching slices, with the widest instructions the CPU has.
 fn lerp_slices(e: &mut [f32], p: &[f32], weight: f32) {
     #[cfg(target_arch = "x86_64")]
@@ -232,6 +204,7 @@ fn lerp(a: f32, b: f32, w: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tch::{Device, Kind};
 
     fn bits(t: &Tensor) -> Vec<u32> {
         let v: Vec<f32> = Vec::try_from(t.flatten(0, -1)).expect("f32");
