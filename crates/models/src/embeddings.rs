@@ -92,6 +92,11 @@ impl TimestepEmbedding {
         }
     }
 
+    /// The two layers, `(linear_1, linear_2)` (for hand-written backward passes).
+    pub(crate) fn linears(&self) -> (&nn::Linear, &nn::Linear) {
+        (&self.linear_1, &self.linear_2)
+    }
+
     /// `[B, in_dim]` → `[B, out_dim]`.
     pub fn forward(&self, code: &Tensor) -> Tensor {
         self.linear_2

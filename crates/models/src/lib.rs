@@ -11,7 +11,8 @@
 //!
 //! File map: [`embeddings`] (sinusoidal code, time MLP, class table), [`resnet`] (residual
 //! block), [`attention`] (spatial self-attention), [`unet`] (config, inputs, blocks, model,
-//! summary), [`sr_unet`] (super-resolution wrapper), [`mlp`] (vector denoiser), [`diffusers`]
+//! summary), [`sr_unet`] (super-resolution wrapper), [`mlp`] (vector denoiser) and [`mlp_tape`]
+//! (its hand-written backward pass), [`cpu_kernels`] (SiLU at inference), [`diffusers`]
 //! (config.json and weights), [`weights`] (strict safetensors loading).
 
 pub mod attention;
@@ -21,6 +22,7 @@ pub mod embeddings;
 mod error;
 pub mod flops;
 pub mod mlp;
+pub mod mlp_tape;
 pub mod params;
 pub mod resnet;
 pub mod sr_unet;
@@ -32,6 +34,7 @@ pub use diffusers::{DiffusersUNetConfig, export_diffusers_unet, load_diffusers_u
 pub use embeddings::{ClassEmbedding, SinusoidalConfig, TimestepEmbedding, sinusoidal_embedding};
 pub use error::ModelError;
 pub use mlp::{Activation, MlpConfig, MlpDenoiser};
+pub use mlp_tape::MlpTape;
 pub use params::ParamCount;
 pub use resnet::{Resampling, ResnetBlock2D, ResnetConfig, TimeConditioning};
 pub use sr_unet::{LowresUpsample, SrUNet, SrUNetConfig};

@@ -114,9 +114,9 @@ impl MlpConfig {
 
 /// One hidden layer: `act(linear(h) + time_proj(act(e)))`.
 #[derive(Debug)]
-struct MlpLayer {
-    linear: nn::Linear,
-    time_proj: nn::Linear,
+pub(crate) struct MlpLayer {
+    pub(crate) linear: nn::Linear,
+    pub(crate) time_proj: nn::Linear,
 }
 
 impl ParamCount for MlpLayer {
@@ -130,12 +130,12 @@ impl ParamCount for MlpLayer {
 /// `output`.
 #[derive(Debug)]
 pub struct MlpDenoiser {
-    config: MlpConfig,
+    pub(crate) config: MlpConfig,
     device: Device,
-    time_embedding: TimestepEmbedding,
-    input: nn::Linear,
-    layers: Vec<MlpLayer>,
-    output: nn::Linear,
+    pub(crate) time_embedding: TimestepEmbedding,
+    pub(crate) input: nn::Linear,
+    pub(crate) layers: Vec<MlpLayer>,
+    pub(crate) output: nn::Linear,
 }
 
 impl MlpDenoiser {
@@ -217,7 +217,7 @@ impl MlpDenoiser {
     }
 
     /// Check `x` and `t`; returns `t` broadcast to `[B]` on `x`'s device.
-    fn check(&self, x: &Tensor, t: &Tensor) -> Result<Tensor, ModelError> {
+    pub(crate) fn check(&self, x: &Tensor, t: &Tensor) -> Result<Tensor, ModelError> {
         let size = x.size();
         let d = self.config.data_dim;
         if size.len() != 2 || size[1] != d || !x.is_floating_point() {

@@ -248,9 +248,9 @@ pub fn bench_training(
                 )
             };
             // The trainer reads the loss (for NaN checks and logging) every step.
-            let _value = loss.double_value(&[]);
+            let _value = loss.loss.double_value(&[]);
             clock.lap(0);
-            loss.backward();
+            loss.backward(&network, 1.0);
             clock.lap(1);
         }
         let _norm = clip_grad_norm(&vs, training.grad_clip);

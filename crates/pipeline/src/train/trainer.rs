@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use difflab_models::{ModelError, UNetConfig};
+use difflab_models::{MlpTape, ModelError, UNetConfig};
 use difflab_samplers::{Conditioning, GlobalSeedNoise, SampleError, generator_lock};
 use difflab_schedulers::{Degradation, ForwardProcess, NoiseSchedule, Prediction, ScheduleError};
 use serde_json::json;
@@ -531,11 +531,11 @@ pub fn train_with_evaluator(
                     &batch, &network, &process, config, loss_kind, null_class, device,
                 )
             };
-            let value = loss.double_value(&[]);
+            let value = loss.loss.double_value(&[]);
             finite &= value.is_finite();
             loss_sum += value;
             if finite {
-                (loss / training.grad_accum as f64).backward();
+                loss.backward(&network, training.grad_accum as f64);
             }
         }
         let loss_value = loss_sum / training.grad_accum as f64;
@@ -687,7 +687,33 @@ pub(crate) fn apply_update(
     ema.update(vs, ema_vs, step);
 }
 
+/// The loss of one micro-batch, and, for the MLP, the tape of its hand-written backward pass.
+pub(crate) struct MicroBatchLoss {
+    /// The scalar loss (autograd reaches the network's output, or the whole network).
+    pub loss: Tensor,
+    /// The MLP's output as an autograd leaf, and what its backward pass reads: the network ran
+    /// without an autograd graph ([`difflab_models::MlpTape`]).
+    taped: Option<(Tensor, MlpTape)>,
+}
+
+impl MicroBatchLoss {
+    /// Backpropagate `loss / divisor` into the network's gradients: autograd, then the MLP's
+    /// hand-written pass from the output's gradient, if the forward pass was taped.
+    pub(crate) fn backward(self, network: &Network, divisor: f64) {
+        if divisor == 1.0 {
+            self.loss.backward();
+        } else {
+            (self.loss / divisor).backward();
+        }
+        if let (Some((output, tape)), Network::Mlp(mlp)) = (self.taped, network) {
+            mlp.backward(tape, &output.grad());
+        }
+    }
+}
+
 /// The loss of one micro-batch; all randomness from the (already seeded) global generator.
+/// The MLP runs its hand-written backward pass ([`difflab_models::MlpTape`]) when it trains in
+/// f32 on the CPU without autocast; every other network, autograd.
 pub(crate) fn micro_batch_loss(
     batch: &Batch,
     network: &Network,
@@ -696,7 +722,7 @@ pub(crate) fn micro_batch_loss(
     loss_kind: LossKind,
     null_class: Option<i64>,
     device: Device,
-) -> Tensor {
+) -> MicroBatchLoss {
     let training = &config.training;
     let x0 = batch.x.to_device(device);
     let b = x0.size()[0];
@@ -738,14 +764,23 @@ pub(crate) fn micro_batch_loss(
         noise += Tensor::randn([s[0], s[1], 1, 1], opts) * training.offset_noise;
     }
     let channels_last = training.memory_format.channels_last_for(&config.model);
+    let tape_mlp = device == Device::Cpu && !training.precision.uses_bf16(device);
+    let mut taped = None;
     let model = |x_t: &Tensor, t: &Tensor| {
+        if let (Network::Mlp(mlp), true) = (network, tape_mlp)
+            && let Ok(Some((output, tape))) = mlp.forward_taped(x_t, t)
+        {
+            let output = output.set_requires_grad(true);
+            taped = Some((output.shallow_clone(), tape));
+            return output;
+        }
         if channels_last {
             network.forward_cond(&to_channels_last(x_t), t, &cond, true)
         } else {
             network.forward_cond(x_t, t, &cond, true)
         }
     };
-    match process {
+    let loss = match process {
         Process::Gaussian {
             forward,
             timesteps: (lo, hi),
@@ -772,7 +807,8 @@ pub(crate) fn micro_batch_loss(
             let t = Tensor::randint_low(*lo, *hi, [b], (Kind::Int64, device));
             cold_loss(&x0, &t, &noise, degradation.as_ref(), loss_kind, model)
         }
-    }
+    };
+    MicroBatchLoss { loss, taped }
 }
 
 /// Sample a preview grid from the EMA network with fixed noise (the same images at every
