@@ -1,13 +1,15 @@
 //! Hand-written CPU kernels for what libtorch does slowly at the sizes difflab runs: SiLU at
-//! inference, where libtorch's vectorised `exp` (SLEEF's 1-ulp `expf`) took a quarter of the
-//! 2-D toy's sampling time, more than its three 1200×256×256 matrix products together.
+//! inference on tensors small enough that libtorch runs them on one thread (batch-1 sampling,
+//! time embeddings), in place, and at the same cost for every input — libtorch's SLEEF `expf`
+//! takes a slow path for arguments beyond about ±88, which made SiLU 5x slower on the diverging
+//! samples of an untrained network.
 //!
 //! The kernels run on f32 CPU tensors that fill one dense block of memory
 //! ([`is_dense_cpu_f32`]) and need no autograd record; anything else falls back to the libtorch
 //! operation, so callers can use them unconditionally. They run on the calling thread: libtorch's
-//! OpenMP workers spin on the other cores between operations, and a thread of our own would
-//! compete with them (measured for the fused optimizer kernels, which this module's helpers
-//! also serve).
+//! OpenMP workers spin on the other cores between operations, and a thread of our own competes
+//! with them (measured: splitting SiLU over two scoped threads made sampling 1.05–1.5x slower),
+//! so large tensors go to libtorch's own multi-threaded kernel ([`ONE_THREAD_MAX`]).
 
 use tch::{Device, Kind, Tensor};
 
@@ -49,14 +51,34 @@ pub fn has_avx2_fma() -> bool {
     false
 }
 
-/// `x·σ(x)` (SiLU; Elfwing et al. 2018) of a tensor that is consumed: when `x` is a dense f32
-/// CPU tensor that does not require grad, it is overwritten in place and returned (no
-/// allocation, one pass); otherwise this is `x.silu()`.
+/// The largest tensor the kernel takes: libtorch splits element-wise work over its threads
+/// from 32768 elements on, and two of its threads beat one of ours (1.5x on in-range inputs,
+/// measured by `cargo bench --bench kernels`; our own threads fight its spinning OpenMP
+/// workers). Below it libtorch runs on one thread too, and ours is the faster one.
+pub const ONE_THREAD_MAX: usize = 32_768;
+
+/// `x·σ(x)` (SiLU; Elfwing et al. 2018) of a tensor that is consumed, in place when it needs no
+/// autograd record: through this module's kernel for a dense f32 CPU tensor of at most
+/// [`ONE_THREAD_MAX`] elements, else libtorch's `silu_` (or `silu` under autograd).
 ///
 /// Pass only a tensor nothing else refers to (the fresh result of an operation): its memory is
 /// reused. The result agrees with libtorch's `silu` to within a few ulp (tested); see
 /// [`silu_in_slice`].
 pub fn silu_owned(x: Tensor) -> Tensor {
+    if x.numel() > ONE_THREAD_MAX && !x.requires_grad() {
+        let mut x = x;
+        let _ = x.silu_();
+        return x;
+    }
+    silu_owned_any_range(x)
+}
+
+/// [`silu_owned`] through this module's kernel whatever the tensor's size: for activations
+/// with nothing normalising them beforehand (the MLP's layers), whose inputs can run far beyond
+/// ±88 (an untrained or diverging model), where libtorch's kernel slows down 5x and this one
+/// does not. On in-range inputs above [`ONE_THREAD_MAX`] elements it is up to 1.5x slower than
+/// libtorch's two threads.
+pub fn silu_owned_any_range(x: Tensor) -> Tensor {
     if x.requires_grad() || !is_dense_cpu_f32(&x) {
         return x.silu();
     }
@@ -69,10 +91,10 @@ pub fn silu_owned(x: Tensor) -> Tensor {
     x
 }
 
-/// `x·σ(x)` of a borrowed tensor into a new one of the same layout ([`silu_owned`] on a copy
-/// when it applies, one pass instead of two; else `x.silu()`).
+/// `x·σ(x)` of a borrowed tensor into a new one of the same layout: this module's kernel where
+/// [`silu_owned`] would use it (one pass, no copy), else `x.silu()`.
 pub fn silu(x: &Tensor) -> Tensor {
-    if x.requires_grad() || !is_dense_cpu_f32(x) {
+    if x.requires_grad() || !is_dense_cpu_f32(x) || x.numel() > ONE_THREAD_MAX {
         return x.silu();
     }
     let out = x.empty_like();
@@ -463,10 +485,24 @@ mod tests {
             assert!(bool::try_from(tol(&owned).all()).expect("bool"));
             assert!(x.equal(&before), "the borrowed input is untouched");
         }
-        let input = Tensor::randn([64], f);
-        let owned = input.shallow_clone();
-        let out = silu_owned(owned);
-        assert_eq!(out.data_ptr(), input.data_ptr(), "dense f32: in place");
+        for n in [64, ONE_THREAD_MAX as i64 + 1] {
+            let input = Tensor::randn([n], f);
+            let expected = input.silu();
+            let kept = input.copy();
+            let out = silu_owned(input.shallow_clone());
+            assert_eq!(out.data_ptr(), input.data_ptr(), "dense f32: in place");
+            if n > ONE_THREAD_MAX as i64 {
+                assert!(out.equal(&expected), "large tensors: libtorch's own silu_");
+                assert!(silu(&expected).equal(&expected.silu()));
+                let ours = silu_owned_any_range(kept.shallow_clone());
+                assert_eq!(ours.data_ptr(), kept.data_ptr());
+                assert!(
+                    !ours.equal(&expected),
+                    "the module's kernel, not libtorch's"
+                );
+                assert!(ours.allclose(&expected, 4e-7, 1e-37, false));
+            }
+        }
     }
 
     #[test]
