@@ -353,6 +353,85 @@ mod tests {
         .expect("config")
     }
 
+    /// The trainer's micro-batch loss tapes the MLP (and only the MLP) on the CPU, and its
+    /// backward reaches every parameter, scaled by the divisor as autograd scales it.
+    #[test]
+    fn the_mlp_trains_through_its_taped_backward() {
+        let config = crate::config::parse_config(
+            "name: toy
+data:
+  kind: toy2d
+model:
+  kind: mlp
+  hidden: 16
+  layers: 2
+",
+            std::path::Path::new("toy.yaml"),
+            &[],
+        )
+        .expect("config");
+        let device = Device::Cpu;
+        let schedule: NoiseSchedule = config.schedule.build().expect("schedule");
+        let (process, loss_kind) = build_process(&config, &schedule, device).expect("process");
+        let vs = nn::VarStore::new(device);
+        let network = Network::build(&vs.root(), &config.model).expect("network");
+        let batch = synthetic_batch(&config, 6, 8);
+        let grads_after = |divisor: f64| {
+            for (_, mut v) in vs.variables() {
+                v.zero_grad();
+            }
+            let _rng = generator_lock();
+            tch::manual_seed(11);
+            let loss =
+                micro_batch_loss(&batch, &network, &process, &config, loss_kind, None, device);
+            assert!(loss.is_taped(), "the MLP takes the hand-written backward");
+            let value = loss.loss.double_value(&[]);
+            loss.backward(&network, divisor);
+            let mut grads: Vec<(String, Tensor)> = vs
+                .variables()
+                .into_iter()
+                .map(|(name, v)| (name, v.grad().copy()))
+                .collect();
+            grads.sort_by(|a, b| a.0.cmp(&b.0));
+            (value, grads)
+        };
+        let (loss_1, whole) = grads_after(1.0);
+        let (loss_4, quarter) = grads_after(4.0);
+        assert_eq!(loss_1, loss_4, "same seed, same loss");
+        assert_eq!(
+            whole.len(),
+            16,
+            "every weight and bias of the 8 linear layers"
+        );
+        for ((name, g1), (_, g4)) in whole.iter().zip(&quarter) {
+            assert!(
+                g1.defined() && g1.abs().sum(Kind::Float).double_value(&[]) > 0.0,
+                "{name}"
+            );
+            assert!(
+                (g4 * 4.0).allclose(g1, 1e-6, 1e-9, false),
+                "{name}: divisor 4"
+            );
+        }
+
+        let unet_config = tiny_config();
+        let vs = nn::VarStore::new(device);
+        let unet = Network::build(&vs.root(), &unet_config.model).expect("unet");
+        let (process, loss_kind) = build_process(&unet_config, &schedule, device).expect("process");
+        let batch = synthetic_batch(&unet_config, 2, 8);
+        let _rng = generator_lock();
+        let loss = micro_batch_loss(
+            &batch,
+            &unet,
+            &process,
+            &unet_config,
+            loss_kind,
+            None,
+            device,
+        );
+        assert!(!loss.is_taped(), "a UNet trains through autograd");
+    }
+
     #[test]
     fn tiny_model_trains_and_samples_with_finite_figures() {
         let config = tiny_config();

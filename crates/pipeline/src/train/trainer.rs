@@ -697,6 +697,11 @@ pub(crate) struct MicroBatchLoss {
 }
 
 impl MicroBatchLoss {
+    /// Whether the network ran without an autograd graph (the MLP's taped forward pass).
+    pub(crate) fn is_taped(&self) -> bool {
+        self.taped.is_some()
+    }
+
     /// Backpropagate `loss / divisor` into the network's gradients: autograd, then the MLP's
     /// hand-written pass from the output's gradient, if the forward pass was taped.
     pub(crate) fn backward(self, network: &Network, divisor: f64) {
