@@ -698,6 +698,7 @@ pub(crate) struct MicroBatchLoss {
 
 impl MicroBatchLoss {
     /// Whether the network ran without an autograd graph (the MLP's taped forward pass).
+    #[cfg(test)]
     pub(crate) fn is_taped(&self) -> bool {
         self.taped.is_some()
     }
