@@ -1,17 +1,18 @@
 //! Hand-written CPU kernels for what libtorch does slowly at the sizes difflab runs: SiLU at
-//! inference on tensors small enough that libtorch runs them on one thread (batch-1 sampling,
-//! time embeddings), in place, and at the same cost for every input — libtorch's SLEEF `expf`
-//! takes a slow path for arguments beyond about ±88, which made SiLU 5x slower on the diverging
+//! inference, in place, and at the same cost for every input — libtorch's SLEEF `expf` takes a
+//! slow path for arguments beyond about ±88, which made SiLU 5x slower on the diverging
 //! samples of an untrained network.
 //!
 //! The kernels run on f32 CPU tensors that fill one dense block of memory
 //! ([`is_dense_cpu_f32`]) and need no autograd record; anything else falls back to the libtorch
-//! operation, so callers can use them unconditionally. They run on the calling thread: libtorch's
-//! OpenMP workers spin on the other cores between operations, and a thread of our own competes
-//! with them (measured: splitting SiLU over two scoped threads made sampling 1.05–1.5x slower),
-//! so large tensors go to libtorch's own multi-threaded kernel ([`ONE_THREAD_MAX`]).
+//! operation, so callers can use them unconditionally. Large tensors are split over libtorch's
+//! own OpenMP threads ([`omp_team`]) from the same size on as libtorch's kernels would split
+//! them; a thread of our own competes with libtorch's spinning OpenMP workers instead
+//! (measured: splitting SiLU over two scoped threads made sampling 1.05–1.5x slower).
 
 use tch::{Device, Kind, Tensor};
+
+use crate::omp_team::{self, SyncPtr};
 
 /// Whether `t` is an f32 CPU tensor whose `numel` elements fill one block of memory without
 /// gaps (in whatever dimension order: contiguous, channels-last, …), so it can be read as a
@@ -51,40 +52,21 @@ pub fn has_avx2_fma() -> bool {
     false
 }
 
-/// The largest tensor the kernel takes: libtorch splits element-wise work over its threads
-/// from 32768 elements on, and two of its threads beat one of ours (1.5x on in-range inputs,
-/// measured by `cargo bench --bench kernels`; our own threads fight its spinning OpenMP
-/// workers). Below it libtorch runs on one thread too, and ours is the faster one.
-pub const ONE_THREAD_MAX: usize = 32_768;
-
 /// `x·σ(x)` (SiLU; Elfwing et al. 2018) of a tensor that is consumed, in place when it needs no
-/// autograd record: through this module's kernel for a dense f32 CPU tensor of at most
-/// [`ONE_THREAD_MAX`] elements, else libtorch's `silu_` (or `silu` under autograd).
+/// autograd record: through this module's kernel for a dense f32 CPU tensor (split over
+/// libtorch's OpenMP threads from [`omp_team::GRAIN`] elements per thread), else libtorch's
+/// `silu` (under autograd, or for other kinds, devices and layouts).
 ///
 /// Pass only a tensor nothing else refers to (the fresh result of an operation): its memory is
 /// reused. The result agrees with libtorch's `silu` to within a few ulp (tested); see
 /// [`silu_in_slice`].
 pub fn silu_owned(x: Tensor) -> Tensor {
-    if x.numel() > ONE_THREAD_MAX && !x.requires_grad() {
-        let mut x = x;
-        let _ = x.silu_();
-        return x;
-    }
-    silu_owned_any_range(x)
-}
-
-/// [`silu_owned`] through this module's kernel whatever the tensor's size: for activations
-/// with nothing normalising them beforehand (the MLP's layers), whose inputs can run far beyond
-/// ±88 (an untrained or diverging model), where libtorch's kernel slows down 5x and this one
-/// does not. On in-range inputs above [`ONE_THREAD_MAX`] elements it is up to 1.5x slower than
-/// libtorch's two threads.
-pub fn silu_owned_any_range(x: Tensor) -> Tensor {
     if x.requires_grad() || !is_dense_cpu_f32(&x) {
         return x.silu();
     }
     let n = x.numel();
     // SAFETY: a dense f32 CPU tensor of `n` elements (checked above) that the caller hands
-    // over; the slice lives only for this call, on this thread.
+    // over; the slice lives only for this call.
     unsafe {
         silu_in_slice(std::slice::from_raw_parts_mut(x.data_ptr() as *mut f32, n));
     }
@@ -94,7 +76,7 @@ pub fn silu_owned_any_range(x: Tensor) -> Tensor {
 /// `x·σ(x)` of a borrowed tensor into a new one of the same layout: this module's kernel where
 /// [`silu_owned`] would use it (one pass, no copy), else `x.silu()`.
 pub fn silu(x: &Tensor) -> Tensor {
-    if x.requires_grad() || !is_dense_cpu_f32(x) || x.numel() > ONE_THREAD_MAX {
+    if x.requires_grad() || !is_dense_cpu_f32(x) {
         return x.silu();
     }
     let out = x.empty_like();
@@ -113,31 +95,48 @@ pub fn silu(x: &Tensor) -> Tensor {
     out
 }
 
-/// SiLU of every element of `x`, in place, with the widest instructions the CPU has.
+/// SiLU of every element of `x`, in place, with the widest instructions the CPU has, split
+/// over libtorch's OpenMP threads from [`omp_team::GRAIN`] elements per thread.
 pub fn silu_in_slice(x: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let ptr = x.as_mut_ptr();
-        // SAFETY: reading and writing the same slice element by element is allowed.
-        if unsafe { simd::silu(ptr, ptr, x.len()) } {
-            return;
-        }
-    }
-    for v in x {
-        *v = silu_scalar(*v);
-    }
+    let ptr = x.as_mut_ptr();
+    // SAFETY: reading and writing the same slice element by element is allowed.
+    unsafe { silu_parallel(ptr, ptr, x.len()) }
 }
 
-/// `out[i] = silu(x[i])` over matching slices, with the widest instructions the CPU has.
+/// `out[i] = silu(x[i])` over matching slices (see [`silu_in_slice`]).
 fn silu_slices(out: &mut [f32], x: &[f32]) {
     let n = out.len().min(x.len());
+    // SAFETY: both slices hold `n` elements and do not overlap (one is borrowed mutably).
+    unsafe { silu_parallel(out.as_mut_ptr(), x.as_ptr(), n) }
+}
+
+/// `out[i] = silu(x[i])` for `i < n`, in chunks over [`omp_team::for_each_chunk`]. Each chunk
+/// but the last is a whole number of 16-lane vectors, and every element takes the same
+/// instructions wherever it falls, so the result does not depend on the split.
+///
+/// # Safety
+/// `x` is readable and `out` writable for `n` elements; `out` may equal `x`, or not overlap it.
+unsafe fn silu_parallel(out: *mut f32, x: *const f32, n: usize) {
+    let (out, x) = (SyncPtr(out), SyncPtr(x as *mut f32));
+    omp_team::for_each_chunk(n, 16, |r| {
+        // SAFETY: `r` lies within `0..n`, and the chunks are disjoint.
+        unsafe { silu_serial(out.get().add(r.start), x.get().add(r.start), r.len()) }
+    });
+}
+
+/// `out[i] = silu(x[i])` for `i < n` on the calling thread.
+///
+/// # Safety
+/// As [`silu_parallel`].
+unsafe fn silu_serial(out: *mut f32, x: *const f32, n: usize) {
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: both slices hold `n` elements.
-    if unsafe { simd::silu(out.as_mut_ptr(), x.as_ptr(), n) } {
+    // SAFETY: forwarded from the caller.
+    if unsafe { simd::silu(out, x, n) } {
         return;
     }
-    for (o, &v) in out[..n].iter_mut().zip(&x[..n]) {
-        *o = silu_scalar(v);
+    for i in 0..n {
+        // SAFETY: `i < n`; an element is read before it is written.
+        unsafe { *out.add(i) = silu_scalar(*x.add(i)) };
     }
 }
 
@@ -485,23 +484,24 @@ mod tests {
             assert!(bool::try_from(tol(&owned).all()).expect("bool"));
             assert!(x.equal(&before), "the borrowed input is untouched");
         }
-        for n in [64, ONE_THREAD_MAX as i64 + 1] {
-            let input = Tensor::randn([n], f);
+        // Small tensors run on the calling thread, large ones are split over libtorch's
+        // OpenMP team: in place either way, and the split changes no bit.
+        for n in [64, 3 * omp_team::GRAIN as i64 + 5] {
+            let input = Tensor::randn([n], f) * 6.0;
             let expected = input.silu();
-            let kept = input.copy();
+            let mut serial: Vec<f32> = Vec::try_from(&input).expect("f32");
+            // SAFETY: `serial` holds `n` elements, read and written in place.
+            unsafe { silu_serial(serial.as_mut_ptr(), serial.as_ptr(), serial.len()) };
             let out = silu_owned(input.shallow_clone());
             assert_eq!(out.data_ptr(), input.data_ptr(), "dense f32: in place");
-            if n > ONE_THREAD_MAX as i64 {
-                assert!(out.equal(&expected), "large tensors: libtorch's own silu_");
-                assert!(silu(&expected).equal(&expected.silu()));
-                let ours = silu_owned_any_range(kept.shallow_clone());
-                assert_eq!(ours.data_ptr(), kept.data_ptr());
-                assert!(
-                    !ours.equal(&expected),
-                    "the module's kernel, not libtorch's"
-                );
-                assert!(ours.allclose(&expected, 4e-7, 1e-37, false));
-            }
+            assert!(out.allclose(&expected, 4e-7, 1e-37, false));
+            let got: Vec<f32> = Vec::try_from(&out).expect("f32");
+            assert!(
+                got.iter()
+                    .zip(&serial)
+                    .all(|(a, b)| a.to_bits() == b.to_bits())
+            );
+            assert!(silu(&expected).equal(&silu_owned(expected.copy())));
         }
     }
 

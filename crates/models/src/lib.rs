@@ -23,6 +23,7 @@ mod error;
 pub mod flops;
 pub mod mlp;
 pub mod mlp_tape;
+pub mod omp_team;
 pub mod params;
 pub mod resnet;
 pub mod sr_unet;

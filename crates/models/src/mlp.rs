@@ -39,12 +39,12 @@ impl Activation {
     }
 
     /// [`Activation::apply`] to a fresh tensor nothing else refers to, in place where that
-    /// needs no autograd record. SiLU goes through [`cpu_kernels::silu_owned_any_range`]:
-    /// nothing normalises an MLP's pre-activations, and those of an untrained or diverging
-    /// model run far out of the range where libtorch's kernel is fast.
+    /// needs no autograd record. SiLU goes through [`cpu_kernels::silu_owned`], whose cost does
+    /// not depend on the input: nothing normalises an MLP's pre-activations, and those of an
+    /// untrained or diverging model run far out of the range where libtorch's kernel is fast.
     pub fn apply_owned(self, x: Tensor) -> Tensor {
         match self {
-            Self::Silu => cpu_kernels::silu_owned_any_range(x),
+            Self::Silu => cpu_kernels::silu_owned(x),
             Self::Gelu => x.gelu("none"),
             Self::Relu if x.requires_grad() => x.relu(),
             Self::Relu => {

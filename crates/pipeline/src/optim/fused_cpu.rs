@@ -17,6 +17,7 @@
 //! (CUDA, f64, bf16, gappy views, mismatched layouts) takes the tensor-op path.
 
 use difflab_models::cpu_kernels::{has_avx2_fma, is_dense_cpu_f32};
+use difflab_models::omp_team::{self, SyncPtr};
 use tch::Tensor;
 
 /// Whether every tensor is a dense f32 CPU tensor ([`is_dense_cpu_f32`]) with the sizes and
@@ -73,9 +74,10 @@ fn adam_accepts(var: &Tensor, grad: &Tensor, exp_avg: &Tensor, exp_avg_sq: &Tens
 /// One Adam/AdamW step of one parameter, now, in place: `var`, `exp_avg` and `exp_avg_sq` are
 /// written, `grad` is read. Returns `false` (touching nothing) unless [`adam_accepts`] them.
 ///
-/// It runs on the calling thread: spreading the work over threads of our own was tried and
-/// made the 2-D toy's step 1.6x slower (libtorch's OpenMP workers spin on the other cores
-/// between operations, and a freshly spawned thread competes with them).
+/// Large parameters are split over libtorch's own OpenMP threads ([`omp_team`]); threads of
+/// our own were tried first and made the 2-D toy's step 1.6x slower (libtorch's OpenMP
+/// workers spin on the other cores between operations, and a spawned thread competes with
+/// them).
 pub(crate) fn adam_step(
     var: &Tensor,
     grad: &Tensor,
@@ -102,8 +104,29 @@ pub(crate) fn adam_step(
     true
 }
 
-/// One Adam/AdamW step over matching slices, with the widest instructions the CPU has.
+/// One Adam/AdamW step over matching slices, split over libtorch's OpenMP threads
+/// ([`omp_team::for_each_chunk`]; element-wise, so the split changes no bit).
 fn adam_slices(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: AdamScalars) {
+    let n = p.len().min(g.len()).min(m.len()).min(v.len());
+    let (pp, gp) = (SyncPtr(p.as_mut_ptr()), SyncPtr(g.as_ptr() as *mut f32));
+    let (mp, vp) = (SyncPtr(m.as_mut_ptr()), SyncPtr(v.as_mut_ptr()));
+    omp_team::for_each_chunk(n, 16, |r| {
+        // SAFETY: the four slices hold `n` elements each; each thread takes a disjoint `r`,
+        // and the gradient is only read.
+        unsafe {
+            adam_serial(
+                pp.slice_mut(r.clone()),
+                gp.slice(r.clone()),
+                mp.slice_mut(r.clone()),
+                vp.slice_mut(r),
+                s,
+            )
+        }
+    });
+}
+
+/// [`adam_slices`] on the calling thread, with the widest instructions the CPU has.
+fn adam_serial(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: AdamScalars) {
     #[cfg(target_arch = "x86_64")]
     if has_avx2_fma() {
         // SAFETY: the CPU has AVX2 and FMA (checked just above).
@@ -164,8 +187,19 @@ pub(crate) fn lerp_into(shadow: &Tensor, var: &Tensor, weight: f32) -> bool {
     true
 }
 
-/// `lerp` over matching slices, with the widest instructions the CPU has.
+/// `lerp` over matching slices, split over libtorch's OpenMP threads.
 fn lerp_slices(e: &mut [f32], p: &[f32], weight: f32) {
+    let n = e.len().min(p.len());
+    let (ep, pp) = (SyncPtr(e.as_mut_ptr()), SyncPtr(p.as_ptr() as *mut f32));
+    omp_team::for_each_chunk(n, 16, |r| {
+        // SAFETY: both slices hold `n` elements; each thread takes a disjoint `r`, and the
+        // variable is only read.
+        unsafe { lerp_serial(ep.slice_mut(r.clone()), pp.slice(r), weight) }
+    });
+}
+
+/// [`lerp_slices`] on the calling thread, with the widest instructions the CPU has.
+fn lerp_serial(e: &mut [f32], p: &[f32], weight: f32) {
     #[cfg(target_arch = "x86_64")]
     if has_avx2_fma() {
         // SAFETY: the CPU has AVX2 and FMA (checked just above).
@@ -229,6 +263,42 @@ mod tests {
             assert!(lerp_into(&shadow, &var, weight as f32));
             assert_eq!(bits(&shadow), bits(&expected), "n = {n}, weight = {weight}");
         }
+    }
+
+    #[test]
+    fn the_split_over_threads_changes_no_bit() {
+        let n = 3 * omp_team::GRAIN + 13;
+        let mut rng = 0x2545_f491_u32;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 17;
+            rng ^= rng << 5;
+            (rng as f32 / u32::MAX as f32 - 0.5) * 4.0
+        };
+        let g: Vec<f32> = (0..n).map(|_| next()).collect();
+        let start: [Vec<f32>; 3] = std::array::from_fn(|_| (0..n).map(|_| next().abs()).collect());
+        let s = AdamScalars {
+            decay: Some(0.999),
+            l2: None,
+            one_minus_beta1: 0.1,
+            beta2: 0.999,
+            one_minus_beta2: 0.001,
+            bias_correction2_sqrt: 0.03,
+            eps: 1e-8,
+            neg_step_size: -1e-3,
+        };
+        let [mut p1, mut m1, mut v1] = start.clone();
+        let [mut p2, mut m2, mut v2] = start.clone();
+        adam_slices(&mut p1, &g, &mut m1, &mut v1, s);
+        adam_serial(&mut p2, &g, &mut m2, &mut v2, s);
+        let (mut e1, mut e2) = (start[0].clone(), start[0].clone());
+        lerp_slices(&mut e1, &g, 0.01);
+        lerp_serial(&mut e2, &g, 0.01);
+        for (a, b) in [(&p1, &p2), (&m1, &m2), (&v1, &v2), (&e1, &e2)] {
+            assert!(a.iter().zip(b).all(|(a, b)| a.to_bits() == b.to_bits()));
+        }
+        assert!(p1 != start[0], "the step changed the parameters");
+        assert!(omp_team::threads_for(n) >= 1);
     }
 
     #[test]
