@@ -16,6 +16,7 @@
 //! (config.json and weights), [`weights`] (strict safetensors loading).
 
 pub mod attention;
+pub mod blas;
 pub mod cpu_kernels;
 pub mod diffusers;
 pub mod embeddings;

@@ -5,23 +5,24 @@
 //! products are tiny, so recording the autograd graph and walking it back (one node, one
 //! saved-tensor set and one dispatch per operation) cost more than the arithmetic. Here the
 //! forward pass runs without a graph and keeps just what the backward pass reads (each layer's
-//! input and pre-activation); the backward pass is the chain rule written out, adding each
-//! parameter's gradient into its `.grad` with one matrix product (`grad.addmm_`):
+//! input and pre-activation); the backward pass is the chain rule written out:
 //!
 //! for `y = x Wᵀ + b` with upstream gradient `g`: `∂W += gᵀ x`, `∂b += Σ_rows g`,
-//! `∂x = g W`; for `h = act(z)`: `∂z = act'(z) ⊙ ∂h` (libtorch's own `silu_backward`,
-//! `gelu_backward`); and the time embedding `se`, read by every layer's projection, collects
-//! the sum of their gradients.
+//! `∂x = g W` (not computed for the network's inputs); for `h = SiLU(z)`:
+//! `∂z = ∂h·σ(z)·(1 + z(1 − σ(z)))`; and the time embedding `act(e)`, read by every layer's
+//! projection, collects the sum of their gradients.
 //!
-//! The forward pass runs the same libtorch operations as [`MlpDenoiser::forward`] under
-//! autograd, so the output (and the loss) is identical to the last bit; the gradients agree
-//! with autograd's to float rounding (the products are summed in another order); tested.
+//! Each matrix product is one call of the BLAS inside libtorch ([`blas::gemm`]), writing into
+//! the gradient or output it belongs to, with the accumulation folded in; biases, row sums and
+//! SiLU and its derivative are difflab's own loops ([`cpu_kernels`]). Output and gradients agree
+//! with autograd's to float rounding (tested): sums run in another order, and SiLU is difflab's
+//! kernel (within 4 ulp). GELU and ReLU networks use libtorch's activation kernels.
 
 use tch::{Device, Kind, Tensor, nn};
 
-use crate::ModelError;
 use crate::embeddings::sinusoidal_embedding;
-use crate::mlp::{Activation, MlpDenoiser};
+use crate::mlp::{Activation, MlpDenoiser, MlpLayer};
+use crate::{ModelError, blas, cpu_kernels};
 
 /// What [`MlpDenoiser::backward`] reads from a [`MlpDenoiser::forward_taped`] pass.
 #[derive(Debug)]
@@ -44,10 +45,11 @@ pub struct MlpTape {
 }
 
 impl MlpDenoiser {
-    /// The prediction for `x` at `t`, as [`MlpDenoiser::f_forward`] computes it, but without an
-    /// autograd graph: returns the output (no grad) and the tape [`MlpDenoiser::backward`]
-    /// needs. `Ok(None)` when the hand-written pass does not apply (parameters or `x` not f32
-    /// on the CPU); use autograd then. Run it without autocast.
+    /// The prediction for `x` at `t`, as [`MlpDenoiser::f_forward`] computes it (to float
+    /// rounding), but without an autograd graph: returns the output (no grad) and the tape
+    /// [`MlpDenoiser::backward`] needs. `Ok(None)` when the hand-written pass does not apply
+    /// (parameters or `x` not f32 on the CPU, parameters not contiguous); use autograd then.
+    /// Run it without autocast.
     pub fn forward_taped(
         &self,
         x: &Tensor,
@@ -55,24 +57,32 @@ impl MlpDenoiser {
     ) -> Result<Option<(Tensor, MlpTape)>, ModelError> {
         let t = self.check(x, t)?;
         let f32_cpu = |w: &Tensor| w.kind() == Kind::Float && w.device() == Device::Cpu;
-        if !(f32_cpu(x) && self.linears().iter().all(|l| f32_cpu(&l.ws))) {
+        let usable = |w: &Tensor| f32_cpu(w) && w.is_contiguous();
+        let all_params = self
+            .linears()
+            .iter()
+            .all(|l| usable(&l.ws) && l.bs.as_ref().is_none_or(usable));
+        if !(f32_cpu(x) && all_params) {
             return Ok(None);
         }
         let _guard = tch::no_grad_guard();
         let act = self.config.activation;
         let te = &self.config.time_embedding;
-        let code = sinusoidal_embedding(&t, self.config.sinusoid_dim(), &te.sinusoidal());
+        let code =
+            sinusoidal_embedding(&t, self.config.sinusoid_dim(), &te.sinusoidal()).contiguous();
         let (linear_1, linear_2) = self.time_embedding.linears();
         let time_pre = linear(linear_1, &code);
-        let time_hidden = time_pre.silu();
+        let time_hidden = cpu_kernels::silu(&time_pre);
         let emb = linear(linear_2, &time_hidden);
-        let emb_act = libtorch_activation(act, &emb);
-        let mut inputs = vec![x.shallow_clone(), linear(&self.input, x)];
+        let emb_act = activation(act, &emb);
+        let x = x.contiguous();
+        let projected = linear(&self.input, &x);
+        let mut inputs = vec![x, projected];
         let mut pre = Vec::with_capacity(self.layers.len());
         for layer in &self.layers {
             let h = inputs.last().expect("the input projection");
-            let z = linear(&layer.linear, h) + linear(&layer.time_proj, &emb_act);
-            inputs.push(libtorch_activation(act, &z));
+            let z = layer_pre_activation(layer, h, &emb_act);
+            inputs.push(activation(act, &z));
             pre.push(z);
         }
         let out = linear(&self.output, inputs.last().expect("the last layer"));
@@ -106,30 +116,39 @@ impl MlpDenoiser {
             pre,
         } = tape;
         let layers = self.layers.len();
-        let mut grad_h = accumulate_linear(&self.output, &inputs[layers + 1], grad_out);
-        let mut grad_emb_act: Option<Tensor> = None;
+        let grad_out = grad_out.to_kind(Kind::Float).contiguous();
+        let mut grad_h = accumulate_linear(&self.output, &inputs[layers + 1], &grad_out, true)
+            .expect("asked for");
+        // `∂act(e)`, summed over every layer's time projection.
+        let grad_emb_act = Tensor::empty(emb_act.size(), (Kind::Float, Device::Cpu));
         for (i, layer) in self.layers.iter().enumerate().rev() {
             let grad_z = activation_backward(act, &grad_h, &pre[i]);
-            grad_h = accumulate_linear(&layer.linear, &inputs[i + 1], &grad_z);
+            grad_h =
+                accumulate_linear(&layer.linear, &inputs[i + 1], &grad_z, true).expect("asked for");
             // A shared timestep gives `emb_act` one row for the whole batch: its gradient sums.
             let grad_time = if emb_act.size()[0] == 1 && grad_z.size()[0] != 1 {
-                grad_z.sum_dim_intlist(0, true, Kind::Float)
+                column_sums(&grad_z)
             } else {
                 grad_z
             };
-            let g = accumulate_linear(&layer.time_proj, &emb_act, &grad_time);
-            grad_emb_act = Some(match grad_emb_act {
-                Some(sum) => sum + g,
-                None => g,
-            });
+            accumulate_linear(&layer.time_proj, &emb_act, &grad_time, false);
+            let first = i + 1 == layers;
+            blas::gemm(
+                &grad_emb_act,
+                &grad_time,
+                false,
+                &layer.time_proj.ws,
+                false,
+                !first,
+            );
         }
-        let _grad_x = accumulate_linear(&self.input, &inputs[0], &grad_h);
-        let grad_emb_act = grad_emb_act.expect("at least one layer (validated)");
+        accumulate_linear(&self.input, &inputs[0], &grad_h, false);
         let grad_emb = activation_backward(act, &grad_emb_act, &emb);
         let (linear_1, linear_2) = self.time_embedding.linears();
-        let grad_hidden = accumulate_linear(linear_2, &time_hidden, &grad_emb);
-        let grad_pre = time_pre.silu_backward(&grad_hidden);
-        let _grad_code = accumulate_linear(linear_1, &code, &grad_pre);
+        let grad_hidden =
+            accumulate_linear(linear_2, &time_hidden, &grad_emb, true).expect("asked for");
+        let grad_pre = cpu_kernels::silu_backward(&grad_hidden, &time_pre);
+        accumulate_linear(linear_1, &code, &grad_pre, false);
     }
 
     /// Every linear layer, in parameter order.
@@ -164,40 +183,124 @@ impl MlpDenoiser {
     }
 }
 
-/// `x Wᵀ + b`, as `nn::Linear` computes it.
-fn linear(layer: &nn::Linear, x: &Tensor) -> Tensor {
-    x.linear(&layer.ws, layer.bs.as_ref())
+/// A fresh `[rows, cols]` f32 CPU matrix.
+fn matrix(rows: i64, cols: i64) -> Tensor {
+    Tensor::empty([rows, cols], (Kind::Float, Device::Cpu))
 }
 
-/// The activation through libtorch's own kernel (as under autograd), not difflab's inference
-/// SiLU: the taped forward must reproduce the autograd forward to the last bit.
-fn libtorch_activation(act: Activation, z: &Tensor) -> Tensor {
+/// `x Wᵀ + b` for a contiguous `x`: the bias copied into every row, then the product added
+/// by the BLAS (what libtorch's `addmm` does).
+fn linear(layer: &nn::Linear, x: &Tensor) -> Tensor {
+    let out = matrix(x.size()[0], layer.ws.size()[0]);
+    fill_rows(&out, &[layer.bs.as_ref()]);
+    blas::gemm(&out, x, false, &layer.ws, true, true);
+    out
+}
+
+/// A hidden layer's `z = h Wᵀ + b + act(e) Pᵀ + c`: both biases in every row, then both
+/// products added; with one shared row of `act(e)` its projection is computed once and added
+/// to every row like a bias.
+fn layer_pre_activation(layer: &MlpLayer, h: &Tensor, emb_act: &Tensor) -> Tensor {
+    let z = matrix(h.size()[0], layer.linear.ws.size()[0]);
+    if emb_act.size()[0] == 1 && h.size()[0] != 1 {
+        let projected = linear(&layer.time_proj, emb_act);
+        fill_rows(&z, &[layer.linear.bs.as_ref(), Some(&projected)]);
+    } else {
+        fill_rows(&z, &[layer.linear.bs.as_ref(), layer.time_proj.bs.as_ref()]);
+        blas::gemm(&z, emb_act, false, &layer.time_proj.ws, true, true);
+    }
+    blas::gemm(&z, h, false, &layer.linear.ws, true, true);
+    z
+}
+
+/// Write into every row of the contiguous matrix `out` the sum of `rows` (each a contiguous
+/// vector of `out`'s width, or absent); zeros when all are absent.
+fn fill_rows(out: &Tensor, rows: &[Option<&Tensor>]) {
+    let width = out.size()[1] as usize;
+    let mut sum = vec![0.0_f32; width];
+    for row in rows.iter().flatten() {
+        // SAFETY: a contiguous f32 CPU vector of `width` elements (parameters and rows made
+        // here), read only.
+        let row = unsafe { std::slice::from_raw_parts(row.data_ptr() as *const f32, width) };
+        sum.iter_mut().zip(row).for_each(|(s, r)| *s += r);
+    }
+    // SAFETY: `out` is a fresh contiguous f32 matrix nothing else refers to.
+    let out = unsafe { std::slice::from_raw_parts_mut(out.data_ptr() as *mut f32, out.numel()) };
+    for chunk in out.chunks_exact_mut(width.max(1)) {
+        chunk.copy_from_slice(&sum);
+    }
+}
+
+/// `Σ_rows g` of a contiguous matrix, as a `[1, cols]` matrix.
+fn column_sums(g: &Tensor) -> Tensor {
+    let sums = matrix(1, g.size()[1]);
+    let _ = sums.shallow_clone().zero_();
+    add_column_sums(&sums, g);
+    sums
+}
+
+/// `into += Σ_rows g` for a contiguous `g` and a vector `into` of its width; through libtorch
+/// when `into` is not a contiguous f32 vector.
+fn add_column_sums(into: &Tensor, g: &Tensor) {
+    let width = g.size()[1] as usize;
+    if !(into.is_contiguous() && into.kind() == Kind::Float && into.numel() == width) {
+        let mut into = into.shallow_clone();
+        into += g.sum_dim_intlist(0, false, Kind::Float).view_as(&into);
+        return;
+    }
+    // SAFETY: `into` holds `width` contiguous f32 elements, `g` `rows × width` (checked, or
+    // made contiguous by the caller); they are distinct tensors.
+    let (into, g) = unsafe {
+        (
+            std::slice::from_raw_parts_mut(into.data_ptr() as *mut f32, width),
+            std::slice::from_raw_parts(g.data_ptr() as *const f32, g.numel()),
+        )
+    };
+    for row in g.chunks_exact(width.max(1)) {
+        into.iter_mut().zip(row).for_each(|(s, r)| *s += r);
+    }
+}
+
+/// The activation of a hidden layer: difflab's SiLU kernel, libtorch's GELU and ReLU.
+fn activation(act: Activation, z: &Tensor) -> Tensor {
     match act {
-        Activation::Silu => z.silu(),
+        Activation::Silu => cpu_kernels::silu(z),
         Activation::Gelu => z.gelu("none"),
         Activation::Relu => z.relu(),
     }
 }
 
-/// `∂z` from `∂h` for `h = act(z)`, with the kernels autograd uses.
+/// `∂z` from `∂h` for `h = act(z)`.
 fn activation_backward(act: Activation, grad_h: &Tensor, z: &Tensor) -> Tensor {
     match act {
-        Activation::Silu => z.silu_backward(grad_h),
+        Activation::Silu => cpu_kernels::silu_backward(grad_h, z),
         Activation::Gelu => z.gelu_backward(grad_h, "none"),
         Activation::Relu => grad_h * z.gt(0.0).to_kind(grad_h.kind()),
     }
 }
 
-/// For `y = x Wᵀ + b` with upstream gradient `g`: add `gᵀ x` to `W.grad` and `Σ_rows g` to
-/// `b.grad`; returns `∂x = g W`.
-fn accumulate_linear(layer: &nn::Linear, x: &Tensor, g: &Tensor) -> Tensor {
-    let mut grad_w = layer.ws.grad();
-    let _ = grad_w.addmm_(&g.tr(), x);
-    if let Some(bias) = &layer.bs {
-        let mut grad_b = bias.grad();
-        grad_b += g.sum_dim_intlist(0, false, Kind::Float);
+/// For `y = x Wᵀ + b` with upstream gradient `g` (contiguous): add `gᵀ x` to `W.grad` and
+/// `Σ_rows g` to `b.grad`; returns `∂x = g W` when `input_grad` asks for it.
+fn accumulate_linear(
+    layer: &nn::Linear,
+    x: &Tensor,
+    g: &Tensor,
+    input_grad: bool,
+) -> Option<Tensor> {
+    let grad_w = layer.ws.grad();
+    if grad_w.is_contiguous() && grad_w.kind() == Kind::Float {
+        blas::gemm(&grad_w, g, true, x, false, true);
+    } else {
+        let _ = grad_w.shallow_clone().addmm_(&g.tr(), x);
     }
-    g.mm(&layer.ws)
+    if let Some(bias) = &layer.bs {
+        add_column_sums(&bias.grad(), g);
+    }
+    input_grad.then(|| {
+        let dx = matrix(g.size()[0], layer.ws.size()[1]);
+        blas::gemm(&dx, g, false, &layer.ws, false, false);
+        dx
+    })
 }
 
 #[cfg(test)]
@@ -221,8 +324,7 @@ mod tests {
         }
     }
 
-    /// The taped forward equals autograd's forward bit for bit, and the hand-written gradients
-    /// equal autograd's to rounding, for every activation, per-example and shared timesteps,
+    /// The taped forward and the hand-written gradients equal autograd's to rounding, for every activation, per-example and shared timesteps,
     /// and with gradients accumulated over two passes.
     #[test]
     fn taped_pass_matches_autograd() {
@@ -261,7 +363,10 @@ mod tests {
             for _ in 0..2 {
                 let (out, tape) = mlp.forward_taped(&x, &t).expect("ok").expect("applies");
                 assert!(!out.requires_grad());
-                assert!(out.equal(&autograd_out), "{activation:?}: forward differs");
+                assert!(
+                    out.allclose(&autograd_out, 1e-5, 1e-6, false),
+                    "{activation:?}: forward differs"
+                );
                 let leaf = out.set_requires_grad(true);
                 loss_of(&leaf).backward();
                 mlp.backward(tape, &leaf.grad());

@@ -1,0 +1,304 @@
+//! Single-precision matrix products straight through the BLAS that libtorch carries (MKL's
+//! `sgemm_` in the PyPI wheels), for the hand-written training pass of the small MLPs.
+//!
+//! At the 2-D toy's sizes (`[25, 256] × [256, 256]`, ~30 µs each) a libtorch `addmm`/`mm` adds
+//! several µs of dispatch, output allocation and shape checks around the same BLAS call, and
+//! the bias and accumulation steps around it are separate operations. [`gemm`] calls `sgemm_`
+//! on the tensors' memory with the accumulation (`β = 1`) folded in.
+//!
+//! The routine is looked up when first needed, among the symbols already loaded into the
+//! process (libtorch brings it), and checked once on a known product; where there is none
+//! (a libtorch built without a Fortran-interface BLAS, another OS) [`gemm`] runs libtorch's own
+//! `mm`/`addmm_` instead, with the same result up to the order of the sums.
+
+use tch::{Device, Kind, Tensor};
+
+/// Whether [`gemm`] calls the BLAS directly (`false`: through libtorch's operations).
+pub fn direct() -> bool {
+    runtime::sgemm().is_some()
+}
+
+/// `c ← op(a)·op(b)` (or `c ← c + op(a)·op(b)` with `accumulate`), where `op(x)` is `xᵀ` when
+/// its flag is set; all three 2-D f32 CPU tensors, `c` contiguous and `[m, n]` for `op(a)`
+/// `[m, k]` and `op(b)` `[k, n]`.
+///
+/// # Panics
+/// On shapes that do not multiply, or a `c` that is not a contiguous f32 CPU matrix: these are
+/// programming errors of the caller.
+pub fn gemm(c: &Tensor, a: &Tensor, trans_a: bool, b: &Tensor, trans_b: bool, accumulate: bool) {
+    let dims = |t: &Tensor, trans: bool| {
+        let s = t.size();
+        assert_eq!(s.len(), 2, "gemm takes matrices, not {s:?}");
+        if trans { (s[1], s[0]) } else { (s[0], s[1]) }
+    };
+    let ((m, k), (k2, n)) = (dims(a, trans_a), dims(b, trans_b));
+    assert_eq!(k, k2, "gemm: inner sizes {k} and {k2} differ");
+    assert_eq!(c.size(), [m, n], "gemm: output of the wrong shape");
+    assert!(
+        is_f32_cpu_matrix(c) && c.is_contiguous(),
+        "gemm: output not contiguous f32"
+    );
+    let ld = |t: &Tensor| -> Option<i64> {
+        // Row-major with unit stride along the rows (a transposed view is passed by flag).
+        (is_f32_cpu_matrix(t) && t.stride()[1] == 1 && t.stride()[0] >= t.size()[1].max(1))
+            .then(|| t.stride()[0])
+    };
+    let sizes_positive = m > 0 && n > 0 && k > 0;
+    if let (Some(sgemm), Some(lda), Some(ldb), true) =
+        (runtime::sgemm(), ld(a), ld(b), sizes_positive)
+    {
+        {
+            // Row-major `C = op(A)·op(B)` is column-major `Cᵀ = op(B)ᵀ·op(A)ᵀ`, and a row-major
+            // matrix read column-major is its transpose: pass B first, flags unchanged.
+            // SAFETY: the shapes and leading dimensions describe the three tensors' memory
+            // (checked above); `c` does not alias `a` or `b` (it is written while they are
+            // read, as in libtorch's `mm_out`, whose callers guarantee the same).
+            unsafe {
+                sgemm.call(
+                    trans_b,
+                    trans_a,
+                    [n, m, k],
+                    b.data_ptr() as *const f32,
+                    ldb,
+                    a.data_ptr() as *const f32,
+                    lda,
+                    if accumulate { 1.0 } else { 0.0 },
+                    c.data_ptr() as *mut f32,
+                    n,
+                );
+            }
+        }
+        return;
+    }
+    let op = |t: &Tensor, trans: bool| if trans { t.tr() } else { t.shallow_clone() };
+    let (a, b) = (op(a, trans_a), op(b, trans_b));
+    let mut c = c.shallow_clone();
+    if accumulate {
+        let _ = c.addmm_(&a, &b);
+    } else {
+        let _ = a.mm_out(&c, &b);
+    }
+}
+
+fn is_f32_cpu_matrix(t: &Tensor) -> bool {
+    t.defined() && t.device() == Device::Cpu && t.kind() == Kind::Float && t.dim() == 2
+}
+
+#[cfg(target_os = "linux")]
+mod runtime {
+    use std::ffi::{c_char, c_void};
+    use std::sync::OnceLock;
+
+    /// Fortran BLAS `sgemm_(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)`;
+    /// every argument by reference, column-major.
+    type Sgemm = unsafe extern "C" fn(
+        *const c_char,
+        *const c_char,
+        *const i64,
+        *const i64,
+        *const i64,
+        *const f32,
+        *const f32,
+        *const i64,
+        *const f32,
+        *const i64,
+        *const f32,
+        *mut f32,
+        *const i64,
+    );
+
+    /// The loaded routine.
+    #[derive(Clone, Copy)]
+    pub(super) struct Routine(Sgemm);
+
+    unsafe extern "C" {
+        fn dlsym(handle: *mut c_void, symbol: *const c_char) -> *mut c_void;
+    }
+
+    /// The routine, looked up and checked once; `None` when none is loaded or it fails the
+    /// check.
+    pub(super) fn sgemm() -> Option<Routine> {
+        static ROUTINE: OnceLock<Option<Routine>> = OnceLock::new();
+        *ROUTINE.get_or_init(|| {
+            // Load libtorch (and the BLAS in it) before looking.
+            let _ = tch::get_num_threads();
+            // SAFETY: `dlsym` only reads the name (`RTLD_DEFAULT` is glibc's null handle).
+            let ptr = unsafe { dlsym(std::ptr::null_mut(), c"sgemm_".as_ptr()) };
+            if ptr.is_null() {
+                return None;
+            }
+            // SAFETY: `sgemm_` is the reference BLAS entry point with this signature.
+            let routine = Routine(unsafe { std::mem::transmute::<*mut c_void, Sgemm>(ptr) });
+            routine.passes_check().then_some(routine)
+        })
+    }
+
+    impl Routine {
+        /// Column-major `c ← op(a)·op(b) + β·c` with `[m, n, k]` sizes.
+        ///
+        /// Each integer is passed as a 64-bit value: a 32-bit-integer BLAS (LP64, what PyTorch
+        /// links) reads its low half, which on little-endian machines is the value, and a
+        /// 64-bit-integer one (ILP64) reads all of it.
+        ///
+        /// # Safety
+        /// The sizes and leading dimensions describe readable `a`, `b` and writable `c`.
+        #[allow(clippy::too_many_arguments)]
+        pub(super) unsafe fn call(
+            self,
+            trans_a: bool,
+            trans_b: bool,
+            [m, n, k]: [i64; 3],
+            a: *const f32,
+            lda: i64,
+            b: *const f32,
+            ldb: i64,
+            beta: f32,
+            c: *mut f32,
+            ldc: i64,
+        ) {
+            let flag = |t: bool| if t { c"T".as_ptr() } else { c"N".as_ptr() };
+            let alpha = 1.0_f32;
+            // SAFETY: forwarded from the caller; every scalar lives across the call.
+            unsafe {
+                (self.0)(
+                    flag(trans_a),
+                    flag(trans_b),
+                    &m,
+                    &n,
+                    &k,
+                    &alpha,
+                    a,
+                    &lda,
+                    b,
+                    &ldb,
+                    &beta,
+                    c,
+                    &ldc,
+                )
+            }
+        }
+
+        /// Whether the routine computes a known product exactly (small integers), with both
+        /// transpose flags and accumulation.
+        fn passes_check(self) -> bool {
+            if cfg!(target_endian = "big") {
+                return false;
+            }
+            // Column-major A = [[1, 2, 3], [4, 5, 6]] (2×3), B = Aᵀ read as 3×2.
+            let a = [1.0_f32, 4.0, 2.0, 5.0, 3.0, 6.0];
+            let mut c = [1.0_f32; 4];
+            // SAFETY: A is 2×3 with lda 2; Aᵀ (by flag) 3×2; C is 2×2 with ldc 2.
+            unsafe {
+                self.call(
+                    false,
+                    true,
+                    [2, 2, 3],
+                    a.as_ptr(),
+                    2,
+                    a.as_ptr(),
+                    2,
+                    1.0,
+                    c.as_mut_ptr(),
+                    2,
+                )
+            };
+            // A·Aᵀ = [[14, 32], [32, 77]], plus the ones already in C.
+            c == [15.0, 33.0, 33.0, 78.0]
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+mod runtime {
+    /// No BLAS is looked up off Linux: [`super::gemm`] goes through libtorch.
+    #[derive(Clone, Copy)]
+    pub(super) enum Routine {}
+
+    pub(super) fn sgemm() -> Option<Routine> {
+        None
+    }
+
+    impl Routine {
+        #[allow(clippy::too_many_arguments)]
+        pub(super) unsafe fn call(
+            self,
+            _: bool,
+            _: bool,
+            _: [i64; 3],
+            _: *const f32,
+            _: i64,
+            _: *const f32,
+            _: i64,
+            _: f32,
+            _: *mut f32,
+            _: i64,
+        ) {
+            match self {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn libtorchs_blas_is_found() {
+        assert!(direct(), "the PyPI libtorch exports MKL's sgemm_");
+    }
+
+    /// Every transpose combination, fresh and accumulated, on strided (row-padded) inputs,
+    /// against libtorch's `mm`.
+    #[test]
+    fn products_match_libtorch() {
+        let f = (Kind::Float, Device::Cpu);
+        let (m, k, n) = (7, 5, 3);
+        for (trans_a, trans_b) in [(false, false), (true, false), (false, true), (true, true)] {
+            let a_shape = if trans_a { [k, m] } else { [m, k] };
+            let b_shape = if trans_b { [n, k] } else { [k, n] };
+            // Row-padded: a view with a leading dimension larger than its width.
+            let a = Tensor::randn([a_shape[0], a_shape[1] + 2], f).narrow(1, 0, a_shape[1]);
+            let b = Tensor::randn(b_shape, f);
+            let op = |t: &Tensor, tr: bool| if tr { t.tr() } else { t.shallow_clone() };
+            let expected = op(&a, trans_a).mm(&op(&b, trans_b));
+            let c = Tensor::full([m, n], f64::NAN, f);
+            gemm(&c, &a, trans_a, &b, trans_b, false);
+            assert!(
+                c.allclose(&expected, 1e-5, 1e-5, false),
+                "{trans_a} {trans_b}"
+            );
+            gemm(&c, &a, trans_a, &b, trans_b, true);
+            assert!(
+                c.allclose(&(&expected * 2.0), 1e-5, 1e-5, false),
+                "{trans_a} {trans_b}"
+            );
+        }
+    }
+
+    #[test]
+    fn empty_products_zero_or_keep_the_output() {
+        let f = (Kind::Float, Device::Cpu);
+        let a = Tensor::zeros([3, 0], f);
+        let b = Tensor::zeros([0, 2], f);
+        let c = Tensor::ones([3, 2], f);
+        gemm(&c, &a, false, &b, false, true);
+        assert!(c.equal(&Tensor::ones([3, 2], f)));
+        gemm(&c, &a, false, &b, false, false);
+        assert!(c.equal(&Tensor::zeros([3, 2], f)));
+    }
+
+    #[test]
+    #[should_panic(expected = "inner sizes")]
+    fn mismatched_shapes_are_refused() {
+        let f = (Kind::Float, Device::Cpu);
+        gemm(
+            &Tensor::zeros([2, 2], f),
+            &Tensor::zeros([2, 3], f),
+            false,
+            &Tensor::zeros([2, 2], f),
+            false,
+            false,
+        );
+    }
+}
