@@ -223,6 +223,102 @@ fn lerp_elements(e: &mut [f32], p: &[f32], weight: f32) {
     }
 }
 
+/// Elements per partial sum of [`sum_of_squares`]: the sums of these fixed blocks are added
+/// in block order, so the result does not depend on how many threads computed them.
+const SUM_BLOCK: usize = 4096;
+
+/// `Σ t²` over a dense f32 CPU tensor, accumulated in f64 (blocks of [`SUM_BLOCK`] elements
+/// summed over libtorch's OpenMP threads, then added in order: the same value for any thread
+/// count); `None` for anything else.
+pub(crate) fn sum_of_squares(t: &Tensor) -> Option<f64> {
+    if !is_dense_cpu_f32(t) {
+        return None;
+    }
+    let n = t.numel();
+    let mut blocks = vec![0.0_f64; n.div_ceil(SUM_BLOCK)];
+    let (x, out) = (
+        SyncPtr(t.data_ptr() as *mut f32),
+        SyncPtr(blocks.as_mut_ptr()),
+    );
+    omp_team::for_each_chunk(n, SUM_BLOCK, |r| {
+        // SAFETY: `t` holds `n` dense f32 elements, read only; chunk starts are multiples of
+        // `SUM_BLOCK`, so each thread writes the distinct block sums of its own range.
+        let (x, sums) = unsafe {
+            (
+                x.slice(r.clone()),
+                out.slice_mut(r.start / SUM_BLOCK..r.end.div_ceil(SUM_BLOCK)),
+            )
+        };
+        for (block, sum) in x.chunks(SUM_BLOCK).zip(sums) {
+            *sum = squares(block);
+        }
+    });
+    Some(blocks.iter().sum())
+}
+
+/// `Σ x²` of one block in f64, with the widest instructions the CPU has.
+fn squares(x: &[f32]) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: the CPU has AVX2 and FMA (checked just above).
+        return unsafe { squares_avx2_fma(x) };
+    }
+    squares_elements(x)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn squares_avx2_fma(x: &[f32]) -> f64 {
+    squares_elements(x)
+}
+
+/// Eight independent accumulators (so the compiler keeps them in vector lanes), then their sum.
+#[inline(always)]
+fn squares_elements(x: &[f32]) -> f64 {
+    let mut acc = [0.0_f64; 8];
+    let mut chunks = x.chunks_exact(8);
+    for c in &mut chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a = f64::from(v).mul_add(f64::from(v), *a);
+        }
+    }
+    for (a, &v) in acc.iter_mut().zip(chunks.remainder()) {
+        *a = f64::from(v).mul_add(f64::from(v), *a);
+    }
+    acc.iter().sum()
+}
+
+/// `t ← t·factor` in place over a dense f32 CPU tensor (each product rounded to f32, as
+/// libtorch's `mul_`), split over libtorch's OpenMP threads; `false` (touching nothing) for
+/// anything else.
+pub(crate) fn scale_in_place(t: &Tensor, factor: f32) -> bool {
+    if !is_dense_cpu_f32(t) {
+        return false;
+    }
+    let n = t.numel();
+    let x = SyncPtr(t.data_ptr() as *mut f32);
+    omp_team::for_each_chunk(n, 16, |r| {
+        // SAFETY: `t` holds `n` dense f32 elements; each thread takes a disjoint `r`.
+        let x = unsafe { x.slice_mut(r) };
+        x.iter_mut().for_each(|v| *v *= factor);
+    });
+    true
+}
+
+/// `t ← 0` in place over a dense f32 CPU tensor that needs no autograd record, split over
+/// libtorch's OpenMP threads; `false` (touching nothing) for anything else.
+pub(crate) fn zero_in_place(t: &Tensor) -> bool {
+    if !is_dense_cpu_f32(t) || t.requires_grad() {
+        return false;
+    }
+    let x = SyncPtr(t.data_ptr() as *mut f32);
+    omp_team::for_each_chunk(t.numel(), 16, |r| {
+        // SAFETY: `t` holds `numel` dense f32 elements; each thread takes a disjoint `r`.
+        unsafe { x.slice_mut(r) }.fill(0.0);
+    });
+    true
+}
+
 /// libtorch's vectorised `lerp(a, b, w)` (`lerp_vec` in `ATen/native/cpu/Lerp.h`), which its
 /// CPU kernel runs on every full vector of a contiguous tensor: one fused multiply-add,
 /// `fma(w, b − a, a)` for `|w| < 0.5`, else `fma(w − 1, b − a, b)`.
@@ -263,6 +359,34 @@ mod tests {
             assert!(lerp_into(&shadow, &var, weight as f32));
             assert_eq!(bits(&shadow), bits(&expected), "n = {n}, weight = {weight}");
         }
+    }
+
+    #[test]
+    fn sum_of_squares_is_exact_on_small_integers_and_close_on_large_tensors() {
+        let t = Tensor::from_slice(&[3.0_f32, -4.0, 12.0]);
+        assert_eq!(sum_of_squares(&t), Some(169.0));
+        let big = Tensor::randn(
+            [3 * omp_team::GRAIN as i64 + 77],
+            (tch::Kind::Float, tch::Device::Cpu),
+        );
+        let expected = f64::try_from(
+            big.to_kind(tch::Kind::Double)
+                .square()
+                .sum(tch::Kind::Double),
+        )
+        .expect("f64");
+        let got = sum_of_squares(&big).expect("dense f32");
+        assert!(
+            (got - expected).abs() <= 1e-12 * expected,
+            "{got} vs {expected}"
+        );
+        assert_eq!(sum_of_squares(&big.to_kind(tch::Kind::Double)), None);
+        let scaled = big.copy();
+        assert!(scale_in_place(&scaled, 0.3));
+        assert!(
+            scaled.equal(&(&big * 0.3)),
+            "the products libtorch's mul gives"
+        );
     }
 
     #[test]
