@@ -90,9 +90,9 @@ fn attention_and_group_norm(quick: bool) {
     println!();
 }
 
-/// SiLU at inference: difflab's kernel (`difflab_models::cpu_kernels`, one thread, on a plain
-/// slice) against libtorch's `silu` (SLEEF `expf`, on libtorch's threads from 32768 elements
-/// on), for inputs in the usual range (standard deviation 4) and far out of it (1000, the
+/// SiLU at inference: difflab's kernel (`difflab_models::cpu_kernels`, on a plain slice) against
+/// libtorch's `silu` (SLEEF `expf`); both split over libtorch's OpenMP threads from 2 × 32768
+/// elements on (difflab's through `difflab_models::omp_team`), for inputs in the usual range (standard deviation 4) and far out of it (1000, the
 /// activations of an untrained MLP's diverging samples).
 fn silu_kernel(quick: bool) {
     println!("## SiLU at inference (no grad)\n");

@@ -336,6 +336,20 @@ mod tests {
     use super::*;
     use tch::{Device, Kind};
 
+    /// The scalars of an AdamW step at a typical point, with the given decay factor.
+    fn scalars(decay: Option<f32>) -> AdamScalars {
+        AdamScalars {
+            decay,
+            l2: None,
+            one_minus_beta1: 0.1,
+            beta2: 0.999,
+            one_minus_beta2: 0.001,
+            bias_correction2_sqrt: 0.03,
+            eps: 1e-8,
+            neg_step_size: -1e-3,
+        }
+    }
+
     fn bits(t: &Tensor) -> Vec<u32> {
         let v: Vec<f32> = Vec::try_from(t.flatten(0, -1)).expect("f32");
         v.into_iter().map(f32::to_bits).collect()
@@ -401,16 +415,7 @@ mod tests {
         };
         let g: Vec<f32> = (0..n).map(|_| next()).collect();
         let start: [Vec<f32>; 3] = std::array::from_fn(|_| (0..n).map(|_| next().abs()).collect());
-        let s = AdamScalars {
-            decay: Some(0.999),
-            l2: None,
-            one_minus_beta1: 0.1,
-            beta2: 0.999,
-            one_minus_beta2: 0.001,
-            bias_correction2_sqrt: 0.03,
-            eps: 1e-8,
-            neg_step_size: -1e-3,
-        };
+        let s = scalars(Some(0.999));
         let [mut p1, mut m1, mut v1] = start.clone();
         let [mut p2, mut m2, mut v2] = start.clone();
         adam_slices(&mut p1, &g, &mut m1, &mut v1, s);
@@ -457,16 +462,7 @@ mod tests {
         assert!(!lerp_into(&a, &b.to_kind(Kind::Double), 0.5));
         assert!(!lerp_into(&a.narrow(0, 0, 2), &a.narrow(0, 1, 2), 0.5));
         assert!(!lerp_into(&a, &b.narrow(0, 0, 2), 0.5));
-        let s = AdamScalars {
-            decay: None,
-            l2: None,
-            one_minus_beta1: 0.1,
-            beta2: 0.999,
-            one_minus_beta2: 0.001,
-            bias_correction2_sqrt: 0.03,
-            eps: 1e-8,
-            neg_step_size: -1e-3,
-        };
+        let s = scalars(None);
         assert!(
             !adam_step(&a, &a, &b, &b.copy(), s),
             "aliased parameter and gradient"
