@@ -73,6 +73,48 @@ pub fn silu_owned(x: Tensor) -> Tensor {
     x
 }
 
+/// `SiLU(x + row)` for a fresh matrix `x` (`[R, C]`) and a row vector of `C` elements added to
+/// every row (a layer's bias), in place: the bias is added to one row while it sits in the L1
+/// cache and SiLU follows there, instead of a separate broadcast pass over the whole matrix.
+/// Rows are split over libtorch's OpenMP threads as [`silu_owned`] splits elements. Falls back
+/// to `(x + row).silu()` unless `x` is a contiguous f32 CPU matrix with no autograd record and
+/// `row` a contiguous f32 CPU tensor of `C` elements.
+pub fn silu_with_row_bias_owned(x: Tensor, row: &Tensor) -> Tensor {
+    let size = x.size();
+    let applies = size.len() == 2
+        && x.is_contiguous()
+        && !x.requires_grad()
+        && is_dense_cpu_f32(&x)
+        && is_dense_cpu_f32(row)
+        && row.is_contiguous()
+        && !row.requires_grad()
+        && row.numel() as i64 == size[1];
+    if !applies {
+        return silu_owned(x + row);
+    }
+    let width = size[1] as usize;
+    if width == 0 {
+        return x;
+    }
+    let (out, bias) = (
+        SyncPtr(x.data_ptr() as *mut f32),
+        SyncPtr(row.data_ptr() as *mut f32),
+    );
+    omp_team::for_each_chunk(x.numel(), width, |r| {
+        // SAFETY: `x` holds `numel` contiguous f32 elements and chunks start on row boundaries
+        // (multiples of `width`), so each thread takes whole rows of its own; `row` holds
+        // `width` elements, read only, and is a different tensor from `x`.
+        let (rows, bias) = unsafe { (out.slice_mut(r), bias.slice(0..width)) };
+        for line in rows.chunks_mut(width) {
+            line.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
+            let ptr = line.as_mut_ptr();
+            // SAFETY: in place over the `line.len()` elements of this row.
+            unsafe { silu_serial(ptr, ptr, line.len()) };
+        }
+    });
+    x
+}
+
 /// `x·σ(x)` of a borrowed tensor into a new one of the same layout: this module's kernel where
 /// [`silu_owned`] would use it (one pass, no copy), else `x.silu()`.
 pub fn silu(x: &Tensor) -> Tensor {
@@ -562,6 +604,30 @@ mod tests {
             );
             assert!(silu(&expected).equal(&silu_owned(expected.copy())));
         }
+    }
+
+    #[test]
+    fn silu_with_row_bias_matches_the_two_step_form() {
+        let _guard = tch::no_grad_guard();
+        let f = (Kind::Float, Device::Cpu);
+        // Small (one thread) and large (rows split over the team), and a bias of wrong width.
+        for rows in [3_i64, 3 * omp_team::GRAIN as i64 / 256 + 7] {
+            let x = Tensor::randn([rows, 256], f) * 5.0;
+            let row = Tensor::randn([1, 256], f);
+            let expected = silu_owned(&x + &row);
+            let got = silu_with_row_bias_owned(x.copy(), &row);
+            assert!(
+                got.equal(&expected),
+                "rows {rows}: the same sums and the same kernel"
+            );
+        }
+        let x = Tensor::randn([4, 6], f);
+        let bad = Tensor::randn([6], f).narrow(0, 0, 1);
+        let got = silu_with_row_bias_owned(x.copy(), &bad);
+        assert!(
+            got.allclose(&(&x + &bad).silu(), 4e-7, 1e-37, false),
+            "broadcast fallback"
+        );
     }
 
     #[test]

@@ -10,10 +10,10 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor, nn, nn::Module};
 
 use crate::ModelError;
-use crate::cpu_kernels;
 use crate::embeddings::{TimestepEmbedding, sinusoidal_embedding};
 use crate::params::ParamCount;
 use crate::unet::{ModelSummary, TimeEmbeddingConfig};
+use crate::{blas, cpu_kernels};
 
 /// The nonlinearity of the [`MlpDenoiser`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -268,15 +268,32 @@ impl MlpDenoiser {
         let fused = !(emb.requires_grad() || h.requires_grad());
         for (i, layer) in self.layers.iter().enumerate() {
             let time = layer.time_proj.forward(&emb);
-            let pre = match (&layer.linear.bs, fused) {
-                (Some(bias), true) => (time + bias).addmm(&h, &layer.linear.ws.tr()),
-                _ => layer.linear.forward(&h) + time,
+            h = match (&layer.linear.bs, fused) {
+                // SiLU on the CPU with a shared `t`: the product alone through the BLAS, then the
+                // biases added row by row inside the SiLU pass (no broadcast copy of them).
+                (Some(bias), true) if act == Activation::Silu && shared_row_on_cpu(&time, &h) => {
+                    let pre = Tensor::empty(
+                        [h.size()[0], layer.linear.ws.size()[0]],
+                        (Kind::Float, Device::Cpu),
+                    );
+                    blas::gemm(&pre, &h, false, &layer.linear.ws, true, false);
+                    cpu_kernels::silu_with_row_bias_owned(pre, &(time + bias))
+                }
+                (Some(bias), true) => {
+                    act.apply_owned((time + bias).addmm(&h, &layer.linear.ws.tr()))
+                }
+                _ => act.apply_owned(layer.linear.forward(&h) + time),
             };
-            h = act.apply_owned(pre);
             record(&format!("layers.{i}"), &h);
         }
         h = self.output.forward(&h);
         record("output", &h);
         h
     }
+}
+
+/// Whether a layer's time term is one row shared by the whole f32 CPU batch `h`.
+fn shared_row_on_cpu(time: &Tensor, h: &Tensor) -> bool {
+    let on_cpu = |t: &Tensor| t.device() == Device::Cpu && t.kind() == Kind::Float;
+    time.size()[0] == 1 && h.size()[0] > 1 && on_cpu(time) && on_cpu(h)
 }

@@ -49,6 +49,31 @@ fn defaults_shapes_and_time_dependence() {
     }
 }
 
+/// The inference paths (no autograd: each layer one product onto its summed biases, and with
+/// SiLU and a shared timestep the BLAS product with the biases added inside the SiLU pass)
+/// compute what the autograd forward does, to float rounding, for every activation and for
+/// shared and per-example timesteps.
+#[test]
+fn inference_paths_match_the_autograd_forward() {
+    for activation in [Activation::Silu, Activation::Gelu, Activation::Relu] {
+        tch::manual_seed(1);
+        let (model, _vs) = build(&small(activation));
+        let x = Tensor::randn([9, 2], FLOAT) * 3.0;
+        let shared = Tensor::from_slice(&[417_i64]).expand([9], false);
+        let per_example = Tensor::randint(1000, [9], (Kind::Int64, Device::Cpu));
+        for t in [shared, per_example] {
+            let with_grad = model.forward(&x, &t);
+            assert!(with_grad.requires_grad(), "the autograd path");
+            let without = tch::no_grad(|| model.forward(&x, &t));
+            assert!(
+                max_diff(&with_grad.detach(), &without) <= 1e-5,
+                "{activation:?}: {}",
+                max_diff(&with_grad.detach(), &without)
+            );
+        }
+    }
+}
+
 #[test]
 fn every_parameter_gets_a_gradient() {
     for activation in [Activation::Silu, Activation::Gelu, Activation::Relu] {
