@@ -276,6 +276,21 @@ mod tests {
         }
     }
 
+    /// Inputs the BLAS cannot read as row-major (a column-major view passed without its flag)
+    /// take libtorch's path, with the same result.
+    #[test]
+    fn other_layouts_fall_back_to_libtorch() {
+        let f = (Kind::Float, Device::Cpu);
+        let a = Tensor::randn([5, 7], f).tr(); // [7, 5], column-major
+        let b = Tensor::randn([5, 3], f);
+        let expected = a.mm(&b);
+        let c = Tensor::zeros([7, 3], f);
+        gemm(&c, &a, false, &b, false, false);
+        assert!(c.allclose(&expected, 1e-5, 1e-5, false));
+        gemm(&c, &a, false, &b, false, true);
+        assert!(c.allclose(&(&expected * 2.0), 1e-5, 1e-5, false));
+    }
+
     #[test]
     fn empty_products_zero_or_keep_the_output() {
         let f = (Kind::Float, Device::Cpu);
