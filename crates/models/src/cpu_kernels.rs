@@ -170,7 +170,7 @@ unsafe fn silu_parallel(out: *mut f32, x: *const f32, n: usize) {
 ///
 /// # Safety
 /// As [`silu_parallel`].
-unsafe fn silu_serial(out: *mut f32, x: *const f32, n: usize) {
+pub(crate) unsafe fn silu_serial(out: *mut f32, x: *const f32, n: usize) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: forwarded from the caller.
     if unsafe { simd::silu(out, x, n) } {
@@ -639,9 +639,11 @@ mod tests {
             let g = Tensor::randn(&shape, f);
             let expected = z.silu_backward(&g);
             let got = silu_backward(&g, &z);
+            // Relative to the result, plus a few ulp of ∂h where σ(z)·(1 + z·(1 − σ(z))) crosses
+            // zero (z ≈ −1.28) and the result's own size says nothing about the rounding.
             let close = (&got - &expected)
                 .abs()
-                .le_tensor(&(expected.abs() * 2e-6 + 1e-30));
+                .le_tensor(&(expected.abs() * 2e-6 + g.abs() * 1e-6 + 1e-30));
             assert!(bool::try_from(close.all()).expect("bool"), "{shape:?}");
         }
         // Far out of range: the limits 0 (z → −∞) and ∂h (z → +∞); NaN stays NaN.

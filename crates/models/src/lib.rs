@@ -12,16 +12,19 @@
 //! File map: [`embeddings`] (sinusoidal code, time MLP, class table), [`resnet`] (residual
 //! block), [`attention`] (spatial self-attention), [`unet`] (config, inputs, blocks, model,
 //! summary), [`sr_unet`] (super-resolution wrapper), [`mlp`] (vector denoiser) and [`mlp_tape`]
-//! (its hand-written backward pass), [`cpu_kernels`] (SiLU at inference), [`diffusers`]
+//! (its hand-written backward pass), [`conv`] (convolutions, batch-1 inference through the BLAS), [`cpu_kernels`] (SiLU at
+//! inference), [`diffusers`]
 //! (config.json and weights), [`weights`] (strict safetensors loading).
 
 pub mod attention;
 pub mod blas;
+pub mod conv;
 pub mod cpu_kernels;
 pub mod diffusers;
 pub mod embeddings;
 mod error;
 pub mod flops;
+pub mod group_norm_silu;
 pub mod mlp;
 pub mod mlp_tape;
 pub mod omp_team;
@@ -32,6 +35,7 @@ pub mod unet;
 pub mod weights;
 
 pub use attention::{AttentionConfig, AttentionKind, SpatialAttention};
+pub use conv::Conv2d;
 pub use diffusers::{DiffusersUNetConfig, export_diffusers_unet, load_diffusers_unet};
 pub use embeddings::{ClassEmbedding, SinusoidalConfig, TimestepEmbedding, sinusoidal_embedding};
 pub use error::ModelError;

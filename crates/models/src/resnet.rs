@@ -4,7 +4,9 @@
 use serde::{Deserialize, Serialize};
 use tch::{Tensor, nn, nn::Module};
 
-use crate::cpu_kernels::{silu, silu_owned};
+use crate::conv::Conv2d;
+use crate::cpu_kernels::silu;
+use crate::group_norm_silu::{ChannelTerms, group_norm_silu};
 use crate::params::ParamCount;
 
 /// How a residual block reads the time (and class) embedding `e`.
@@ -80,11 +82,11 @@ pub struct ResnetConfig {
 #[derive(Debug)]
 pub struct ResnetBlock2D {
     norm1: nn::GroupNorm,
-    conv1: nn::Conv2D,
+    conv1: Conv2d,
     time_emb_proj: nn::Linear,
     norm2: nn::GroupNorm,
-    conv2: nn::Conv2D,
-    conv_shortcut: Option<nn::Conv2D>,
+    conv2: Conv2d,
+    conv_shortcut: Option<Conv2d>,
     config: ResnetConfig,
 }
 
@@ -96,19 +98,8 @@ pub(crate) fn group_norm(vs: nn::Path, groups: i64, channels: i64, eps: f64) -> 
     nn::group_norm(vs, groups, channels, config)
 }
 
-pub(crate) fn conv3x3(
-    vs: nn::Path,
-    c_in: i64,
-    c_out: i64,
-    stride: i64,
-    padding: i64,
-) -> nn::Conv2D {
-    let config = nn::ConvConfig {
-        stride,
-        padding,
-        ..Default::default()
-    };
-    nn::conv2d(vs, c_in, c_out, 3, config)
+pub(crate) fn conv3x3(vs: nn::Path, c_in: i64, c_out: i64, stride: i64, padding: i64) -> Conv2d {
+    Conv2d::new(vs, c_in, c_out, 3, stride, padding)
 }
 
 impl ResnetBlock2D {
@@ -120,15 +111,8 @@ impl ResnetBlock2D {
             TimeConditioning::Add => c.out_channels,
             TimeConditioning::ScaleShift => 2 * c.out_channels,
         };
-        let conv_shortcut = (c.in_channels != c.out_channels).then(|| {
-            nn::conv2d(
-                vs / "conv_shortcut",
-                c.in_channels,
-                c.out_channels,
-                1,
-                Default::default(),
-            )
-        });
+        let conv_shortcut = (c.in_channels != c.out_channels)
+            .then(|| Conv2d::new(vs / "conv_shortcut", c.in_channels, c.out_channels, 1, 1, 0));
         Self {
             norm1: group_norm(vs / "norm1", c.groups, c.in_channels, c.eps),
             conv1: conv3x3(vs / "conv1", c.in_channels, c.out_channels, 1, 1),
@@ -154,7 +138,9 @@ impl ResnetBlock2D {
     /// With [`Resampling::Up`]/[`Resampling::Down`] the output is `2H × 2W`/`H/2 × W/2`.
     pub fn forward(&self, x: &Tensor, temb: &Tensor, train: bool) -> Tensor {
         let resampling = self.config.resampling;
-        let h = resampling.apply(&silu_owned(self.norm1.forward(x)));
+        let eps = self.config.eps;
+        let plain = ChannelTerms::default();
+        let h = resampling.apply(&group_norm_silu(x, &self.norm1, eps, plain));
         let x = &resampling.apply(x);
         let h = self.conv1.forward(&h);
         let e = self
@@ -163,13 +149,24 @@ impl ResnetBlock2D {
             .unsqueeze(-1)
             .unsqueeze(-1);
         let h = match self.config.conditioning {
-            TimeConditioning::Add => self.norm2.forward(&(h + e)),
+            TimeConditioning::Add => {
+                let terms = ChannelTerms {
+                    offset: Some(&e),
+                    ..plain
+                };
+                group_norm_silu(&h, &self.norm2, eps, terms)
+            }
             TimeConditioning::ScaleShift => {
                 let parts = e.chunk(2, 1);
-                self.norm2.forward(&h) * (1.0 + &parts[0]) + &parts[1]
+                let terms = ChannelTerms {
+                    scale: Some(&parts[0]),
+                    shift: Some(&parts[1]),
+                    ..plain
+                };
+                group_norm_silu(&h, &self.norm2, eps, terms)
             }
         };
-        let h = silu_owned(h).dropout(self.config.dropout, train);
+        let h = h.dropout(self.config.dropout, train);
         let h = self.conv2.forward(&h);
         let skip = match &self.conv_shortcut {
             Some(conv) => conv.forward(x),

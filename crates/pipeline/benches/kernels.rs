@@ -3,6 +3,8 @@
 //! - attention (`SpatialAttention`) and GroupNorm+SiLU at the sizes of the 32 px bench model
 //!   and of the 128 px anime model;
 //! - SiLU at inference: difflab's kernel against libtorch's;
+//! - batch-1 convolutions at inference: difflab's im2col + BLAS path against libtorch's
+//!   `conv2d`, at the shapes of the 32 px bench model;
 //! - the sampler loop's own overhead per step (DDIM with a trivial denoiser), as a fraction of
 //!   one UNet step at 32×32 (target: under 1 %);
 //! - data loading at 128 px (JPEG folder, decode + resize + crop + flip, the trainer's loader),
@@ -17,15 +19,17 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use difflab_models::cpu_kernels::{silu_in_slice, silu_owned};
-use difflab_models::{AttentionConfig, AttentionKind, SpatialAttention};
+use difflab_models::conv::ConvPath;
+use difflab_models::cpu_kernels::silu_in_slice;
+use difflab_models::group_norm_silu::{self, ChannelTerms};
+use difflab_models::{AttentionConfig, AttentionKind, Conv2d, SpatialAttention};
 use difflab_pipeline::bench::{BenchSettings, bench_training};
 use difflab_pipeline::config::parse_config;
 use difflab_pipeline::data::{BadFilePolicy, DataLoader, open_dataset};
 use difflab_pipeline::{ExperimentConfig, Network, NetworkDenoiser};
 use difflab_samplers::{Conditioning, Denoiser, FnDenoiser, GlobalSeedNoise, SamplerKind};
 use difflab_schedulers::Prediction;
-use tch::{Device, Kind, Tensor, nn, nn::Module};
+use tch::{Device, Kind, Tensor, nn};
 
 /// Median seconds of `reps` calls of `f`, after `warmup` untimed ones.
 fn median_secs(warmup: usize, reps: usize, mut f: impl FnMut()) -> f64 {
@@ -41,6 +45,40 @@ fn median_secs(warmup: usize, reps: usize, mut f: impl FnMut()) -> f64 {
         .collect();
     times.sort_by(f64::total_cmp);
     times[times.len() / 2]
+}
+
+/// Medians of `reps` timings each of `a` and `b`, taken in turn (a b, b a, a b, …) after
+/// `warmup` calls of each, so that a drift of the machine's speed hits both alike.
+fn interleaved_medians(
+    warmup: usize,
+    reps: usize,
+    mut a: impl FnMut(),
+    mut b: impl FnMut(),
+) -> (f64, f64) {
+    for _ in 0..warmup {
+        a();
+        b();
+    }
+    let time = |f: &mut dyn FnMut()| {
+        let start = Instant::now();
+        f();
+        start.elapsed().as_secs_f64()
+    };
+    let (mut ta, mut tb) = (Vec::with_capacity(reps), Vec::with_capacity(reps));
+    for i in 0..reps {
+        if i % 2 == 0 {
+            ta.push(time(&mut a));
+            tb.push(time(&mut b));
+        } else {
+            tb.push(time(&mut b));
+            ta.push(time(&mut a));
+        }
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    (median(ta), median(tb))
 }
 
 fn config(yaml: &str) -> ExperimentConfig {
@@ -77,14 +115,34 @@ fn attention_and_group_norm(quick: bool) {
             t * 1e6
         );
     }
-    for &(b, c, hw) in &[(16, 64, 32), (1, 64, 32), (1, 128, 128)] {
+    println!();
+    println!(
+        "| GroupNorm(8)+SiLU, shape [B, C, H, W] | libtorch ops + difflab SiLU µs | difflab fused µs | speed-up |"
+    );
+    println!("|---|---:|---:|---:|");
+    for &(b, c, hw) in &[
+        (16, 64, 32),
+        (1, 32, 32),
+        (1, 64, 16),
+        (1, 64, 8),
+        (1, 64, 32),
+        (1, 128, 128),
+    ] {
         let vs = nn::VarStore::new(Device::Cpu);
         let norm = nn::group_norm(vs.root(), 8, c, Default::default());
         let x = Tensor::randn([b, c, hw, hw], (Kind::Float, Device::Cpu));
-        let t = median_secs(3, reps, || drop(silu_owned(norm.forward(&x))));
+        let plain = ChannelTerms::default();
+        let (composed_s, fused_s) = interleaved_medians(
+            5,
+            reps * 4,
+            || drop(group_norm_silu::composed(&x, &norm, plain)),
+            || drop(group_norm_silu::group_norm_silu(&x, &norm, 1e-5, plain)),
+        );
         println!(
-            "| GroupNorm(8)+SiLU | [{b}, {c}, {hw}, {hw}] | {:.1} |",
-            t * 1e6
+            "| [{b}, {c}, {hw}, {hw}] | {:.1} | {:.1} | {:.2}x |",
+            composed_s * 1e6,
+            fused_s * 1e6,
+            composed_s / fused_s
         );
     }
     println!();
@@ -118,6 +176,57 @@ fn silu_kernel(quick: bool) {
         let ours = (with_copy - copy).max(1e-9);
         println!(
             "| {shape:?} | {scale} | {:.1} | {:.1} | {:.2}x |",
+            libtorch * 1e6,
+            ours * 1e6,
+            libtorch / ours
+        );
+    }
+    println!();
+}
+
+/// Batch-1 convolutions at inference: difflab's im2col + one BLAS product against libtorch's
+/// `conv2d`, at the shapes a 32 px UNet with 32-64-64 channels runs when sampling one image and
+/// a few larger 1×1 ones, and which of the two `Conv2d::forward` picks (`Conv2d::path_for`).
+fn batch1_convolutions(quick: bool) {
+    println!("## batch-1 convolutions at inference\n");
+    println!(
+        "| input [1, C, H, W] | out | kernel / stride | path | libtorch µs | difflab µs | speed-up |"
+    );
+    println!("|---|---:|---|---|---:|---:|---:|");
+    let _guard = tch::no_grad_guard();
+    let reps = if quick { 20 } else { 300 };
+    for (c, hw, out, k, stride) in [
+        (3, 32, 32, 3, 1),
+        (32, 32, 32, 3, 1),
+        (32, 16, 64, 3, 1),
+        (64, 16, 64, 3, 1),
+        (64, 16, 64, 3, 2),
+        (64, 8, 64, 3, 1),
+        (128, 8, 64, 3, 1),
+        (32, 16, 64, 1, 1),
+        (128, 8, 64, 1, 1),
+        (128, 16, 64, 1, 1),
+        (96, 16, 64, 1, 1),
+        (64, 32, 32, 1, 1),
+        (96, 32, 32, 1, 1),
+        (512, 16, 256, 1, 1),
+        (256, 64, 128, 1, 1),
+    ] {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let conv = Conv2d::new(vs.root(), c, out, k, stride, k / 2);
+        let x = Tensor::randn([1, c, hw, hw], (Kind::Float, Device::Cpu));
+        let path = match conv.path_for(&x) {
+            ConvPath::Libtorch => "libtorch",
+            ConvPath::Im2colGemm => "im2col+BLAS",
+        };
+        let (libtorch, ours) = interleaved_medians(
+            10,
+            reps,
+            || drop(conv.forward_libtorch(&x)),
+            || drop(conv.forward_with(&x, ConvPath::Im2colGemm)),
+        );
+        println!(
+            "| [1, {c}, {hw}, {hw}] | {out} | {k}×{k} / {stride} | {:.1} | {:.1} | {:.2}x | {path} |",
             libtorch * 1e6,
             ours * 1e6,
             libtorch / ours
@@ -255,6 +364,9 @@ fn main() {
     }
     if wanted("silu") {
         silu_kernel(quick);
+    }
+    if wanted("conv") {
+        batch1_convolutions(quick);
     }
     if wanted("sampler") {
         sampler_overhead(quick);

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Tensor, nn, nn::Module};
 
 use crate::attention::{AttentionConfig, SpatialAttention};
+use crate::conv::Conv2d;
 use crate::params::ParamCount;
 use crate::resnet::{Resampling, ResnetBlock2D, ResnetConfig, conv3x3};
 use crate::{AttentionKind, ModelError};
@@ -30,7 +31,7 @@ pub enum Resample {
 /// one on the right and bottom only (diffusers' `Downsample2D` convention).
 #[derive(Debug)]
 pub struct Downsample {
-    conv: nn::Conv2D,
+    conv: Conv2d,
     padding: i64,
 }
 
@@ -56,7 +57,7 @@ impl Downsample {
 /// Nearest-neighbour ×2 upsampling followed by a 3×3 convolution.
 #[derive(Debug)]
 pub struct Upsample {
-    conv: nn::Conv2D,
+    conv: Conv2d,
 }
 
 impl Upsample {

@@ -5,6 +5,7 @@ use tch::{Device, Kind, Tensor, nn, nn::Module};
 use super::blocks::{BlockCommon, ContextGain, DownBlock, MidBlock, UpBlock};
 use super::inputs::{Checked, UNetInputs, check};
 use super::summary::ModelSummary;
+use crate::conv::Conv2d;
 use crate::cpu_kernels;
 use crate::embeddings::{ClassEmbedding, TimestepEmbedding, sinusoidal_embedding};
 use crate::params::ParamCount;
@@ -29,7 +30,7 @@ pub struct UNet {
     config: UNetConfig,
     channels: Vec<i64>,
     device: Device,
-    conv_in: nn::Conv2D,
+    conv_in: Conv2d,
     time_embedding: TimestepEmbedding,
     class_embedding: Option<ClassEmbedding>,
     label_embedding: Option<TimestepEmbedding>,
@@ -39,7 +40,7 @@ pub struct UNet {
     up_blocks: Vec<UpBlock>,
     context_gains: Vec<ContextGain>,
     conv_norm_out: nn::GroupNorm,
-    conv_out: nn::Conv2D,
+    conv_out: Conv2d,
 }
 
 impl UNet {

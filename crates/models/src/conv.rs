@@ -1,0 +1,435 @@
+//! The networks' 2-D convolutions: `tch`'s convolution, except at batch-1 inference on the CPU,
+//! where the shapes libtorch serves worst go through difflab's im2col and the BLAS.
+//!
+//! For a batch-1 f32 input of at most 20480 elements and a kernel of at most 3×3, libtorch's
+//! `conv2d` skips oneDNN (`use_mkldnn` in ATen's `ConvUtils.h`) for `slow_conv2d`, whose im2col
+//! runs on one thread (its parallel loop is over the batch) before the BLAS product: at
+//! `[1, 64, 16, 16] → 64` that takes ~2x the product alone. [`Conv2d::forward`] takes those
+//! shapes (the lower levels of a UNet sampling one image) and batch-1 1×1 convolutions (which
+//! need no im2col at all) itself: the columns written by difflab's loop on libtorch's OpenMP
+//! team ([`crate::omp_team`]), then one `sgemm_` ([`crate::blas::gemm`]) onto the bias rows.
+//! Everything else — training, batches, larger inputs, channels-last weights — stays on
+//! libtorch, and so does every call where autograd must see the operation.
+
+use tch::{Device, Kind, Tensor, nn, nn::Module};
+
+use crate::blas;
+use crate::omp_team::{self, SyncPtr};
+use crate::params::ParamCount;
+
+/// Largest batch-1 input (elements) libtorch sends to `slow_conv2d` rather than oneDNN.
+pub const SLOW_PATH_MAX_INPUT: i64 = 20_480;
+
+/// Smallest batch-1 input (elements) whose stride-1 3×3 convolution difflab's path takes:
+/// below it libtorch's `slow_conv2d` is as fast (`[1, 64, 8, 8]`: 0.75x for ours).
+pub const IM2COL_MIN_INPUT: i64 = 8_192;
+
+/// Largest batch-1 input (elements) whose 1×1 convolution difflab's path takes (at
+/// `[1, 256, 64, 64]` oneDNN is faster: 0.8x for ours).
+pub const POINTWISE_MAX_INPUT: i64 = 131_072;
+
+/// A 2-D convolution with a square kernel, equal stride and zero padding on both axes; its
+/// parameters are `weight` `[out, in, k, k]` and `bias` `[out]` under the path it was made on
+/// (the names of `tch` and diffusers).
+#[derive(Debug)]
+pub struct Conv2d {
+    inner: nn::Conv2D,
+    kernel: i64,
+    stride: i64,
+    padding: i64,
+}
+
+/// Which implementation [`Conv2d::forward`] uses for an input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvPath {
+    /// libtorch's `conv2d` (oneDNN, `slow_conv2d`, cuDNN, … as libtorch picks).
+    Libtorch,
+    /// difflab's im2col (skipped for 1×1) and one BLAS product.
+    Im2colGemm,
+}
+
+impl Conv2d {
+    /// `c_in` → `c_out` channels, a `kernel`×`kernel` kernel, parameters under `vs`.
+    pub fn new(
+        vs: nn::Path,
+        c_in: i64,
+        c_out: i64,
+        kernel: i64,
+        stride: i64,
+        padding: i64,
+    ) -> Self {
+        let config = nn::ConvConfig {
+            stride,
+            padding,
+            ..Default::default()
+        };
+        Self {
+            inner: nn::conv2d(vs, c_in, c_out, kernel, config),
+            kernel,
+            stride,
+            padding,
+        }
+    }
+
+    /// The `[out, in, k, k]` weight.
+    pub fn weight(&self) -> &Tensor {
+        &self.inner.ws
+    }
+
+    /// `[B, in, H, W]` → `[B, out, H', W']`, `H' = (H + 2p − k)/s + 1`.
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        match self.path_for(x) {
+            ConvPath::Libtorch => self.inner.forward(x),
+            ConvPath::Im2colGemm => self.forward_im2col(x),
+        }
+    }
+
+    /// The convolution through a given path (for comparisons and tests); `None` where that
+    /// path does not apply to `x`.
+    pub fn forward_with(&self, x: &Tensor, path: ConvPath) -> Option<Tensor> {
+        match path {
+            ConvPath::Libtorch => Some(self.inner.forward(x)),
+            ConvPath::Im2colGemm => self.im2col_applies(x).then(|| self.forward_im2col(x)),
+        }
+    }
+
+    /// libtorch's convolution whatever the input (for comparisons).
+    pub fn forward_libtorch(&self, x: &Tensor) -> Tensor {
+        self.inner.forward(x)
+    }
+
+    /// The implementation [`Conv2d::forward`] picks for `x`: difflab's where it applies (see
+    /// [`Conv2d::forward_with`]) and measured faster than libtorch's (`cargo bench -p
+    /// difflab-pipeline --bench kernels -- conv`, 2 threads): a 1×1 kernel on at most
+    /// [`POINTWISE_MAX_INPUT`] elements (1.1–3x: no columns to write, and libtorch's oneDNN
+    /// call costs more than the product), and a stride-1 3×3 kernel on an input libtorch sends
+    /// to `slow_conv2d` that is at least [`IM2COL_MIN_INPUT`] elements (1.05–1.7x); smaller
+    /// 3×3 inputs, strided kernels and everything larger stay on libtorch (0.7–0.9x there).
+    pub fn path_for(&self, x: &Tensor) -> ConvPath {
+        let n = x.numel() as i64;
+        let pays_off = match (self.kernel, self.stride, self.padding) {
+            (1, 1, 0) => n <= POINTWISE_MAX_INPUT,
+            (3, 1, _) => (IM2COL_MIN_INPUT..=SLOW_PATH_MAX_INPUT).contains(&n),
+            _ => false,
+        };
+        if pays_off && self.im2col_applies(x) {
+            ConvPath::Im2colGemm
+        } else {
+            ConvPath::Libtorch
+        }
+    }
+
+    /// Whether difflab's path can compute `x` at all: a contiguous batch-1 f32 CPU input, a
+    /// contiguous weight and bias, the BLAS reachable, and nothing autograd must record (grad
+    /// mode off, or no input requiring a gradient).
+    fn im2col_applies(&self, x: &Tensor) -> bool {
+        let (w, b) = (&self.inner.ws, self.inner.bs.as_ref());
+        let plain =
+            |t: &Tensor| t.device() == Device::Cpu && t.kind() == Kind::Float && t.is_contiguous();
+        let records_grad = grad_enabled()
+            && (x.requires_grad() || w.requires_grad() || b.is_some_and(Tensor::requires_grad));
+        x.dim() == 4
+            && x.size()[0] == 1
+            && !records_grad
+            && plain(x)
+            && plain(w)
+            && b.is_none_or(plain)
+            && blas::direct()
+    }
+
+    /// The output of one image through the columns and the BLAS (see [`Conv2d::path_for`]).
+    fn forward_im2col(&self, x: &Tensor) -> Tensor {
+        let (k, s, p) = (self.kernel, self.stride, self.padding);
+        let [_, c, h, w] = x.size()[..] else {
+            unreachable!("path_for checked a 4-D input")
+        };
+        let (ho, wo) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
+        let c_out = self.inner.ws.size()[0];
+        let out = Tensor::empty([1, c_out, ho, wo], (Kind::Float, Device::Cpu));
+        let out_rows = out.view([c_out, ho * wo]);
+        let accumulate = match &self.inner.bs {
+            Some(bias) => {
+                fill_rows_with(&out_rows, bias);
+                true
+            }
+            None => false,
+        };
+        let weight = self.inner.ws.view([c_out, c * k * k]);
+        if k == 1 && s == 1 && p == 0 {
+            blas::gemm(
+                &out_rows,
+                &weight,
+                false,
+                &x.view([c, h * w]),
+                false,
+                accumulate,
+            );
+        } else {
+            let cols = Tensor::empty([c * k * k, ho * wo], (Kind::Float, Device::Cpu));
+            let geometry = Im2col::new([c, h, w], [k, s, p]);
+            // SAFETY: both tensors are contiguous f32 of the sizes the geometry describes.
+            unsafe {
+                geometry.run(x.data_ptr() as *const f32, cols.data_ptr() as *mut f32);
+            }
+            blas::gemm(&out_rows, &weight, false, &cols, false, accumulate);
+        }
+        out
+    }
+}
+
+impl ParamCount for Conv2d {
+    fn param_count(&self) -> i64 {
+        self.inner.param_count()
+    }
+}
+
+/// Whether autograd records operations on this thread now (`torch.is_grad_enabled()`).
+pub fn grad_enabled() -> bool {
+    // SAFETY: sets the thread-local grad mode and puts the previous value straight back.
+    unsafe {
+        let previous = torch_sys::at_grad_set_enabled(0);
+        torch_sys::at_grad_set_enabled(previous);
+        previous != 0
+    }
+}
+
+/// Write `values[r]` into every element of row `r` of the contiguous f32 matrix `rows`.
+fn fill_rows_with(rows: &Tensor, values: &Tensor) {
+    let (n_rows, width) = (rows.size()[0] as usize, rows.size()[1] as usize);
+    assert_eq!(values.numel(), n_rows, "one value per row");
+    // SAFETY: `rows` is a contiguous f32 CPU matrix (made by the caller) and `values` a
+    // contiguous f32 CPU vector of `n_rows` elements (checked by `path_for`); they are
+    // different tensors.
+    let (dst, src) = unsafe {
+        (
+            std::slice::from_raw_parts_mut(rows.data_ptr() as *mut f32, n_rows * width),
+            std::slice::from_raw_parts(values.data_ptr() as *const f32, n_rows),
+        )
+    };
+    for (row, &v) in dst.chunks_exact_mut(width).zip(src) {
+        row.fill(v);
+    }
+}
+
+/// The im2col rearrangement of one `[C, H, W]` image for a `k`×`k` kernel with stride `s` and
+/// zero padding `p`: a `[C·k·k, H'·W']` matrix whose row `(c, ky, kx)` holds, for every output
+/// position `(oy, ox)`, the input `x[c, oy·s + ky − p, ox·s + kx − p]` (0 outside the image),
+/// so that `weight.view([out, C·k·k]) · columns` is the convolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Im2col {
+    c: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+    s: usize,
+    p: usize,
+    ho: usize,
+    wo: usize,
+}
+
+impl Im2col {
+    /// The geometry for an input `[c, h, w]` and `[kernel, stride, padding]`.
+    ///
+    /// # Panics
+    /// When the kernel does not fit the padded input, or a size is negative or the stride 0.
+    pub fn new([c, h, w]: [i64; 3], [k, s, p]: [i64; 3]) -> Self {
+        assert!(
+            c >= 0 && k >= 1 && s >= 1 && p >= 0 && h + 2 * p >= k && w + 2 * p >= k,
+            "im2col: kernel {k} stride {s} padding {p} on [{c}, {h}, {w}]"
+        );
+        let u = |v: i64| v as usize;
+        Self {
+            c: u(c),
+            h: u(h),
+            w: u(w),
+            k: u(k),
+            s: u(s),
+            p: u(p),
+            ho: u((h + 2 * p - k) / s + 1),
+            wo: u((w + 2 * p - k) / s + 1),
+        }
+    }
+
+    /// Elements of the input image.
+    pub fn input_len(&self) -> usize {
+        self.c * self.h * self.w
+    }
+
+    /// Elements of the column matrix.
+    pub fn columns_len(&self) -> usize {
+        self.c * self.k * self.k * self.ho * self.wo
+    }
+
+    /// Fill the columns from the image, the rows split over libtorch's OpenMP team.
+    ///
+    /// # Safety
+    /// `x` points to [`Im2col::input_len`] readable f32, `cols` to [`Im2col::columns_len`]
+    /// writable f32 that nothing else touches during the call, and the two do not overlap.
+    pub unsafe fn run(&self, x: *const f32, cols: *mut f32) {
+        let (x, cols) = (SyncPtr(x as *mut f32), SyncPtr(cols));
+        let width = self.ho * self.wo;
+        if width == 0 {
+            return;
+        }
+        omp_team::for_each_chunk(self.columns_len(), width, |range| {
+            // SAFETY: the caller vouches for both buffers; ranges handed out are disjoint and
+            // whole rows (multiples of `width`).
+            let (input, out) =
+                unsafe { (x.slice(0..self.input_len()), cols.slice_mut(range.clone())) };
+            for (i, row) in out.chunks_exact_mut(width).enumerate() {
+                self.fill_row(input, range.start / width + i, row);
+            }
+        });
+    }
+
+    /// Column row `r = (c·k + ky)·k + kx` from `input`.
+    fn fill_row(&self, input: &[f32], r: usize, row: &mut [f32]) {
+        let (kx, ky, c) = (r % self.k, (r / self.k) % self.k, r / (self.k * self.k));
+        let plane = &input[c * self.h * self.w..(c + 1) * self.h * self.w];
+        // Output columns whose input column `ox·s + kx − p` lies inside [0, w).
+        let first = self.p.saturating_sub(kx).div_ceil(self.s).min(self.wo);
+        let end = ((self.w + self.p).saturating_sub(kx))
+            .div_ceil(self.s)
+            .clamp(first, self.wo);
+        for (oy, dst) in row.chunks_exact_mut(self.wo).enumerate() {
+            let iy = (oy * self.s + ky).wrapping_sub(self.p);
+            if iy >= self.h {
+                dst.fill(0.0);
+                continue;
+            }
+            let src = &plane[iy * self.w..(iy + 1) * self.w];
+            dst[..first].fill(0.0);
+            dst[end..].fill(0.0);
+            let x0 = first * self.s + kx - self.p;
+            if self.s == 1 {
+                dst[first..end].copy_from_slice(&src[x0..x0 + (end - first)]);
+            } else {
+                for (j, d) in dst[first..end].iter_mut().enumerate() {
+                    *d = src[x0 + j * self.s];
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f32_cpu() -> (Kind, Device) {
+        (Kind::Float, Device::Cpu)
+    }
+
+    /// Every kernel, stride and padding the networks use (and a few they do not), against
+    /// libtorch's convolution of the same weights.
+    #[test]
+    fn matches_libtorch_for_every_geometry() {
+        let _guard = tch::no_grad_guard();
+        for (c_in, c_out, size, k, s, p) in [
+            (3, 8, 9, 3, 1, 1),
+            (5, 4, 8, 3, 2, 1),
+            (5, 4, 9, 3, 2, 0),
+            (4, 6, 7, 1, 1, 0),
+            (2, 3, 6, 3, 1, 0),
+            (2, 3, 5, 2, 2, 0),
+            (2, 3, 5, 1, 2, 1),
+        ] {
+            let vs = nn::VarStore::new(Device::Cpu);
+            let conv = Conv2d::new(vs.root(), c_in, c_out, k, s, p);
+            let x = Tensor::randn([1, c_in, size, size], f32_cpu());
+            let ours = conv
+                .forward_with(&x, ConvPath::Im2colGemm)
+                .expect("applies");
+            let reference = conv.forward_libtorch(&x);
+            assert_eq!(ours.size(), reference.size());
+            let err = (&ours - &reference).abs().max().double_value(&[]);
+            assert!(err < 1e-5, "k {k} s {s} p {p}: max error {err}");
+        }
+    }
+
+    #[test]
+    fn the_columns_are_the_unfolded_image() {
+        let x = Tensor::arange(2 * 5 * 6, f32_cpu()).view([1, 2, 5, 6]);
+        for (k, s, p) in [(3, 1, 1), (3, 2, 1), (2, 1, 0), (3, 2, 2)] {
+            let geometry = Im2col::new([2, 5, 6], [k, s, p]);
+            let cols = Tensor::full([geometry.columns_len() as i64], f64::NAN, f32_cpu());
+            // SAFETY: sizes from the geometry, separate tensors.
+            unsafe { geometry.run(x.data_ptr() as *const f32, cols.data_ptr() as *mut f32) };
+            let expected = x.im2col([k, k], [1, 1], [p, p], [s, s]).view([-1]);
+            assert!(cols.equal(&expected), "k {k} s {s} p {p}");
+        }
+    }
+
+    #[test]
+    fn without_a_bias_the_product_is_not_accumulated() {
+        let _guard = tch::no_grad_guard();
+        let vs = nn::VarStore::new(Device::Cpu);
+        let config = nn::ConvConfig {
+            padding: 1,
+            bias: false,
+            ..Default::default()
+        };
+        let conv = Conv2d {
+            inner: nn::conv2d(vs.root(), 3, 4, 3, config),
+            kernel: 3,
+            stride: 1,
+            padding: 1,
+        };
+        let x = Tensor::randn([1, 3, 6, 6], f32_cpu());
+        // Twice: a reused output buffer must not carry the previous product.
+        for _ in 0..2 {
+            let ours = conv
+                .forward_with(&x, ConvPath::Im2colGemm)
+                .expect("applies");
+            assert!(ours.allclose(&conv.forward_libtorch(&x), 1e-5, 1e-5, false));
+        }
+    }
+
+    #[test]
+    fn autograd_batches_large_inputs_and_other_layouts_stay_on_libtorch() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let conv = Conv2d::new(vs.root(), 64, 64, 3, 1, 1);
+        let small = Tensor::randn([1, 64, 16, 16], f32_cpu());
+        // Weights require grad and grad mode is on: training.
+        assert_eq!(conv.path_for(&small), ConvPath::Libtorch);
+        let out = conv.forward(&small);
+        assert!(
+            out.requires_grad(),
+            "autograd must see the training convolution"
+        );
+        let _guard = tch::no_grad_guard();
+        assert_eq!(conv.path_for(&small), ConvPath::Im2colGemm);
+        let batch = Tensor::randn([2, 64, 16, 16], f32_cpu());
+        assert_eq!(conv.path_for(&batch), ConvPath::Libtorch);
+        let large = Tensor::randn([1, 64, 32, 32], f32_cpu());
+        assert_eq!(conv.path_for(&large), ConvPath::Libtorch);
+        let tiny = Tensor::randn([1, 64, 8, 8], f32_cpu());
+        assert_eq!(conv.path_for(&tiny), ConvPath::Libtorch);
+        let strided = Conv2d::new(vs.root() / "down", 64, 64, 3, 2, 1);
+        assert_eq!(strided.path_for(&small), ConvPath::Libtorch);
+        assert!(strided.forward_with(&small, ConvPath::Im2colGemm).is_some());
+        let channels_last = small
+            .permute([0, 2, 3, 1])
+            .contiguous()
+            .permute([0, 3, 1, 2]);
+        assert_eq!(conv.path_for(&channels_last), ConvPath::Libtorch);
+        let doubles = small.to_kind(Kind::Double);
+        assert_eq!(conv.path_for(&doubles), ConvPath::Libtorch);
+        // A 1×1 kernel needs no columns: taken up to a much larger size.
+        let pointwise = Conv2d::new(vs.root() / "pw", 64, 32, 1, 1, 0);
+        assert_eq!(pointwise.path_for(&large), ConvPath::Im2colGemm);
+        let huge = Tensor::randn([1, 64, 64, 64], f32_cpu());
+        assert_eq!(pointwise.path_for(&huge), ConvPath::Libtorch);
+    }
+
+    #[test]
+    fn grad_mode_is_read_without_changing_it() {
+        assert!(grad_enabled());
+        {
+            let _guard = tch::no_grad_guard();
+            assert!(!grad_enabled());
+            assert!(!grad_enabled());
+        }
+        assert!(grad_enabled());
+    }
+}
