@@ -141,7 +141,10 @@ impl SpatialAttention {
             .forward(&out)
             .transpose(1, 2)
             .reshape([b, c, h, w]);
-        let out = out + x;
+        // `x` first: the sum takes the layout of its first operand, and `out` (a transposed
+        // view) is laid out channels-last. With `out + x` every layer after the attention ran
+        // on channels-last tensors, and each convolution re-laid out its weights per call.
+        let out = x + out;
         if self.config.rescale_output_factor == 1.0 {
             out
         } else {

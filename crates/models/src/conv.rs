@@ -20,10 +20,6 @@ use crate::params::ParamCount;
 /// Largest batch-1 input (elements) libtorch sends to `slow_conv2d` rather than oneDNN.
 pub const SLOW_PATH_MAX_INPUT: i64 = 20_480;
 
-/// Smallest batch-1 input (elements) whose stride-1 3×3 convolution difflab's path takes:
-/// below it libtorch's `slow_conv2d` is as fast (`[1, 64, 8, 8]`: 0.75x for ours).
-pub const IM2COL_MIN_INPUT: i64 = 8_192;
-
 /// Largest batch-1 input (elements) whose 1×1 convolution difflab's path takes (at
 /// `[1, 256, 64, 64]` oneDNN is faster: 0.8x for ours).
 pub const POINTWISE_MAX_INPUT: i64 = 131_072;
@@ -93,24 +89,47 @@ impl Conv2d {
         }
     }
 
+    /// `residual + conv(x)` (the end of a resnet block). On difflab's path the residual and the
+    /// bias are written into the output first and the product accumulated onto them, saving
+    /// the separate addition; elsewhere it is that addition, `residual` first (so the sum takes
+    /// its layout).
+    pub fn forward_plus(&self, x: &Tensor, residual: &Tensor) -> Tensor {
+        if self.path_for(x) == ConvPath::Im2colGemm {
+            let c_out = self.inner.ws.size()[0];
+            let [_, _, h, w] = x.size()[..] else {
+                unreachable!("path_for checked a 4-D input")
+            };
+            let (k, s, p) = (self.kernel, self.stride, self.padding);
+            let out_shape = [1, c_out, (h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1];
+            let fits = residual.size() == out_shape
+                && residual.device() == Device::Cpu
+                && residual.kind() == Kind::Float
+                && residual.is_contiguous()
+                && !residual.requires_grad();
+            if fits {
+                return self.forward_im2col_onto(x, Some(residual));
+            }
+        }
+        residual + self.forward(x)
+    }
+
     /// libtorch's convolution whatever the input (for comparisons).
     pub fn forward_libtorch(&self, x: &Tensor) -> Tensor {
         self.inner.forward(x)
     }
 
     /// The implementation [`Conv2d::forward`] picks for `x`: difflab's where it applies (see
-    /// [`Conv2d::forward_with`]) and measured faster than libtorch's (`cargo bench -p
-    /// difflab-pipeline --bench kernels -- conv`, 2 threads): a 1×1 kernel on at most
-    /// [`POINTWISE_MAX_INPUT`] elements (1.1–3x: no columns to write, and libtorch's oneDNN
-    /// call costs more than the product), and a stride-1 3×3 kernel on an input libtorch sends
-    /// to `slow_conv2d` that is at least [`IM2COL_MIN_INPUT`] elements (1.05–1.7x); smaller
-    /// 3×3 inputs, strided kernels and everything larger stay on libtorch (0.7–0.9x there).
+    /// [`Conv2d::forward_with`]) and was measured faster than libtorch's (`cargo bench -p
+    /// difflab-pipeline --bench kernels -- conv`, 2 threads): every input libtorch sends to
+    /// `slow_conv2d` (kernel at most 3×3, at most [`SLOW_PATH_MAX_INPUT`] elements; 1.05–1.2x)
+    /// and a 1×1 kernel on at most [`POINTWISE_MAX_INPUT`] elements (1.05–2.4x: no columns to
+    /// write, and libtorch's oneDNN call costs more than the product). Larger inputs stay on
+    /// oneDNN (0.84–0.9x for ours there).
     pub fn path_for(&self, x: &Tensor) -> ConvPath {
         let n = x.numel() as i64;
         let pays_off = match (self.kernel, self.stride, self.padding) {
             (1, 1, 0) => n <= POINTWISE_MAX_INPUT,
-            (3, 1, _) => (IM2COL_MIN_INPUT..=SLOW_PATH_MAX_INPUT).contains(&n),
-            _ => false,
+            (k, _, _) => k <= 3 && n <= SLOW_PATH_MAX_INPUT,
         };
         if pays_off && self.im2col_applies(x) {
             ConvPath::Im2colGemm
@@ -139,6 +158,12 @@ impl Conv2d {
 
     /// The output of one image through the columns and the BLAS (see [`Conv2d::path_for`]).
     fn forward_im2col(&self, x: &Tensor) -> Tensor {
+        self.forward_im2col_onto(x, None)
+    }
+
+    /// [`Conv2d::forward_im2col`] plus `residual` (the output's shape, contiguous f32 CPU),
+    /// added into the output before the product is accumulated onto it.
+    fn forward_im2col_onto(&self, x: &Tensor, residual: Option<&Tensor>) -> Tensor {
         let (k, s, p) = (self.kernel, self.stride, self.padding);
         let [_, c, h, w] = x.size()[..] else {
             unreachable!("path_for checked a 4-D input")
@@ -147,12 +172,16 @@ impl Conv2d {
         let c_out = self.inner.ws.size()[0];
         let out = Tensor::empty([1, c_out, ho, wo], (Kind::Float, Device::Cpu));
         let out_rows = out.view([c_out, ho * wo]);
-        let accumulate = match &self.inner.bs {
-            Some(bias) => {
-                fill_rows_with(&out_rows, bias);
+        let accumulate = match (&self.inner.bs, residual) {
+            (Some(bias), residual) => {
+                fill_rows_with(&out_rows, bias, residual);
                 true
             }
-            None => false,
+            (None, Some(residual)) => {
+                out.shallow_clone().copy_(residual);
+                true
+            }
+            (None, None) => false,
         };
         let weight = self.inner.ws.view([c_out, c * k * k]);
         if k == 1 && s == 1 && p == 0 {
@@ -193,8 +222,9 @@ pub fn grad_enabled() -> bool {
     }
 }
 
-/// Write `values[r]` into every element of row `r` of the contiguous f32 matrix `rows`.
-fn fill_rows_with(rows: &Tensor, values: &Tensor) {
+/// Write `values[r]` into every element of row `r` of the contiguous f32 matrix `rows`, plus
+/// the matching element of `plus` (a contiguous f32 CPU tensor of as many elements) if given.
+fn fill_rows_with(rows: &Tensor, values: &Tensor, plus: Option<&Tensor>) {
     let (n_rows, width) = (rows.size()[0] as usize, rows.size()[1] as usize);
     assert_eq!(values.numel(), n_rows, "one value per row");
     // SAFETY: `rows` is a contiguous f32 CPU matrix (made by the caller) and `values` a
@@ -206,8 +236,29 @@ fn fill_rows_with(rows: &Tensor, values: &Tensor) {
             std::slice::from_raw_parts(values.data_ptr() as *const f32, n_rows),
         )
     };
-    for (row, &v) in dst.chunks_exact_mut(width).zip(src) {
-        row.fill(v);
+    match plus {
+        None => {
+            for (row, &v) in dst.chunks_exact_mut(width).zip(src) {
+                row.fill(v);
+            }
+        }
+        Some(plus) => {
+            assert_eq!(plus.numel(), n_rows * width, "one addend per element");
+            // SAFETY: a contiguous f32 CPU tensor of that many elements (checked by the
+            // caller), read only, and not `rows` (which is fresh).
+            let plus = unsafe {
+                std::slice::from_raw_parts(plus.data_ptr() as *const f32, n_rows * width)
+            };
+            for ((row, add), &v) in dst
+                .chunks_exact_mut(width)
+                .zip(plus.chunks_exact(width))
+                .zip(src)
+            {
+                for (d, a) in row.iter_mut().zip(add) {
+                    *d = a + v;
+                }
+            }
+        }
     }
 }
 
@@ -260,55 +311,68 @@ impl Im2col {
         self.c * self.k * self.k * self.ho * self.wo
     }
 
-    /// Fill the columns from the image, the rows split over libtorch's OpenMP team.
+    /// Fill the columns from the image, whole channels (their `k·k` rows) split over
+    /// libtorch's OpenMP team. Each thread copies one channel at a time into a zero-bordered
+    /// `[H + 2p, W + 2p]` plane, from which every output row of every tap is one short copy.
     ///
     /// # Safety
     /// `x` points to [`Im2col::input_len`] readable f32, `cols` to [`Im2col::columns_len`]
     /// writable f32 that nothing else touches during the call, and the two do not overlap.
     pub unsafe fn run(&self, x: *const f32, cols: *mut f32) {
         let (x, cols) = (SyncPtr(x as *mut f32), SyncPtr(cols));
+        let (k, s, p) = (self.k, self.s, self.p);
         let width = self.ho * self.wo;
-        if width == 0 {
+        let per_channel = k * k * width;
+        if per_channel == 0 {
             return;
         }
-        omp_team::for_each_chunk(self.columns_len(), width, |range| {
-            // SAFETY: the caller vouches for both buffers; ranges handed out are disjoint and
-            // whole rows (multiples of `width`).
+        omp_team::for_each_chunk(self.columns_len(), per_channel, |range| {
+            // SAFETY: the caller vouches for both buffers; the ranges handed out are disjoint
+            // and whole channels (multiples of `per_channel`).
             let (input, out) =
                 unsafe { (x.slice(0..self.input_len()), cols.slice_mut(range.clone())) };
-            for (i, row) in out.chunks_exact_mut(width).enumerate() {
-                self.fill_row(input, range.start / width + i, row);
+            let (h, w, wo) = (self.h, self.w, self.wo);
+            let wp = w + 2 * p;
+            let mut padded = vec![0.0_f32; (h + 2 * p) * wp];
+            for (i, block) in out.chunks_exact_mut(per_channel).enumerate() {
+                let c = range.start / per_channel + i;
+                let plane = &input[c * h * w..(c + 1) * h * w];
+                // The interior only: the border stays zero for every channel.
+                for (row, dst) in plane
+                    .chunks_exact(w)
+                    .zip(padded[p * wp + p..].chunks_mut(wp))
+                {
+                    dst[..w].copy_from_slice(row);
+                }
+                for (r, row) in block.chunks_exact_mut(width).enumerate() {
+                    let (ky, kx) = (r / k, r % k);
+                    for (oy, dst) in row.chunks_exact_mut(wo).enumerate() {
+                        let start = (oy * s + ky) * wp + kx;
+                        if s == 1 {
+                            copy_short(dst, &padded[start..start + wo]);
+                        } else {
+                            for (j, d) in dst.iter_mut().enumerate() {
+                                *d = padded[start + j * s];
+                            }
+                        }
+                    }
+                }
             }
         });
     }
+}
 
-    /// Column row `r = (c·k + ky)·k + kx` from `input`.
-    fn fill_row(&self, input: &[f32], r: usize, row: &mut [f32]) {
-        let (kx, ky, c) = (r % self.k, (r / self.k) % self.k, r / (self.k * self.k));
-        let plane = &input[c * self.h * self.w..(c + 1) * self.h * self.w];
-        // Output columns whose input column `ox·s + kx − p` lies inside [0, w).
-        let first = self.p.saturating_sub(kx).div_ceil(self.s).min(self.wo);
-        let end = ((self.w + self.p).saturating_sub(kx))
-            .div_ceil(self.s)
-            .clamp(first, self.wo);
-        for (oy, dst) in row.chunks_exact_mut(self.wo).enumerate() {
-            let iy = (oy * self.s + ky).wrapping_sub(self.p);
-            if iy >= self.h {
-                dst.fill(0.0);
-                continue;
-            }
-            let src = &plane[iy * self.w..(iy + 1) * self.w];
-            dst[..first].fill(0.0);
-            dst[end..].fill(0.0);
-            let x0 = first * self.s + kx - self.p;
-            if self.s == 1 {
-                dst[first..end].copy_from_slice(&src[x0..x0 + (end - first)]);
-            } else {
-                for (j, d) in dst[first..end].iter_mut().enumerate() {
-                    *d = src[x0 + j * self.s];
-                }
-            }
-        }
+/// `dst.copy_from_slice(src)` for the short rows of an image (a few to a few dozen floats):
+/// fixed 8-float moves the compiler inlines, instead of a `memcpy` call per row.
+#[inline(always)]
+fn copy_short(dst: &mut [f32], src: &[f32]) {
+    let mut d = dst.chunks_exact_mut(8);
+    let mut s = src.chunks_exact(8);
+    for (d8, s8) in (&mut d).zip(&mut s) {
+        d8.copy_from_slice(s8);
+    }
+    for (d1, s1) in d.into_remainder().iter_mut().zip(s.remainder()) {
+        *d1 = *s1;
     }
 }
 
@@ -361,6 +425,27 @@ mod tests {
     }
 
     #[test]
+    fn the_residual_is_added_on_either_path() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let conv = Conv2d::new(vs.root(), 8, 6, 3, 1, 1);
+        let x = Tensor::randn([1, 8, 10, 10], f32_cpu());
+        let residual = Tensor::randn([1, 6, 10, 10], f32_cpu());
+        let _guard = tch::no_grad_guard();
+        assert_eq!(conv.path_for(&x), ConvPath::Im2colGemm);
+        let expected = &residual + conv.forward_libtorch(&x);
+        let err = (conv.forward_plus(&x, &residual) - &expected)
+            .abs()
+            .max()
+            .double_value(&[]);
+        assert!(err < 1e-5, "{err}");
+        // A batch takes libtorch's convolution and a plain addition.
+        let xs = Tensor::cat(&[&x, &x], 0);
+        let residuals = Tensor::cat(&[&residual, &residual], 0);
+        let sum = conv.forward_plus(&xs, &residuals);
+        assert!(sum.get(1).allclose(&expected.get(0), 1e-5, 1e-5, false));
+    }
+
+    #[test]
     fn without_a_bias_the_product_is_not_accumulated() {
         let _guard = tch::no_grad_guard();
         let vs = nn::VarStore::new(Device::Cpu);
@@ -404,10 +489,12 @@ mod tests {
         let large = Tensor::randn([1, 64, 32, 32], f32_cpu());
         assert_eq!(conv.path_for(&large), ConvPath::Libtorch);
         let tiny = Tensor::randn([1, 64, 8, 8], f32_cpu());
-        assert_eq!(conv.path_for(&tiny), ConvPath::Libtorch);
+        assert_eq!(conv.path_for(&tiny), ConvPath::Im2colGemm);
         let strided = Conv2d::new(vs.root() / "down", 64, 64, 3, 2, 1);
-        assert_eq!(strided.path_for(&small), ConvPath::Libtorch);
-        assert!(strided.forward_with(&small, ConvPath::Im2colGemm).is_some());
+        assert_eq!(strided.path_for(&small), ConvPath::Im2colGemm);
+        let five = Conv2d::new(vs.root() / "five", 64, 64, 5, 1, 2);
+        assert_eq!(five.path_for(&small), ConvPath::Libtorch);
+        assert!(five.forward_with(&small, ConvPath::Im2colGemm).is_some());
         let channels_last = small
             .permute([0, 2, 3, 1])
             .contiguous()

@@ -17,12 +17,15 @@ use crate::conv::grad_enabled;
 use crate::cpu_kernels::{self, silu_owned};
 use crate::omp_team::{self, SyncPtr};
 
-/// Largest input (elements) the fused kernel takes. Above it libtorch's moments and
-/// normalisation, which split even small tensors over both threads (one group per task), beat
-/// the kernel's two single-thread passes (`cargo bench -p difflab-pipeline --bench kernels --
-/// attention`: 0.8–0.9x from `[1, 32, 32, 32]` up, 1.07x at `[1, 64, 16, 16]`, 1.4x at
-/// `[1, 64, 8, 8]`).
-pub const FUSED_MAX_ELEMENTS: usize = 16_384;
+/// Largest input (elements) the fused kernel takes (`cargo bench -p difflab-pipeline --bench
+/// kernels -- attention`, GroupNorm+SiLU without terms, 2 threads): 1.15–1.2x libtorch's
+/// GroupNorm followed by difflab's SiLU at `[1, 64, 16, 16]` and `[1, 32, 32, 32]`, 0.95–1.0x
+/// at `[1, 64, 8, 8]` (where the folded time-embedding add still saves an operation), and
+/// 0.8–1.0x from `[1, 64, 32, 32]` up, where libtorch's operations stay.
+pub const FUSED_MAX_ELEMENTS: usize = 32_768;
+
+/// Elements per thread below which the kernel's passes stay on one thread.
+const GRAIN: usize = 4096;
 
 /// What a resnet block applies per channel around its second norm (`[B or 1, C, 1, 1]`
 /// tensors, or `[C]`).
@@ -114,8 +117,9 @@ impl<'a> Fused<'a> {
         let vector = |t: &'a Tensor, rows_allowed: bool| -> Option<(&'a [f32], usize)> {
             let n = t.numel();
             let rows = n / channels;
-            let fits =
-                plain_f32(t) && n.is_multiple_of(channels) && (rows == 1 || (rows_allowed && rows == batch));
+            let fits = plain_f32(t)
+                && n.is_multiple_of(channels)
+                && (rows == 1 || (rows_allowed && rows == batch));
             // SAFETY: a contiguous f32 CPU tensor of `n` elements, borrowed for 'a.
             fits.then(|| {
                 (
@@ -158,7 +162,7 @@ impl<'a> Fused<'a> {
         let planes = self.batch * self.channels;
         let mut sums = vec![(0.0_f64, 0.0_f64); planes];
         let sums_ptr = SyncPtr(sums.as_mut_ptr());
-        omp_team::for_each_chunk(len, plane, |r| {
+        omp_team::for_each_chunk_grain(len, plane, GRAIN, |r| {
             // SAFETY: `x` holds `len` contiguous f32; the ranges are whole planes, disjoint, and
             // each thread writes only the sums of its own planes.
             let (values, sums) = unsafe {
@@ -203,7 +207,7 @@ impl<'a> Fused<'a> {
         }
         // Pass 2: SiLU(a·x + b), plane by plane.
         let coefficients = &coefficients;
-        omp_team::for_each_chunk(len, plane, |r| {
+        omp_team::for_each_chunk_grain(len, plane, GRAIN, |r| {
             // SAFETY: as in pass 1; `out` is a fresh tensor of `len` elements, written only in
             // this thread's planes.
             let (values, outs) = unsafe { (src.slice(r.clone()), dst.slice_mut(r.clone())) };

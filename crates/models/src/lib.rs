@@ -32,6 +32,7 @@ pub mod params;
 pub mod resnet;
 pub mod sr_unet;
 pub mod unet;
+pub mod upsample;
 pub mod weights;
 
 pub use attention::{AttentionConfig, AttentionKind, SpatialAttention};

@@ -25,8 +25,14 @@ pub const GRAIN: usize = 32_768;
 /// How many threads [`for_each_chunk`] uses for `len` elements: one per [`GRAIN`] elements, at
 /// most the OpenMP team's size, and 1 without an OpenMP runtime or inside a parallel region.
 pub fn threads_for(len: usize) -> usize {
+    threads_for_grain(len, GRAIN)
+}
+
+/// [`threads_for`] with `grain` elements per thread instead of [`GRAIN`] (for kernels that do
+/// more per element than an element-wise operation).
+pub fn threads_for_grain(len: usize, grain: usize) -> usize {
     match runtime::get() {
-        Some(omp) if !omp.in_parallel() => omp.max_threads().min(len / GRAIN).max(1),
+        Some(omp) if !omp.in_parallel() => omp.max_threads().min(len / grain.max(1)).max(1),
         _ => 1,
     }
 }
@@ -36,7 +42,17 @@ pub fn threads_for(len: usize) -> usize {
 /// threads of libtorch's OpenMP team, the calling thread among them. Returns when every range
 /// is done. A panic in `body` is caught on its thread and raised again here.
 pub fn for_each_chunk<F: Fn(Range<usize>) + Sync>(len: usize, align: usize, body: F) {
-    let threads = threads_for(len);
+    for_each_chunk_grain(len, align, GRAIN, body);
+}
+
+/// [`for_each_chunk`] on [`threads_for_grain`]`(len, grain)` threads.
+pub fn for_each_chunk_grain<F: Fn(Range<usize>) + Sync>(
+    len: usize,
+    align: usize,
+    grain: usize,
+    body: F,
+) {
+    let threads = threads_for_grain(len, grain);
     match runtime::get() {
         Some(omp) if threads > 1 => {
             let job = Job {

@@ -8,6 +8,7 @@ use crate::conv::Conv2d;
 use crate::cpu_kernels::silu;
 use crate::group_norm_silu::{ChannelTerms, group_norm_silu};
 use crate::params::ParamCount;
+use crate::upsample::upsample_nearest2x;
 
 /// How a residual block reads the time (and class) embedding `e`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,11 +42,7 @@ impl Resampling {
     pub fn apply(self, x: &Tensor) -> Tensor {
         match self {
             Self::None => x.shallow_clone(),
-            Self::Up => {
-                let size = x.size();
-                let (h, w) = (size[size.len() - 2], size[size.len() - 1]);
-                x.upsample_nearest2d([2 * h, 2 * w], 2.0, 2.0)
-            }
+            Self::Up => upsample_nearest2x(x),
             Self::Down => x.avg_pool2d([2, 2], [2, 2], [0, 0], false, true, None),
         }
     }
@@ -167,12 +164,10 @@ impl ResnetBlock2D {
             }
         };
         let h = h.dropout(self.config.dropout, train);
-        let h = self.conv2.forward(&h);
-        let skip = match &self.conv_shortcut {
-            Some(conv) => conv.forward(x),
-            None => x.shallow_clone(),
+        let out = match &self.conv_shortcut {
+            Some(conv) => self.conv2.forward_plus(&h, &conv.forward(x)),
+            None => self.conv2.forward_plus(&h, x),
         };
-        let out = skip + h;
         if self.config.output_scale_factor == 1.0 {
             out
         } else {

@@ -11,6 +11,7 @@ use crate::attention::{AttentionConfig, SpatialAttention};
 use crate::conv::Conv2d;
 use crate::params::ParamCount;
 use crate::resnet::{Resampling, ResnetBlock2D, ResnetConfig, conv3x3};
+use crate::upsample::upsample_nearest2x;
 use crate::{AttentionKind, ModelError};
 
 /// How the UNet changes resolution between levels.
@@ -70,10 +71,7 @@ impl Upsample {
 
     /// `[B, C, H, W]` → `[B, C, 2H, 2W]`.
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        let size = x.size();
-        let (h, w) = (size[size.len() - 2], size[size.len() - 1]);
-        self.conv
-            .forward(&x.upsample_nearest2d([2 * h, 2 * w], 2.0, 2.0))
+        self.conv.forward(&upsample_nearest2x(x))
     }
 }
 
