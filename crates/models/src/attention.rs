@@ -4,11 +4,12 @@
 //! O(N²·d) in the number of positions N.
 
 use serde::{Deserialize, Serialize};
-use tch::{Tensor, nn, nn::Module};
+use tch::{Device, Kind, Tensor, nn, nn::Module};
 
-use crate::ModelError;
+use crate::conv::grad_enabled;
 use crate::params::ParamCount;
 use crate::resnet::group_norm;
+use crate::{ModelError, blas};
 
 /// Which attention (if any) a UNet level uses.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,6 +111,15 @@ impl SpatialAttention {
     /// # Panics
     /// If `x` is not 4-D with `channels` channels (the UNet checks its inputs in `f_forward`).
     pub fn forward(&self, x: &Tensor) -> Tensor {
+        if let Some(out) = self.forward_one_image(x) {
+            return out;
+        }
+        self.forward_libtorch(x)
+    }
+
+    /// [`SpatialAttention::forward`] through libtorch's operations whatever the input (the
+    /// autograd path, and the reference of the tests).
+    pub fn forward_libtorch(&self, x: &Tensor) -> Tensor {
         let (b, c, h, w) = x.size4().expect("SpatialAttention expects [B, C, H, W]");
         let n = h * w;
         let normed = match &self.group_norm {
@@ -150,6 +160,74 @@ impl SpatialAttention {
         } else {
             out / self.config.rescale_output_factor
         }
+    }
+}
+
+impl SpatialAttention {
+    /// Full attention of one image at inference on the CPU with every projection one BLAS
+    /// call: `q`, `k`, `v` read the normalised map `[C, N]` as its transpose (no token copy),
+    /// and the output projection is computed transposed, `Wₒ·attnᵀ`, straight into an NCHW
+    /// output that already holds `x` and the bias (no transposed view, no separate residual
+    /// addition). `None` where this does not apply: a batch, linear attention, grad recording,
+    /// other devices, kinds or layouts, no BLAS.
+    fn forward_one_image(&self, x: &Tensor) -> Option<Tensor> {
+        let size = x.size();
+        let layers = [&self.to_q, &self.to_k, &self.to_v, &self.to_out];
+        let plain =
+            |t: &Tensor| t.device() == Device::Cpu && t.kind() == Kind::Float && t.is_contiguous();
+        let applies = size.len() == 4
+            && size[0] == 1
+            && self.config.kind == AttentionKind::Full
+            && plain(x)
+            && !x.requires_grad()
+            && !grad_enabled()
+            && layers
+                .iter()
+                .all(|l| plain(&l.ws) && l.bs.as_ref().is_some_and(plain))
+            && blas::direct();
+        if !applies {
+            return None;
+        }
+        let (c, n) = (size[1], size[2] * size[3]);
+        let (heads, d) = (self.heads, self.config.head_dim);
+        let inner = heads * d;
+        let normed = match &self.group_norm {
+            Some(norm) => norm.forward(x),
+            None => x.shallow_clone(),
+        };
+        let normed = normed.contiguous().view([c, n]);
+        let project = |layer: &nn::Linear| {
+            let out = Tensor::empty([n, inner], (Kind::Float, Device::Cpu));
+            blas::broadcast_rows(&out, &[layer.bs.as_ref()]);
+            blas::gemm(&out, &normed, true, &layer.ws, true, true);
+            out.view([1, n, heads, d]).transpose(1, 2)
+        };
+        let (q, k, v) = (
+            project(&self.to_q),
+            project(&self.to_k),
+            project(&self.to_v),
+        );
+        let attended = Tensor::scaled_dot_product_attention(
+            &q,
+            &k,
+            &v,
+            None::<&Tensor>,
+            0.0,
+            false,
+            None,
+            false,
+        );
+        let attended = attended.transpose(1, 2).reshape([n, inner]);
+        let out = Tensor::empty([1, c, size[2], size[3]], (Kind::Float, Device::Cpu));
+        let out_rows = out.view([c, n]);
+        let bias = self.to_out.bs.as_ref()?;
+        blas::broadcast_columns(&out_rows, bias, Some(x));
+        blas::gemm(&out_rows, &self.to_out.ws, false, &attended, true, true);
+        Some(if self.config.rescale_output_factor == 1.0 {
+            out
+        } else {
+            out / self.config.rescale_output_factor
+        })
     }
 }
 
@@ -195,6 +273,45 @@ mod tests {
         // K is normalised over positions: each feature column of softmax_N(K) sums to 1.
         let sums = ks.sum_dim_intlist([-2i64].as_slice(), false, Kind::Double);
         assert!((sums - 1.0).abs().max().double_value(&[]) < 1e-12);
+    }
+
+    /// The batch-1 BLAS path against libtorch's operations: one and several heads, with and
+    /// without the norm, a rescaled output; a batch and grad recording take libtorch's path.
+    #[test]
+    fn one_image_path_matches_libtorchs_operations() {
+        let f = (Kind::Float, Device::Cpu);
+        for (channels, head_dim, norm_groups, rescale) in [
+            (8, 8, Some(4), 1.0),
+            (8, 4, Some(2), 2.0),
+            (6, 3, None, 1.0),
+        ] {
+            let vs = nn::VarStore::new(Device::Cpu);
+            let cfg = AttentionConfig {
+                channels,
+                head_dim,
+                norm_groups,
+                eps: 1e-5,
+                rescale_output_factor: rescale,
+                kind: AttentionKind::Full,
+            };
+            let attention = SpatialAttention::new(&vs.root(), &cfg).unwrap();
+            let x = Tensor::randn([1, channels, 5, 4], f);
+            assert!(attention.forward_one_image(&x).is_none(), "grad mode is on");
+            let _guard = tch::no_grad_guard();
+            let ours = attention.forward_one_image(&x).expect("applies");
+            let reference = attention.forward_libtorch(&x);
+            let err = (&ours - &reference).abs().max().double_value(&[]);
+            assert!(err < 1e-5, "{channels}/{head_dim}: {err}");
+            assert!(ours.is_contiguous(), "NCHW output");
+            let batch = Tensor::cat(&[&x, &x], 0);
+            assert!(attention.forward_one_image(&batch).is_none());
+            assert!(attention.forward(&batch).get(1).allclose(
+                &reference.get(0),
+                1e-5,
+                1e-5,
+                false
+            ));
+        }
     }
 
     #[test]

@@ -80,6 +80,94 @@ pub fn gemm(c: &Tensor, a: &Tensor, trans_a: bool, b: &Tensor, trans_b: bool, ac
     }
 }
 
+/// `x·Wᵀ + b` of a linear layer for a contiguous 2-D f32 CPU input at inference, as one BLAS
+/// call onto the bias rows (no libtorch dispatch, no output reshuffling); `None` where that does
+/// not apply (autograd recording, other devices, kinds, shapes or layouts, no bias, no BLAS).
+pub fn linear_inference(x: &Tensor, layer: &tch::nn::Linear) -> Option<Tensor> {
+    let plain = |t: &Tensor| is_f32_cpu_matrix(t) && t.is_contiguous();
+    let bias = layer.bs.as_ref()?;
+    let records = crate::conv::grad_enabled()
+        && (x.requires_grad() || layer.ws.requires_grad() || bias.requires_grad());
+    let fits = plain(x)
+        && plain(&layer.ws)
+        && bias.is_contiguous()
+        && bias.kind() == Kind::Float
+        && x.size()[1] == layer.ws.size()[1]
+        && bias.numel() as i64 == layer.ws.size()[0];
+    if records || !fits || !direct() {
+        return None;
+    }
+    let out = Tensor::empty(
+        [x.size()[0], layer.ws.size()[0]],
+        (Kind::Float, Device::Cpu),
+    );
+    broadcast_rows(&out, &[Some(bias)]);
+    gemm(&out, x, false, &layer.ws, true, true);
+    Some(out)
+}
+
+/// The starting contents of a `β = 1` product with a bias per column (a linear layer's `[N,
+/// out]` output): the sum of `rows` (each a contiguous f32 CPU vector of `out`'s width, or
+/// absent) written into every row of the fresh contiguous f32 matrix `out`; zeros when all are
+/// absent.
+pub fn broadcast_rows(out: &Tensor, rows: &[Option<&Tensor>]) {
+    let width = out.size()[1] as usize;
+    let mut sum = vec![0.0_f32; width];
+    for row in rows.iter().flatten() {
+        // SAFETY: a contiguous f32 CPU vector of `width` elements (parameters and rows made
+        // here), read only.
+        let row = unsafe { std::slice::from_raw_parts(row.data_ptr() as *const f32, width) };
+        sum.iter_mut().zip(row).for_each(|(s, r)| *s += r);
+    }
+    // SAFETY: `out` is a fresh contiguous f32 matrix nothing else refers to.
+    let out = unsafe { std::slice::from_raw_parts_mut(out.data_ptr() as *mut f32, out.numel()) };
+    for chunk in out.chunks_exact_mut(width.max(1)) {
+        chunk.copy_from_slice(&sum);
+    }
+}
+
+/// The starting contents of a `β = 1` product with a bias per row (a convolution's `[out,
+/// H·W]` output): `values[r]` (a contiguous f32 CPU vector, one value per row) in every element
+/// of row `r` of the fresh contiguous f32 matrix `rows`, plus the matching element of `plus` (a
+/// contiguous f32 CPU tensor of as many elements, not `rows`) if given.
+pub fn broadcast_columns(rows: &Tensor, values: &Tensor, plus: Option<&Tensor>) {
+    let (n_rows, width) = (rows.size()[0] as usize, rows.size()[1] as usize);
+    assert_eq!(values.numel(), n_rows, "one value per row");
+    // SAFETY: `rows` is a contiguous f32 CPU matrix (made by the caller) and `values` a
+    // contiguous f32 CPU vector of `n_rows` elements (checked by `path_for`); they are
+    // different tensors.
+    let (dst, src) = unsafe {
+        (
+            std::slice::from_raw_parts_mut(rows.data_ptr() as *mut f32, n_rows * width),
+            std::slice::from_raw_parts(values.data_ptr() as *const f32, n_rows),
+        )
+    };
+    match plus {
+        None => {
+            for (row, &v) in dst.chunks_exact_mut(width).zip(src) {
+                row.fill(v);
+            }
+        }
+        Some(plus) => {
+            assert_eq!(plus.numel(), n_rows * width, "one addend per element");
+            // SAFETY: a contiguous f32 CPU tensor of that many elements (checked by the
+            // caller), read only, and not `rows` (which is fresh).
+            let plus = unsafe {
+                std::slice::from_raw_parts(plus.data_ptr() as *const f32, n_rows * width)
+            };
+            for ((row, add), &v) in dst
+                .chunks_exact_mut(width)
+                .zip(plus.chunks_exact(width))
+                .zip(src)
+            {
+                for (d, a) in row.iter_mut().zip(add) {
+                    *d = a + v;
+                }
+            }
+        }
+    }
+}
+
 fn is_f32_cpu_matrix(t: &Tensor) -> bool {
     t.defined() && t.device() == Device::Cpu && t.kind() == Kind::Float && t.dim() == 2
 }
@@ -289,6 +377,22 @@ mod tests {
         assert!(c.allclose(&expected, 1e-5, 1e-5, false));
         gemm(&c, &a, false, &b, false, true);
         assert!(c.allclose(&(&expected * 2.0), 1e-5, 1e-5, false));
+    }
+
+    #[test]
+    fn linear_inference_matches_the_layer() {
+        use tch::nn::Module;
+        let vs = tch::nn::VarStore::new(Device::Cpu);
+        let layer = tch::nn::linear(vs.root(), 7, 5, Default::default());
+        let x = Tensor::randn([3, 7], (Kind::Float, Device::Cpu));
+        assert!(
+            linear_inference(&x, &layer).is_none(),
+            "grad mode on, weights require grad"
+        );
+        let _guard = tch::no_grad_guard();
+        let ours = linear_inference(&x, &layer).expect("applies");
+        assert!(ours.allclose(&layer.forward(&x), 1e-5, 1e-5, false));
+        assert!(linear_inference(&x.tr(), &layer).is_none(), "wrong width");
     }
 
     #[test]

@@ -174,7 +174,7 @@ impl Conv2d {
         let out_rows = out.view([c_out, ho * wo]);
         let accumulate = match (&self.inner.bs, residual) {
             (Some(bias), residual) => {
-                fill_rows_with(&out_rows, bias, residual);
+                blas::broadcast_columns(&out_rows, bias, residual);
                 true
             }
             (None, Some(residual)) => {
@@ -219,46 +219,6 @@ pub fn grad_enabled() -> bool {
         let previous = torch_sys::at_grad_set_enabled(0);
         torch_sys::at_grad_set_enabled(previous);
         previous != 0
-    }
-}
-
-/// Write `values[r]` into every element of row `r` of the contiguous f32 matrix `rows`, plus
-/// the matching element of `plus` (a contiguous f32 CPU tensor of as many elements) if given.
-fn fill_rows_with(rows: &Tensor, values: &Tensor, plus: Option<&Tensor>) {
-    let (n_rows, width) = (rows.size()[0] as usize, rows.size()[1] as usize);
-    assert_eq!(values.numel(), n_rows, "one value per row");
-    // SAFETY: `rows` is a contiguous f32 CPU matrix (made by the caller) and `values` a
-    // contiguous f32 CPU vector of `n_rows` elements (checked by `path_for`); they are
-    // different tensors.
-    let (dst, src) = unsafe {
-        (
-            std::slice::from_raw_parts_mut(rows.data_ptr() as *mut f32, n_rows * width),
-            std::slice::from_raw_parts(values.data_ptr() as *const f32, n_rows),
-        )
-    };
-    match plus {
-        None => {
-            for (row, &v) in dst.chunks_exact_mut(width).zip(src) {
-                row.fill(v);
-            }
-        }
-        Some(plus) => {
-            assert_eq!(plus.numel(), n_rows * width, "one addend per element");
-            // SAFETY: a contiguous f32 CPU tensor of that many elements (checked by the
-            // caller), read only, and not `rows` (which is fresh).
-            let plus = unsafe {
-                std::slice::from_raw_parts(plus.data_ptr() as *const f32, n_rows * width)
-            };
-            for ((row, add), &v) in dst
-                .chunks_exact_mut(width)
-                .zip(plus.chunks_exact(width))
-                .zip(src)
-            {
-                for (d, a) in row.iter_mut().zip(add) {
-                    *d = a + v;
-                }
-            }
-        }
     }
 }
 

@@ -192,7 +192,7 @@ fn matrix(rows: i64, cols: i64) -> Tensor {
 /// by the BLAS (what libtorch's `addmm` does).
 fn linear(layer: &nn::Linear, x: &Tensor) -> Tensor {
     let out = matrix(x.size()[0], layer.ws.size()[0]);
-    fill_rows(&out, &[layer.bs.as_ref()]);
+    blas::broadcast_rows(&out, &[layer.bs.as_ref()]);
     blas::gemm(&out, x, false, &layer.ws, true, true);
     out
 }
@@ -204,31 +204,13 @@ fn layer_pre_activation(layer: &MlpLayer, h: &Tensor, emb_act: &Tensor) -> Tenso
     let z = matrix(h.size()[0], layer.linear.ws.size()[0]);
     if emb_act.size()[0] == 1 && h.size()[0] != 1 {
         let projected = linear(&layer.time_proj, emb_act);
-        fill_rows(&z, &[layer.linear.bs.as_ref(), Some(&projected)]);
+        blas::broadcast_rows(&z, &[layer.linear.bs.as_ref(), Some(&projected)]);
     } else {
-        fill_rows(&z, &[layer.linear.bs.as_ref(), layer.time_proj.bs.as_ref()]);
+        blas::broadcast_rows(&z, &[layer.linear.bs.as_ref(), layer.time_proj.bs.as_ref()]);
         blas::gemm(&z, emb_act, false, &layer.time_proj.ws, true, true);
     }
     blas::gemm(&z, h, false, &layer.linear.ws, true, true);
     z
-}
-
-/// Write into every row of the contiguous matrix `out` the sum of `rows` (each a contiguous
-/// vector of `out`'s width, or absent); zeros when all are absent.
-fn fill_rows(out: &Tensor, rows: &[Option<&Tensor>]) {
-    let width = out.size()[1] as usize;
-    let mut sum = vec![0.0_f32; width];
-    for row in rows.iter().flatten() {
-        // SAFETY: a contiguous f32 CPU vector of `width` elements (parameters and rows made
-        // here), read only.
-        let row = unsafe { std::slice::from_raw_parts(row.data_ptr() as *const f32, width) };
-        sum.iter_mut().zip(row).for_each(|(s, r)| *s += r);
-    }
-    // SAFETY: `out` is a fresh contiguous f32 matrix nothing else refers to.
-    let out = unsafe { std::slice::from_raw_parts_mut(out.data_ptr() as *mut f32, out.numel()) };
-    for chunk in out.chunks_exact_mut(width.max(1)) {
-        chunk.copy_from_slice(&sum);
-    }
 }
 
 /// `Σ_rows g` of a contiguous matrix, as a `[1, cols]` matrix.

@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 use tch::{Tensor, nn, nn::Module};
 
+use crate::blas;
 use crate::conv::Conv2d;
 use crate::cpu_kernels::silu;
 use crate::group_norm_silu::{ChannelTerms, group_norm_silu};
@@ -140,9 +141,9 @@ impl ResnetBlock2D {
         let h = resampling.apply(&group_norm_silu(x, &self.norm1, eps, plain));
         let x = &resampling.apply(x);
         let h = self.conv1.forward(&h);
-        let e = self
-            .time_emb_proj
-            .forward(&silu(temb))
+        let activated = silu(temb);
+        let e = blas::linear_inference(&activated, &self.time_emb_proj)
+            .unwrap_or_else(|| self.time_emb_proj.forward(&activated))
             .unsqueeze(-1)
             .unsqueeze(-1);
         let h = match self.config.conditioning {

@@ -90,11 +90,16 @@ const SMALL32: &str = "name: small32\ndata:\n  resolution: 32\nmodel:\n  kind: u
 
 fn attention_and_group_norm(quick: bool) {
     println!("## attention and GroupNorm+SiLU (forward, no grad)\n");
-    println!("| op | shape [B, C, H, W] | median µs |");
-    println!("|---|---|---:|");
+    println!("| attention, shape [B, C, H, W] | head width | libtorch ops µs | `forward` µs | speed-up |");
+    println!("|---|---:|---:|---:|---:|");
     let _guard = tch::no_grad_guard();
     let reps = if quick { 5 } else { 30 };
-    for &(b, c, hw, head_dim) in &[(16, 64, 8, 64), (1, 64, 8, 64), (1, 256, 16, 32)] {
+    for &(b, c, hw, head_dim) in &[
+        (16, 64, 8, 64),
+        (1, 64, 8, 64),
+        (1, 64, 8, 8),
+        (1, 256, 16, 32),
+    ] {
         let vs = nn::VarStore::new(Device::Cpu);
         let attention = SpatialAttention::new(
             &vs.root(),
@@ -109,10 +114,17 @@ fn attention_and_group_norm(quick: bool) {
         )
         .expect("attention");
         let x = Tensor::randn([b, c, hw, hw], (Kind::Float, Device::Cpu));
-        let t = median_secs(3, reps, || drop(attention.forward(&x)));
+        let (libtorch, ours) = interleaved_medians(
+            3,
+            reps * 4,
+            || drop(attention.forward_libtorch(&x)),
+            || drop(attention.forward(&x)),
+        );
         println!(
-            "| attention (d = {head_dim}) | [{b}, {c}, {hw}, {hw}] | {:.1} |",
-            t * 1e6
+            "| [{b}, {c}, {hw}, {hw}] | {head_dim} | {:.1} | {:.1} | {:.2}x |",
+            libtorch * 1e6,
+            ours * 1e6,
+            libtorch / ours
         );
     }
     println!();
