@@ -90,7 +90,9 @@ const SMALL32: &str = "name: small32\ndata:\n  resolution: 32\nmodel:\n  kind: u
 
 fn attention_and_group_norm(quick: bool) {
     println!("## attention and GroupNorm+SiLU (forward, no grad)\n");
-    println!("| attention, shape [B, C, H, W] | head width | libtorch ops µs | `forward` µs | speed-up |");
+    println!(
+        "| attention, shape [B, C, H, W] | head width | libtorch ops µs | `forward` µs | speed-up |"
+    );
     println!("|---|---:|---:|---:|---:|");
     let _guard = tch::no_grad_guard();
     let reps = if quick { 5 } else { 30 };
