@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor, nn, nn::Module};
 
-use crate::conv::grad_enabled;
+use crate::cpu_kernels::{is_contiguous_cpu_f32, records_grad};
 use crate::params::ParamCount;
 use crate::resnet::group_norm;
 use crate::{ModelError, blas};
@@ -122,29 +122,13 @@ impl SpatialAttention {
     pub fn forward_libtorch(&self, x: &Tensor) -> Tensor {
         let (b, c, h, w) = x.size4().expect("SpatialAttention expects [B, C, H, W]");
         let n = h * w;
-        let normed = match &self.group_norm {
-            Some(norm) => norm.forward(x),
-            None => x.shallow_clone(),
-        };
-        let tokens = normed.reshape([b, c, n]).transpose(1, 2);
+        let tokens = self.normalise(x).reshape([b, c, n]).transpose(1, 2);
         let d = self.config.head_dim;
         let split = |t: Tensor| t.reshape([b, n, self.heads, d]).transpose(1, 2);
         let q = split(self.to_q.forward(&tokens));
         let k = split(self.to_k.forward(&tokens));
         let v = split(self.to_v.forward(&tokens));
-        let out = match self.config.kind {
-            AttentionKind::Linear => linear_attention(&q, &k, &v),
-            _ => Tensor::scaled_dot_product_attention(
-                &q,
-                &k,
-                &v,
-                None::<&Tensor>,
-                0.0,
-                false,
-                None,
-                false,
-            ),
-        };
+        let out = self.attend(&q, &k, &v);
         let out = out.transpose(1, 2).reshape([b, n, self.heads * d]);
         let out = self
             .to_out
@@ -154,7 +138,36 @@ impl SpatialAttention {
         // `x` first: the sum takes the layout of its first operand, and `out` (a transposed
         // view) is laid out channels-last. With `out + x` every layer after the attention ran
         // on channels-last tensors, and each convolution re-laid out its weights per call.
-        let out = x + out;
+        self.rescale(x + out)
+    }
+
+    /// The input GroupNorm (or `x` itself without one).
+    fn normalise(&self, x: &Tensor) -> Tensor {
+        match &self.group_norm {
+            Some(norm) => norm.forward(x),
+            None => x.shallow_clone(),
+        }
+    }
+
+    /// The configured attention of `[B, heads, N, d]` queries, keys and values.
+    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
+        match self.config.kind {
+            AttentionKind::Linear => linear_attention(q, k, v),
+            _ => Tensor::scaled_dot_product_attention(
+                q,
+                k,
+                v,
+                None::<&Tensor>,
+                0.0,
+                false,
+                None,
+                false,
+            ),
+        }
+    }
+
+    /// `out / rescale_output_factor`.
+    fn rescale(&self, out: Tensor) -> Tensor {
         if self.config.rescale_output_factor == 1.0 {
             out
         } else {
@@ -164,26 +177,21 @@ impl SpatialAttention {
 }
 
 impl SpatialAttention {
-    /// Full attention of one image at inference on the CPU with every projection one BLAS
+    /// The attention of one image at inference on the CPU with every projection one BLAS
     /// call: `q`, `k`, `v` read the normalised map `[C, N]` as its transpose (no token copy),
     /// and the output projection is computed transposed, `Wₒ·attnᵀ`, straight into an NCHW
     /// output that already holds `x` and the bias (no transposed view, no separate residual
-    /// addition). `None` where this does not apply: a batch, linear attention, grad recording,
-    /// other devices, kinds or layouts, no BLAS.
+    /// addition). `None` where this does not apply: a batch, autograd recording, other devices,
+    /// kinds or layouts, a projection without bias, no BLAS.
     fn forward_one_image(&self, x: &Tensor) -> Option<Tensor> {
         let size = x.size();
         let layers = [&self.to_q, &self.to_k, &self.to_v, &self.to_out];
-        let plain =
-            |t: &Tensor| t.device() == Device::Cpu && t.kind() == Kind::Float && t.is_contiguous();
+        let params = layers.iter().flat_map(|l| [Some(&l.ws), l.bs.as_ref()]);
         let applies = size.len() == 4
             && size[0] == 1
-            && self.config.kind == AttentionKind::Full
-            && plain(x)
-            && !x.requires_grad()
-            && !grad_enabled()
-            && layers
-                .iter()
-                .all(|l| plain(&l.ws) && l.bs.as_ref().is_some_and(plain))
+            && is_contiguous_cpu_f32(x)
+            && params.clone().all(|p| p.is_some_and(is_contiguous_cpu_f32))
+            && !records_grad(std::iter::once(x).chain(params.flatten()))
             && blas::direct();
         if !applies {
             return None;
@@ -191,11 +199,7 @@ impl SpatialAttention {
         let (c, n) = (size[1], size[2] * size[3]);
         let (heads, d) = (self.heads, self.config.head_dim);
         let inner = heads * d;
-        let normed = match &self.group_norm {
-            Some(norm) => norm.forward(x),
-            None => x.shallow_clone(),
-        };
-        let normed = normed.contiguous().view([c, n]);
+        let normed = self.normalise(x).contiguous().view([c, n]);
         let project = |layer: &nn::Linear| {
             let out = Tensor::empty([n, inner], (Kind::Float, Device::Cpu));
             blas::broadcast_rows(&out, &[layer.bs.as_ref()]);
@@ -207,27 +211,13 @@ impl SpatialAttention {
             project(&self.to_k),
             project(&self.to_v),
         );
-        let attended = Tensor::scaled_dot_product_attention(
-            &q,
-            &k,
-            &v,
-            None::<&Tensor>,
-            0.0,
-            false,
-            None,
-            false,
-        );
-        let attended = attended.transpose(1, 2).reshape([n, inner]);
+        let attended = self.attend(&q, &k, &v).transpose(1, 2).reshape([n, inner]);
         let out = Tensor::empty([1, c, size[2], size[3]], (Kind::Float, Device::Cpu));
         let out_rows = out.view([c, n]);
-        let bias = self.to_out.bs.as_ref()?;
+        let bias = self.to_out.bs.as_ref().expect("checked above");
         blas::broadcast_columns(&out_rows, bias, Some(x));
         blas::gemm(&out_rows, &self.to_out.ws, false, &attended, true, true);
-        Some(if self.config.rescale_output_factor == 1.0 {
-            out
-        } else {
-            out / self.config.rescale_output_factor
-        })
+        Some(self.rescale(out))
     }
 }
 
@@ -276,14 +266,16 @@ mod tests {
     }
 
     /// The batch-1 BLAS path against libtorch's operations: one and several heads, with and
-    /// without the norm, a rescaled output; a batch and grad recording take libtorch's path.
+    /// without the norm, a rescaled output, full and linear attention; a batch and grad
+    /// recording take libtorch's path.
     #[test]
     fn one_image_path_matches_libtorchs_operations() {
         let f = (Kind::Float, Device::Cpu);
-        for (channels, head_dim, norm_groups, rescale) in [
-            (8, 8, Some(4), 1.0),
-            (8, 4, Some(2), 2.0),
-            (6, 3, None, 1.0),
+        for (channels, head_dim, norm_groups, rescale, kind) in [
+            (8, 8, Some(4), 1.0, AttentionKind::Full),
+            (8, 4, Some(2), 2.0, AttentionKind::Full),
+            (6, 3, None, 1.0, AttentionKind::Full),
+            (8, 4, Some(2), 1.0, AttentionKind::Linear),
         ] {
             let vs = nn::VarStore::new(Device::Cpu);
             let cfg = AttentionConfig {
@@ -292,7 +284,7 @@ mod tests {
                 norm_groups,
                 eps: 1e-5,
                 rescale_output_factor: rescale,
-                kind: AttentionKind::Full,
+                kind,
             };
             let attention = SpatialAttention::new(&vs.root(), &cfg).unwrap();
             let x = Tensor::randn([1, channels, 5, 4], f);

@@ -13,6 +13,8 @@
 
 use tch::{Device, Kind, Tensor};
 
+use crate::cpu_kernels::{is_contiguous_cpu_f32, records_grad};
+
 /// Whether [`gemm`] calls the BLAS directly (`false`: through libtorch's operations).
 pub fn direct() -> bool {
     runtime::sgemm().is_some()
@@ -84,17 +86,14 @@ pub fn gemm(c: &Tensor, a: &Tensor, trans_a: bool, b: &Tensor, trans_b: bool, ac
 /// call onto the bias rows (no libtorch dispatch, no output reshuffling); `None` where that does
 /// not apply (autograd recording, other devices, kinds, shapes or layouts, no bias, no BLAS).
 pub fn linear_inference(x: &Tensor, layer: &tch::nn::Linear) -> Option<Tensor> {
-    let plain = |t: &Tensor| is_f32_cpu_matrix(t) && t.is_contiguous();
     let bias = layer.bs.as_ref()?;
-    let records = crate::conv::grad_enabled()
-        && (x.requires_grad() || layer.ws.requires_grad() || bias.requires_grad());
-    let fits = plain(x)
-        && plain(&layer.ws)
-        && bias.is_contiguous()
-        && bias.kind() == Kind::Float
+    let fits = x.dim() == 2
+        && is_contiguous_cpu_f32(x)
+        && is_contiguous_cpu_f32(&layer.ws)
+        && is_contiguous_cpu_f32(bias)
         && x.size()[1] == layer.ws.size()[1]
         && bias.numel() as i64 == layer.ws.size()[0];
-    if records || !fits || !direct() {
+    if !fits || records_grad([x, &layer.ws, bias]) || !direct() {
         return None;
     }
     let out = Tensor::empty(
@@ -110,16 +109,28 @@ pub fn linear_inference(x: &Tensor, layer: &tch::nn::Linear) -> Option<Tensor> {
 /// out]` output): the sum of `rows` (each a contiguous f32 CPU vector of `out`'s width, or
 /// absent) written into every row of the fresh contiguous f32 matrix `out`; zeros when all are
 /// absent.
+///
+/// # Panics
+/// When `out` is not a contiguous f32 CPU matrix or a row not a contiguous f32 CPU vector of
+/// its width.
 pub fn broadcast_rows(out: &Tensor, rows: &[Option<&Tensor>]) {
+    assert!(
+        out.dim() == 2 && is_contiguous_cpu_f32(out),
+        "broadcast_rows: output"
+    );
     let width = out.size()[1] as usize;
     let mut sum = vec![0.0_f32; width];
     for row in rows.iter().flatten() {
-        // SAFETY: a contiguous f32 CPU vector of `width` elements (parameters and rows made
-        // here), read only.
+        assert!(
+            is_contiguous_cpu_f32(row) && row.numel() == width,
+            "broadcast_rows: a row of {} elements for width {width}",
+            row.numel()
+        );
+        // SAFETY: a contiguous f32 CPU vector of `width` elements (checked), read only.
         let row = unsafe { std::slice::from_raw_parts(row.data_ptr() as *const f32, width) };
         sum.iter_mut().zip(row).for_each(|(s, r)| *s += r);
     }
-    // SAFETY: `out` is a fresh contiguous f32 matrix nothing else refers to.
+    // SAFETY: `out` is a contiguous f32 matrix (checked); the caller passes a fresh one.
     let out = unsafe { std::slice::from_raw_parts_mut(out.data_ptr() as *mut f32, out.numel()) };
     for chunk in out.chunks_exact_mut(width.max(1)) {
         chunk.copy_from_slice(&sum);
@@ -130,12 +141,21 @@ pub fn broadcast_rows(out: &Tensor, rows: &[Option<&Tensor>]) {
 /// H·W]` output): `values[r]` (a contiguous f32 CPU vector, one value per row) in every element
 /// of row `r` of the fresh contiguous f32 matrix `rows`, plus the matching element of `plus` (a
 /// contiguous f32 CPU tensor of as many elements, not `rows`) if given.
+///
+/// # Panics
+/// When a tensor is not contiguous f32 on the CPU or the sizes do not match.
 pub fn broadcast_columns(rows: &Tensor, values: &Tensor, plus: Option<&Tensor>) {
+    assert!(
+        rows.dim() == 2 && is_contiguous_cpu_f32(rows),
+        "broadcast_columns: output"
+    );
     let (n_rows, width) = (rows.size()[0] as usize, rows.size()[1] as usize);
-    assert_eq!(values.numel(), n_rows, "one value per row");
-    // SAFETY: `rows` is a contiguous f32 CPU matrix (made by the caller) and `values` a
-    // contiguous f32 CPU vector of `n_rows` elements (checked by `path_for`); they are
-    // different tensors.
+    assert!(
+        is_contiguous_cpu_f32(values) && values.numel() == n_rows,
+        "broadcast_columns: one value per row"
+    );
+    // SAFETY: `rows` is a contiguous f32 CPU matrix and `values` a contiguous f32 CPU vector
+    // of `n_rows` elements (both checked); the caller passes a fresh `rows`.
     let (dst, src) = unsafe {
         (
             std::slice::from_raw_parts_mut(rows.data_ptr() as *mut f32, n_rows * width),
@@ -149,9 +169,12 @@ pub fn broadcast_columns(rows: &Tensor, values: &Tensor, plus: Option<&Tensor>) 
             }
         }
         Some(plus) => {
-            assert_eq!(plus.numel(), n_rows * width, "one addend per element");
-            // SAFETY: a contiguous f32 CPU tensor of that many elements (checked by the
-            // caller), read only, and not `rows` (which is fresh).
+            assert!(
+                is_contiguous_cpu_f32(plus) && plus.numel() == n_rows * width,
+                "broadcast_columns: one addend per element"
+            );
+            // SAFETY: a contiguous f32 CPU tensor of that many elements (checked), read only,
+            // and not `rows` (which is fresh).
             let plus = unsafe {
                 std::slice::from_raw_parts(plus.data_ptr() as *const f32, n_rows * width)
             };

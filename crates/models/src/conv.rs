@@ -14,6 +14,7 @@
 use tch::{Device, Kind, Tensor, nn, nn::Module};
 
 use crate::blas;
+use crate::cpu_kernels::{is_contiguous_cpu_f32, records_grad};
 use crate::omp_team::{self, SyncPtr};
 use crate::params::ParamCount;
 
@@ -76,7 +77,7 @@ impl Conv2d {
     pub fn forward(&self, x: &Tensor) -> Tensor {
         match self.path_for(x) {
             ConvPath::Libtorch => self.inner.forward(x),
-            ConvPath::Im2colGemm => self.forward_im2col(x),
+            ConvPath::Im2colGemm => self.forward_im2col(x, None),
         }
     }
 
@@ -85,7 +86,7 @@ impl Conv2d {
     pub fn forward_with(&self, x: &Tensor, path: ConvPath) -> Option<Tensor> {
         match path {
             ConvPath::Libtorch => Some(self.inner.forward(x)),
-            ConvPath::Im2colGemm => self.im2col_applies(x).then(|| self.forward_im2col(x)),
+            ConvPath::Im2colGemm => self.im2col_applies(x).then(|| self.forward_im2col(x, None)),
         }
     }
 
@@ -102,12 +103,10 @@ impl Conv2d {
             let (k, s, p) = (self.kernel, self.stride, self.padding);
             let out_shape = [1, c_out, (h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1];
             let fits = residual.size() == out_shape
-                && residual.device() == Device::Cpu
-                && residual.kind() == Kind::Float
-                && residual.is_contiguous()
-                && !residual.requires_grad();
+                && is_contiguous_cpu_f32(residual)
+                && !records_grad([residual]);
             if fits {
-                return self.forward_im2col_onto(x, Some(residual));
+                return self.forward_im2col(x, Some(residual));
             }
         }
         residual + self.forward(x)
@@ -143,27 +142,19 @@ impl Conv2d {
     /// mode off, or no input requiring a gradient).
     fn im2col_applies(&self, x: &Tensor) -> bool {
         let (w, b) = (&self.inner.ws, self.inner.bs.as_ref());
-        let plain =
-            |t: &Tensor| t.device() == Device::Cpu && t.kind() == Kind::Float && t.is_contiguous();
-        let records_grad = grad_enabled()
-            && (x.requires_grad() || w.requires_grad() || b.is_some_and(Tensor::requires_grad));
         x.dim() == 4
             && x.size()[0] == 1
-            && !records_grad
-            && plain(x)
-            && plain(w)
-            && b.is_none_or(plain)
+            && !records_grad([x, w].into_iter().chain(b))
+            && is_contiguous_cpu_f32(x)
+            && is_contiguous_cpu_f32(w)
+            && b.is_none_or(is_contiguous_cpu_f32)
             && blas::direct()
     }
 
-    /// The output of one image through the columns and the BLAS (see [`Conv2d::path_for`]).
-    fn forward_im2col(&self, x: &Tensor) -> Tensor {
-        self.forward_im2col_onto(x, None)
-    }
-
-    /// [`Conv2d::forward_im2col`] plus `residual` (the output's shape, contiguous f32 CPU),
-    /// added into the output before the product is accumulated onto it.
-    fn forward_im2col_onto(&self, x: &Tensor, residual: Option<&Tensor>) -> Tensor {
+    /// The output of one image through the columns and the BLAS (see [`Conv2d::path_for`]),
+    /// plus `residual` if given (the output's shape, contiguous f32 CPU), written into the
+    /// output before the product is accumulated onto it.
+    fn forward_im2col(&self, x: &Tensor, residual: Option<&Tensor>) -> Tensor {
         let (k, s, p) = (self.kernel, self.stride, self.padding);
         let [_, c, h, w] = x.size()[..] else {
             unreachable!("path_for checked a 4-D input")
@@ -209,16 +200,6 @@ impl Conv2d {
 impl ParamCount for Conv2d {
     fn param_count(&self) -> i64 {
         self.inner.param_count()
-    }
-}
-
-/// Whether autograd records operations on this thread now (`torch.is_grad_enabled()`).
-pub fn grad_enabled() -> bool {
-    // SAFETY: sets the thread-local grad mode and puts the previous value straight back.
-    unsafe {
-        let previous = torch_sys::at_grad_set_enabled(0);
-        torch_sys::at_grad_set_enabled(previous);
-        previous != 0
     }
 }
 
@@ -467,16 +448,5 @@ mod tests {
         assert_eq!(pointwise.path_for(&large), ConvPath::Im2colGemm);
         let huge = Tensor::randn([1, 64, 64, 64], f32_cpu());
         assert_eq!(pointwise.path_for(&huge), ConvPath::Libtorch);
-    }
-
-    #[test]
-    fn grad_mode_is_read_without_changing_it() {
-        assert!(grad_enabled());
-        {
-            let _guard = tch::no_grad_guard();
-            assert!(!grad_enabled());
-            assert!(!grad_enabled());
-        }
-        assert!(grad_enabled());
     }
 }

@@ -14,6 +14,29 @@ use tch::{Device, Kind, Tensor};
 
 use crate::omp_team::{self, SyncPtr};
 
+/// Whether `t` is a contiguous (row-major) f32 CPU tensor: what difflab's kernels read as a
+/// plain slice in index order.
+pub fn is_contiguous_cpu_f32(t: &Tensor) -> bool {
+    t.defined() && t.device() == Device::Cpu && t.kind() == Kind::Float && t.is_contiguous()
+}
+
+/// Whether autograd records operations on this thread now (`torch.is_grad_enabled()`).
+pub fn grad_enabled() -> bool {
+    // SAFETY: sets the thread-local grad mode and puts the previous value straight back.
+    unsafe {
+        let previous = torch_sys::at_grad_set_enabled(0);
+        torch_sys::at_grad_set_enabled(previous);
+        previous != 0
+    }
+}
+
+/// Whether an operation on `inputs` (activations and parameters alike) must be recorded for
+/// autograd: grad mode on and some input requiring a gradient. Where it is `false`, difflab's
+/// own kernels may compute the operation instead of libtorch.
+pub fn records_grad<'a>(inputs: impl IntoIterator<Item = &'a Tensor>) -> bool {
+    grad_enabled() && inputs.into_iter().any(Tensor::requires_grad)
+}
+
 /// Whether `t` is an f32 CPU tensor whose `numel` elements fill one block of memory without
 /// gaps (in whatever dimension order: contiguous, channels-last, …), so it can be read as a
 /// plain `[f32]` slice in memory order.
@@ -628,6 +651,22 @@ mod tests {
             got.allclose(&(&x + &bad).silu(), 4e-7, 1e-37, false),
             "broadcast fallback"
         );
+    }
+
+    #[test]
+    fn grad_mode_is_read_without_changing_it() {
+        assert!(grad_enabled());
+        let p = Tensor::zeros([2], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let x = Tensor::zeros([2], (Kind::Float, Device::Cpu));
+        assert!(records_grad([&x, &p]));
+        assert!(!records_grad([&x]));
+        {
+            let _guard = tch::no_grad_guard();
+            assert!(!grad_enabled());
+            assert!(!grad_enabled());
+            assert!(!records_grad([&x, &p]));
+        }
+        assert!(grad_enabled());
     }
 
     #[test]

@@ -5,16 +5,15 @@
 //! A UNet runs `SiLU(GroupNorm(·))` twice per resnet block. libtorch does it as three
 //! operations — moments, normalisation with the affine, SiLU — and each of the block's
 //! per-channel terms is one more, each reading and writing the whole activation. Here the
-//! per-channel sums come from one pass (f64 accumulation), every term folds into one
+//! per-channel sums come from one pass (f32 blocks of 256, f64 totals), every term folds into one
 //! per-channel `a·x + b`, and a second pass writes `SiLU(a·x + b)` with [`crate::cpu_kernels`]'
 //! SiLU while the plane is in cache; planes are split over libtorch's OpenMP team
 //! ([`crate::omp_team`]). Under autograd, or for other layouts, kinds and devices, the same
 //! function composes libtorch's operations instead.
 
-use tch::{Kind, Tensor, nn, nn::Module};
+use tch::{Tensor, nn, nn::Module};
 
-use crate::conv::grad_enabled;
-use crate::cpu_kernels::{self, silu_owned};
+use crate::cpu_kernels::{self, is_contiguous_cpu_f32, records_grad, silu_owned};
 use crate::omp_team::{self, SyncPtr};
 
 /// Largest input (elements) the fused kernel takes (`cargo bench -p difflab-pipeline --bench
@@ -89,7 +88,7 @@ impl<'a> Fused<'a> {
     /// The operands when the fused kernel applies to these tensors.
     fn plan(x: &Tensor, norm: &'a nn::GroupNorm, terms: ChannelTerms<'a>) -> Option<Self> {
         let size = x.size();
-        if size.len() < 2 || !plain_f32(x) || x.numel() > FUSED_MAX_ELEMENTS {
+        if size.len() < 2 || !is_contiguous_cpu_f32(x) || x.numel() > FUSED_MAX_ELEMENTS {
             return None;
         }
         let (batch, channels) = (size[0] as usize, size[1] as usize);
@@ -102,22 +101,20 @@ impl<'a> Fused<'a> {
         {
             return None;
         }
-        let params = [norm.ws.as_ref(), norm.bs.as_ref()];
-        let given = [terms.offset, terms.scale, terms.shift];
-        let records = grad_enabled()
-            && (x.requires_grad()
-                || params
-                    .iter()
-                    .chain(&given)
-                    .flatten()
-                    .any(|t| t.requires_grad()));
-        if records {
+        let operands = [
+            norm.ws.as_ref(),
+            norm.bs.as_ref(),
+            terms.offset,
+            terms.scale,
+            terms.shift,
+        ];
+        if records_grad(std::iter::once(x).chain(operands.into_iter().flatten())) {
             return None;
         }
         let vector = |t: &'a Tensor, rows_allowed: bool| -> Option<(&'a [f32], usize)> {
             let n = t.numel();
             let rows = n / channels;
-            let fits = plain_f32(t)
+            let fits = is_contiguous_cpu_f32(t)
                 && n.is_multiple_of(channels)
                 && (rows == 1 || (rows_allowed && rows == batch));
             // SAFETY: a contiguous f32 CPU tensor of `n` elements, borrowed for 'a.
@@ -286,14 +283,10 @@ fn affine_portable(out: &mut [f32], x: &[f32], a: f32, b: f32) {
     }
 }
 
-fn plain_f32(t: &Tensor) -> bool {
-    t.defined() && t.device() == tch::Device::Cpu && t.kind() == Kind::Float && t.is_contiguous()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tch::Device;
+    use tch::{Device, Kind};
 
     fn f32_cpu() -> (Kind, Device) {
         (Kind::Float, Device::Cpu)

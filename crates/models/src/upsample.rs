@@ -9,19 +9,16 @@
 
 use tch::{Device, Kind, Tensor};
 
+use crate::cpu_kernels::is_contiguous_cpu_f32;
 use crate::omp_team::{self, SyncPtr};
 
 /// `[…, H, W]` → `[…, 2H, 2W]`, every input element repeated in a 2×2 block
 /// (`x.upsample_nearest2d([2H, 2W], 2, 2)`, with the same values).
 pub fn upsample_nearest2x(x: &Tensor) -> Tensor {
     let size = x.size();
-    let applies = size.len() >= 2
-        && x.device() == Device::Cpu
-        && x.kind() == Kind::Float
-        && x.is_contiguous()
-        && !x.requires_grad();
     let (h, w) = (size[size.len() - 2], size[size.len() - 1]);
-    if !applies || size.len() != 4 {
+    // No parameters: without an input that requires a gradient there is nothing to record.
+    if size.len() != 4 || !is_contiguous_cpu_f32(x) || x.requires_grad() {
         return x.upsample_nearest2d([2 * h, 2 * w], 2.0, 2.0);
     }
     let mut out_size = size.clone();
