@@ -14,6 +14,13 @@
 use tch::{Device, Kind, Tensor};
 
 use crate::cpu_kernels::{is_contiguous_cpu_f32, records_grad};
+use crate::omp_team;
+
+/// Largest product (multiply-adds `m·n·k`) that [`gemm`] splits over the OpenMP team itself.
+pub const SPLIT_MAX_MACS: i64 = 1 << 22;
+
+/// Fewest rows (or columns) of the output per thread when [`gemm`] splits a product.
+const SPLIT_GRAIN: usize = 32;
 
 /// Whether [`gemm`] calls the BLAS directly (`false`: through libtorch's operations).
 pub fn direct() -> bool {
@@ -49,26 +56,64 @@ pub fn gemm(c: &Tensor, a: &Tensor, trans_a: bool, b: &Tensor, trans_b: bool, ac
     if let (Some(sgemm), Some(lda), Some(ldb), true) =
         (runtime::sgemm(), ld(a), ld(b), sizes_positive)
     {
-        {
+        let (a, b, c) = (
+            a.data_ptr() as usize,
+            b.data_ptr() as usize,
+            c.data_ptr() as usize,
+        );
+        let beta = if accumulate { 1.0 } else { 0.0 };
+        // One product of the block `rows × cols` of C.
+        let block = |rows: std::ops::Range<i64>, cols: std::ops::Range<i64>| {
+            // op(A)'s rows `rows`: rows of A, or columns of Aᵀ's storage; op(B)'s columns
+            // `cols`: columns of B, or rows of Bᵀ's storage.
+            let a_at = if trans_a {
+                rows.start
+            } else {
+                rows.start * lda
+            };
+            let b_at = if trans_b {
+                cols.start * ldb
+            } else {
+                cols.start
+            };
+            let c_at = rows.start * n + cols.start;
             // Row-major `C = op(A)·op(B)` is column-major `Cᵀ = op(B)ᵀ·op(A)ᵀ`, and a row-major
             // matrix read column-major is its transpose: pass B first, flags unchanged.
             // SAFETY: the shapes and leading dimensions describe the three tensors' memory
-            // (checked above); `c` does not alias `a` or `b` (it is written while they are
-            // read, as in libtorch's `mm_out`, whose callers guarantee the same).
+            // (checked above) and the block lies inside them; `c` does not alias `a` or `b`
+            // (it is written while they are read, as in libtorch's `mm_out`, whose callers
+            // guarantee the same); blocks of different threads do not overlap.
             unsafe {
                 sgemm.call(
                     trans_b,
                     trans_a,
-                    [n, m, k],
-                    b.data_ptr() as *const f32,
+                    [cols.end - cols.start, rows.end - rows.start, k],
+                    (b as *const f32).add(b_at as usize),
                     ldb,
-                    a.data_ptr() as *const f32,
+                    (a as *const f32).add(a_at as usize),
                     lda,
-                    if accumulate { 1.0 } else { 0.0 },
-                    c.data_ptr() as *mut f32,
+                    beta,
+                    (c as *mut f32).add(c_at as usize),
                     n,
                 );
             }
+        };
+        if m * n * k <= SPLIT_MAX_MACS {
+            // Small products: halves of the output on the OpenMP team's threads, each one
+            // single-threaded BLAS call (MKL's own threading costs more than the product at
+            // the MLPs' sizes). The larger side of C is split.
+            let split_rows = m >= n;
+            let len = if split_rows { m } else { n } as usize;
+            omp_team::for_each_chunk_grain(len, 16, SPLIT_GRAIN, |part| {
+                let part = part.start as i64..part.end as i64;
+                if split_rows {
+                    block(part, 0..n);
+                } else {
+                    block(0..m, part);
+                }
+            });
+        } else {
+            block(0..m, 0..n);
         }
         return;
     }
@@ -80,6 +125,36 @@ pub fn gemm(c: &Tensor, a: &Tensor, trans_a: bool, b: &Tensor, trans_b: bool, ac
     } else {
         let _ = a.mm_out(&c, &b);
     }
+}
+
+/// `c ← a·b` for row-major f32 matrices in raw memory: `a` `[m, k]` with row stride `lda`, `b`
+/// `[k, n]` with row stride `ldb`, `c` `[m, n]` with row stride `ldc`, one `sgemm_` call (on one
+/// thread when called inside an OpenMP parallel region, as MKL does there). For kernels that
+/// multiply parts of their own buffers ([`crate::winograd`]).
+///
+/// # Safety
+/// The three matrices lie in readable (`a`, `b`) and writable (`c`) memory of the sizes their
+/// shapes and strides describe, `c` overlaps neither input, strides are at least the row
+/// lengths, and [`direct`] holds.
+///
+/// # Panics
+/// When the BLAS is not reachable ([`direct`] is false).
+pub unsafe fn gemm_row_major(
+    [m, n, k]: [i64; 3],
+    a: *const f32,
+    lda: i64,
+    b: *const f32,
+    ldb: i64,
+    c: *mut f32,
+    ldc: i64,
+) {
+    let sgemm = runtime::sgemm().expect("gemm_row_major: no BLAS (check blas::direct first)");
+    if m == 0 || n == 0 {
+        return;
+    }
+    // Row-major `C = A·B` is column-major `Cᵀ = Bᵀ·Aᵀ` (see `gemm`).
+    // SAFETY: the caller vouches for the memory.
+    unsafe { sgemm.call(false, false, [n, m, k], b, ldb, a, lda, 0.0, c, ldc) };
 }
 
 /// `x·Wᵀ + b` of a linear layer for a contiguous 2-D f32 CPU input at inference, as one BLAS
@@ -361,11 +436,17 @@ mod tests {
 
     /// Every transpose combination, fresh and accumulated, on strided (row-padded) inputs,
     /// against libtorch's `mm`.
+    /// Every combination of flags, at a size below the split, one split by rows of the output
+    /// and one split by its columns (unaligned sizes: the last part is short).
     #[test]
     fn products_match_libtorch() {
         let f = (Kind::Float, Device::Cpu);
-        let (m, k, n) = (7, 5, 3);
-        for (trans_a, trans_b) in [(false, false), (true, false), (false, true), (true, true)] {
+        let sizes = [(7, 5, 3), (97, 25, 70), (25, 40, 131)];
+        let flags = [(false, false), (true, false), (false, true), (true, true)];
+        for ((m, k, n), (trans_a, trans_b)) in sizes
+            .into_iter()
+            .flat_map(|size| flags.map(|flag| (size, flag)))
+        {
             let a_shape = if trans_a { [k, m] } else { [m, k] };
             let b_shape = if trans_b { [n, k] } else { [k, n] };
             // Row-padded: a view with a leading dimension larger than its width.

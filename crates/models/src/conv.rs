@@ -8,8 +8,12 @@
 //! shapes (the lower levels of a UNet sampling one image) and batch-1 1×1 convolutions (which
 //! need no im2col at all) itself: the columns written by difflab's loop on libtorch's OpenMP
 //! team ([`crate::omp_team`]), then one `sgemm_` ([`crate::blas::gemm`]) onto the bias rows.
-//! Everything else — training, batches, larger inputs, channels-last weights — stays on
-//! libtorch, and so does every call where autograd must see the operation.
+//! 3×3 stride-1 kernels at 16–128 px take Winograd's `F(2×2, 3×3)` instead where the CPU has
+//! its AVX-512 kernels ([`crate::winograd`]). Everything else — training, batches, larger
+//! inputs, channels-last weights — stays on libtorch, and so does every call where autograd
+//! must see the operation.
+
+use std::sync::Mutex;
 
 use tch::{Device, Kind, Tensor, nn, nn::Module};
 
@@ -17,6 +21,7 @@ use crate::blas;
 use crate::cpu_kernels::{is_contiguous_cpu_f32, records_grad};
 use crate::omp_team::{self, SyncPtr};
 use crate::params::ParamCount;
+use crate::winograd::{self, WinogradF2};
 
 /// Largest batch-1 input (elements) libtorch sends to `slow_conv2d` rather than oneDNN.
 pub const SLOW_PATH_MAX_INPUT: i64 = 20_480;
@@ -34,6 +39,18 @@ pub struct Conv2d {
     kernel: i64,
     stride: i64,
     padding: i64,
+    /// The Winograd-transformed weight of the last [`ConvPath::Winograd`] call, reused while
+    /// the weight is the same tensor at the same version (an optimizer step, an EMA copy or a
+    /// checkpoint load all bump the version).
+    winograd_weight: Mutex<Option<TransformedWeight>>,
+}
+
+/// A weight's Winograd transform and the state of the weight it was computed from.
+#[derive(Debug)]
+struct TransformedWeight {
+    data: usize,
+    version: i64,
+    u: Tensor,
 }
 
 /// Which implementation [`Conv2d::forward`] uses for an input.
@@ -43,6 +60,8 @@ pub enum ConvPath {
     Libtorch,
     /// difflab's im2col (skipped for 1×1) and one BLAS product.
     Im2colGemm,
+    /// difflab's Winograd `F(2×2, 3×3)` ([`crate::winograd`]): 3×3 kernels, stride 1.
+    Winograd,
 }
 
 impl Conv2d {
@@ -65,6 +84,7 @@ impl Conv2d {
             kernel,
             stride,
             padding,
+            winograd_weight: Mutex::new(None),
         }
     }
 
@@ -78,6 +98,7 @@ impl Conv2d {
         match self.path_for(x) {
             ConvPath::Libtorch => self.inner.forward(x),
             ConvPath::Im2colGemm => self.forward_im2col(x, None),
+            ConvPath::Winograd => self.forward_winograd(x, None),
         }
     }
 
@@ -87,6 +108,9 @@ impl Conv2d {
         match path {
             ConvPath::Libtorch => Some(self.inner.forward(x)),
             ConvPath::Im2colGemm => self.im2col_applies(x).then(|| self.forward_im2col(x, None)),
+            ConvPath::Winograd => self
+                .winograd_applies(x)
+                .then(|| self.forward_winograd(x, None)),
         }
     }
 
@@ -95,7 +119,8 @@ impl Conv2d {
     /// the separate addition; elsewhere it is that addition, `residual` first (so the sum takes
     /// its layout).
     pub fn forward_plus(&self, x: &Tensor, residual: &Tensor) -> Tensor {
-        if self.path_for(x) == ConvPath::Im2colGemm {
+        let path = self.path_for(x);
+        if path != ConvPath::Libtorch {
             let c_out = self.inner.ws.size()[0];
             let [_, _, h, w] = x.size()[..] else {
                 unreachable!("path_for checked a 4-D input")
@@ -106,7 +131,10 @@ impl Conv2d {
                 && is_contiguous_cpu_f32(residual)
                 && !records_grad([residual]);
             if fits {
-                return self.forward_im2col(x, Some(residual));
+                return match path {
+                    ConvPath::Winograd => self.forward_winograd(x, Some(residual)),
+                    _ => self.forward_im2col(x, Some(residual)),
+                };
             }
         }
         residual + self.forward(x)
@@ -123,8 +151,19 @@ impl Conv2d {
     /// `slow_conv2d` (kernel at most 3×3, at most [`SLOW_PATH_MAX_INPUT`] elements; 1.05–1.2x)
     /// and a 1×1 kernel on at most [`POINTWISE_MAX_INPUT`] elements (1.05–2.4x: no columns to
     /// write, and libtorch's oneDNN call costs more than the product). Larger inputs stay on
-    /// oneDNN (0.84–0.9x for ours there).
+    /// oneDNN (0.84–0.9x for ours there). Before both, 3×3 stride-1 kernels go through
+    /// Winograd's `F(2×2, 3×3)` where [`WinogradF2::pays_off`] (1.2–1.6x over the better of the
+    /// two at 16–32 px).
     pub fn path_for(&self, x: &Tensor) -> ConvPath {
+        if self.winograd_applies(x) {
+            let [_, c, h, w] = x.size()[..] else {
+                unreachable!("winograd_applies checked a 4-D input")
+            };
+            let c_out = self.inner.ws.size()[0];
+            if WinogradF2::new([c, h, w], c_out, self.padding).pays_off() {
+                return ConvPath::Winograd;
+            }
+        }
         let n = x.numel() as i64;
         let pays_off = match (self.kernel, self.stride, self.padding) {
             (1, 1, 0) => n <= POINTWISE_MAX_INPUT,
@@ -149,6 +188,67 @@ impl Conv2d {
             && is_contiguous_cpu_f32(w)
             && b.is_none_or(is_contiguous_cpu_f32)
             && blas::direct()
+    }
+
+    /// Whether difflab's Winograd path can compute `x`: [`Conv2d::im2col_applies`] and a 3×3
+    /// kernel with stride 1.
+    fn winograd_applies(&self, x: &Tensor) -> bool {
+        self.kernel == 3 && self.stride == 1 && self.im2col_applies(x)
+    }
+
+    /// The transformed weight for the current state of the weight, computed when the weight
+    /// changed since the last call.
+    fn transformed_weight(&self) -> Tensor {
+        let weight = &self.inner.ws;
+        let (data, version) = (weight.data_ptr() as usize, weight.internal_version());
+        let mut cached = self
+            .winograd_weight
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match &*cached {
+            Some(t) if t.data == data && t.version == version => t.u.shallow_clone(),
+            _ => {
+                let u = winograd::transform_weight(weight);
+                *cached = Some(TransformedWeight {
+                    data,
+                    version,
+                    u: u.shallow_clone(),
+                });
+                u
+            }
+        }
+    }
+
+    /// The output of one image through Winograd's `F(2×2, 3×3)` (see [`crate::winograd`]),
+    /// plus `residual` if given (the output's shape, contiguous f32 CPU).
+    fn forward_winograd(&self, x: &Tensor, residual: Option<&Tensor>) -> Tensor {
+        let [_, c, h, w] = x.size()[..] else {
+            unreachable!("winograd_applies checked a 4-D input")
+        };
+        let c_out = self.inner.ws.size()[0];
+        let geometry = WinogradF2::new([c, h, w], c_out, self.padding);
+        let [ho, wo] = geometry.output_size().map(|v| v as i64);
+        let f32_cpu = (Kind::Float, Device::Cpu);
+        let out = Tensor::empty([1, c_out, ho, wo], f32_cpu);
+        let v = Tensor::empty([geometry.transformed_input_len() as i64], f32_cpu);
+        let m = Tensor::empty([geometry.products_len() as i64], f32_cpu);
+        let u = self.transformed_weight();
+        let ptr = |t: &Tensor| t.data_ptr() as *const f32;
+        // SAFETY: `winograd_applies` checked contiguous f32 CPU input, weight and bias; the
+        // transformed weight, `v`, `m` and `out` were just made with the geometry's sizes, and
+        // the caller checked the residual's shape and layout.
+        unsafe {
+            geometry.run(
+                ptr(x),
+                ptr(&u),
+                self.inner.bs.as_ref().map(ptr),
+                residual.map(ptr),
+                v.data_ptr() as *mut f32,
+                m.data_ptr() as *mut f32,
+                out.data_ptr() as *mut f32,
+            );
+        }
+        out
     }
 
     /// The output of one image through the columns and the BLAS (see [`Conv2d::path_for`]),
@@ -352,6 +452,82 @@ mod tests {
         }
     }
 
+    /// Winograd's path against libtorch's convolution: even and odd sizes (tiles hanging over
+    /// the edge), paddings 0–2, non-square images, one input channel, with and without bias
+    /// and residual.
+    #[test]
+    fn winograd_matches_libtorch() {
+        let _guard = tch::no_grad_guard();
+        for (c_in, c_out, h, w, p) in [
+            (3, 8, 8, 8, 1),
+            (5, 4, 7, 9, 1),
+            (4, 6, 6, 5, 0),
+            (2, 3, 5, 5, 2),
+            (1, 2, 3, 3, 0),
+            (8, 16, 16, 16, 1),
+            (32, 32, 32, 32, 1),
+        ] {
+            let vs = nn::VarStore::new(Device::Cpu);
+            let conv = Conv2d::new(vs.root(), c_in, c_out, 3, 1, p);
+            let x = Tensor::randn([1, c_in, h, w], f32_cpu());
+            let reference = conv.forward_libtorch(&x);
+            let ours = conv.forward_with(&x, ConvPath::Winograd).expect("applies");
+            assert_eq!(ours.size(), reference.size(), "{c_in} {h}x{w} p {p}");
+            // Each output sums 9·c_in products of unit-scale terms.
+            let scale = reference.abs().max().double_value(&[]).max(1.0);
+            let err = (&ours - &reference).abs().max().double_value(&[]);
+            assert!(
+                err < 2e-6 * scale * (c_in as f64).sqrt() * 3.0,
+                "{c_in}->{c_out} {h}x{w} p {p}: max error {err}"
+            );
+            let residual = Tensor::randn(reference.size(), f32_cpu());
+            let with_residual = conv.forward_winograd(&x, Some(&residual));
+            assert!(with_residual.allclose(&(&residual + &reference), 1e-4, 1e-4, false));
+            // The portable loops (CPUs without AVX-512) compute the same.
+            let portable =
+                winograd::with_portable_kernels(|| conv.forward_winograd(&x, Some(&residual)));
+            assert!(
+                portable.allclose(&with_residual, 1e-5, 1e-5, false),
+                "{c_in} {h}x{w} p {p}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_winograd_weight_follows_weight_updates() {
+        let _guard = tch::no_grad_guard();
+        let vs = nn::VarStore::new(Device::Cpu);
+        let conv = Conv2d::new(vs.root(), 4, 4, 3, 1, 1);
+        let x = Tensor::randn([1, 4, 6, 6], f32_cpu());
+        let before = conv.forward_with(&x, ConvPath::Winograd).expect("applies");
+        // An in-place update (an optimizer step, an EMA copy, a checkpoint load).
+        let mut weight = conv.weight().shallow_clone();
+        let _ = weight.g_mul_scalar_(2.0);
+        let after = conv.forward_with(&x, ConvPath::Winograd).expect("applies");
+        assert!(after.allclose(&conv.forward_libtorch(&x), 1e-5, 1e-5, false));
+        assert!(!after.allclose(&before, 1e-5, 1e-5, false));
+        // Unchanged weights reuse the transform: the same values again.
+        let again = conv.forward_with(&x, ConvPath::Winograd).expect("applies");
+        assert!(again.equal(&after));
+    }
+
+    #[test]
+    fn winograd_takes_only_3x3_stride_1_inference() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let x = Tensor::randn([1, 4, 8, 8], f32_cpu());
+        let conv = Conv2d::new(vs.root() / "a", 4, 4, 3, 1, 1);
+        // Grad mode with weights requiring grad: autograd must see the convolution.
+        assert!(conv.forward_with(&x, ConvPath::Winograd).is_none());
+        let _guard = tch::no_grad_guard();
+        assert!(conv.forward_with(&x, ConvPath::Winograd).is_some());
+        let strided = Conv2d::new(vs.root() / "b", 4, 4, 3, 2, 1);
+        assert!(strided.forward_with(&x, ConvPath::Winograd).is_none());
+        let pointwise = Conv2d::new(vs.root() / "c", 4, 4, 1, 1, 0);
+        assert!(pointwise.forward_with(&x, ConvPath::Winograd).is_none());
+        let batch = Tensor::randn([2, 4, 8, 8], f32_cpu());
+        assert!(conv.forward_with(&batch, ConvPath::Winograd).is_none());
+    }
+
     #[test]
     fn the_columns_are_the_unfolded_image() {
         let x = Tensor::arange(2 * 5 * 6, f32_cpu()).view([1, 2, 5, 6]);
@@ -400,6 +576,7 @@ mod tests {
             kernel: 3,
             stride: 1,
             padding: 1,
+            winograd_weight: Mutex::new(None),
         };
         let x = Tensor::randn([1, 3, 6, 6], f32_cpu());
         // Twice: a reused output buffer must not carry the previous product.
@@ -424,11 +601,24 @@ mod tests {
             "autograd must see the training convolution"
         );
         let _guard = tch::no_grad_guard();
-        assert_eq!(conv.path_for(&small), ConvPath::Im2colGemm);
+        // 3×3 stride 1 at 16–32 px: Winograd where its vector kernels run, else im2col up to
+        // libtorch's slow-path size and oneDNN above it.
+        let fast = winograd::fast_kernels();
+        let pick = |fallback| if fast { ConvPath::Winograd } else { fallback };
+        assert_eq!(conv.path_for(&small), pick(ConvPath::Im2colGemm));
         let batch = Tensor::randn([2, 64, 16, 16], f32_cpu());
         assert_eq!(conv.path_for(&batch), ConvPath::Libtorch);
         let large = Tensor::randn([1, 64, 32, 32], f32_cpu());
-        assert_eq!(conv.path_for(&large), ConvPath::Libtorch);
+        assert_eq!(conv.path_for(&large), pick(ConvPath::Libtorch));
+        // Past the channel bound, and below 16 px, never Winograd.
+        let wide = Conv2d::new(vs.root() / "wide", 128, 128, 3, 1, 1);
+        let wide_input = Tensor::randn([1, 128, 32, 32], f32_cpu());
+        assert_eq!(wide.path_for(&wide_input), ConvPath::Libtorch);
+        let three = Conv2d::new(vs.root() / "rgb", 3, 64, 3, 1, 1);
+        assert_eq!(
+            three.path_for(&Tensor::randn([1, 3, 32, 32], f32_cpu())),
+            ConvPath::Im2colGemm
+        );
         let tiny = Tensor::randn([1, 64, 8, 8], f32_cpu());
         assert_eq!(conv.path_for(&tiny), ConvPath::Im2colGemm);
         let strided = Conv2d::new(vs.root() / "down", 64, 64, 3, 2, 1);

@@ -12,7 +12,8 @@
 //! File map: [`embeddings`] (sinusoidal code, time MLP, class table), [`resnet`] (residual
 //! block), [`attention`] (spatial self-attention), [`unet`] (config, inputs, blocks, model,
 //! summary), [`sr_unet`] (super-resolution wrapper), [`mlp`] (vector denoiser) and [`mlp_tape`]
-//! (its hand-written backward pass), [`conv`] (convolutions, batch-1 inference through the BLAS), [`cpu_kernels`] (SiLU at
+//! (its hand-written backward pass), [`conv`] (convolutions, batch-1 inference through the BLAS
+//! or [`winograd`]), [`cpu_kernels`] (SiLU at
 //! inference), [`diffusers`]
 //! (config.json and weights), [`weights`] (strict safetensors loading).
 
@@ -34,6 +35,7 @@ pub mod sr_unet;
 pub mod unet;
 pub mod upsample;
 pub mod weights;
+pub mod winograd;
 
 pub use attention::{AttentionConfig, AttentionKind, SpatialAttention};
 pub use conv::Conv2d;

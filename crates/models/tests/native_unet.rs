@@ -294,3 +294,42 @@ fn bad_inputs_are_named_not_panics() {
         .unwrap_err();
     assert!(err.to_string().contains("required"), "{err}");
 }
+
+/// At batch 1 without autograd the UNet runs difflab's own kernels (Winograd and im2col
+/// convolutions, fused GroupNorm+SiLU, the batch-1 attention, nearest upsampling) where they
+/// pay off; a batch of two runs libtorch's operations throughout. Both give one image the same
+/// output, at channel counts and sizes where every batch-1 path is taken.
+#[test]
+fn batch_one_inference_paths_match_the_batched_ones() {
+    let config: UNetConfig = serde_json::from_str(
+        r#"{
+            "in_channels": 3,
+            "out_channels": 3,
+            "block_out_channels": [16, 32],
+            "layers_per_block": 1,
+            "attention": ["none", "full"],
+            "mid_attention": "full",
+            "attention_head_dim": 8,
+            "norm_num_groups": 4,
+            "time_embedding": {"dim": 32},
+            "time_conditioning": "scale_shift"
+        }"#,
+    )
+    .expect("config parses");
+    let (unet, _vs) = build(&config);
+    let _guard = tch::no_grad_guard();
+    let f = (Kind::Float, Device::Cpu);
+    let x = Tensor::randn([2, 3, 32, 32], f);
+    let t = Tensor::from_slice(&[7i64, 7]);
+    let batched = unet.forward(&x, &t, None, false);
+    let one = unet.forward(&x.narrow(0, 0, 1), &t.narrow(0, 0, 1), None, false);
+    let scale = batched.abs().max().double_value(&[]);
+    let err = (one - batched.narrow(0, 0, 1))
+        .abs()
+        .max()
+        .double_value(&[]);
+    assert!(
+        err < 1e-4 * scale.max(1.0),
+        "max difference {err} (scale {scale})"
+    );
+}

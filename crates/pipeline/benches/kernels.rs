@@ -55,30 +55,33 @@ fn interleaved_medians(
     mut a: impl FnMut(),
     mut b: impl FnMut(),
 ) -> (f64, f64) {
+    let m = interleaved_medians_of(warmup, reps, &mut [&mut a, &mut b]);
+    (m[0], m[1])
+}
+
+/// [`interleaved_medians`] for any number of functions: each round calls them all, starting
+/// from a different one each time.
+fn interleaved_medians_of(warmup: usize, reps: usize, fs: &mut [&mut dyn FnMut()]) -> Vec<f64> {
     for _ in 0..warmup {
-        a();
-        b();
+        fs.iter_mut().for_each(|f| f());
     }
-    let time = |f: &mut dyn FnMut()| {
-        let start = Instant::now();
-        f();
-        start.elapsed().as_secs_f64()
-    };
-    let (mut ta, mut tb) = (Vec::with_capacity(reps), Vec::with_capacity(reps));
+    let n = fs.len();
+    let mut times = vec![Vec::with_capacity(reps); n];
     for i in 0..reps {
-        if i % 2 == 0 {
-            ta.push(time(&mut a));
-            tb.push(time(&mut b));
-        } else {
-            tb.push(time(&mut b));
-            ta.push(time(&mut a));
+        for j in 0..n {
+            let k = (i + j) % n;
+            let start = Instant::now();
+            fs[k]();
+            times[k].push(start.elapsed().as_secs_f64());
         }
     }
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    (median(ta), median(tb))
+    times
+        .into_iter()
+        .map(|mut v| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        })
+        .collect()
 }
 
 fn config(yaml: &str) -> ExperimentConfig {
@@ -198,25 +201,34 @@ fn silu_kernel(quick: bool) {
     println!();
 }
 
-/// Batch-1 convolutions at inference: difflab's im2col + one BLAS product against libtorch's
-/// `conv2d`, at the shapes a 32 px UNet with 32-64-64 channels runs when sampling one image and
-/// a few larger 1×1 ones, and which of the two `Conv2d::forward` picks (`Conv2d::path_for`).
+/// Batch-1 convolutions at inference: difflab's im2col + one BLAS product and its Winograd
+/// `F(2×2, 3×3)` (3×3 stride-1 kernels) against libtorch's `conv2d`, at the shapes a 32 px
+/// UNet with 32-64-64 channels runs when sampling one image, a few of the 128 px model's and
+/// some larger 1×1 ones, and which path `Conv2d::forward` picks (`Conv2d::path_for`).
 fn batch1_convolutions(quick: bool) {
     println!("## batch-1 convolutions at inference\n");
     println!(
-        "| input [1, C, H, W] | out | kernel / stride | libtorch µs | im2col+BLAS µs | speed-up | `forward` takes |"
+        "| input [1, C, H, W] | out | kernel / stride | libtorch µs | im2col+BLAS µs | Winograd µs | best speed-up | `forward` takes |"
     );
-    println!("|---|---:|---|---|---:|---:|---:|");
+    println!("|---|---:|---|---:|---:|---:|---:|---|");
     let _guard = tch::no_grad_guard();
     let reps = if quick { 20 } else { 300 };
     for (c, hw, out, k, stride) in [
         (3, 32, 32, 3, 1),
         (32, 32, 32, 3, 1),
+        (64, 32, 64, 3, 1),
+        (96, 32, 32, 3, 1),
+        (64, 32, 32, 3, 1),
+        (32, 32, 32, 3, 2),
         (32, 16, 64, 3, 1),
         (64, 16, 64, 3, 1),
+        (128, 16, 64, 3, 1),
         (64, 16, 64, 3, 2),
         (64, 8, 64, 3, 1),
         (128, 8, 64, 3, 1),
+        (64, 4, 64, 3, 1),
+        (64, 64, 64, 3, 1),
+        (128, 32, 128, 3, 1),
         (32, 16, 64, 1, 1),
         (128, 8, 64, 1, 1),
         (128, 16, 64, 1, 1),
@@ -232,18 +244,30 @@ fn batch1_convolutions(quick: bool) {
         let path = match conv.path_for(&x) {
             ConvPath::Libtorch => "libtorch",
             ConvPath::Im2colGemm => "im2col+BLAS",
+            ConvPath::Winograd => "Winograd",
         };
-        let (libtorch, ours) = interleaved_medians(
-            10,
-            reps,
-            || drop(conv.forward_libtorch(&x)),
-            || drop(conv.forward_with(&x, ConvPath::Im2colGemm)),
-        );
+        let winograd = conv.forward_with(&x, ConvPath::Winograd).is_some();
+        let mut fs: Vec<Box<dyn FnMut()>> = vec![
+            Box::new(|| drop(conv.forward_libtorch(&x))),
+            Box::new(|| drop(conv.forward_with(&x, ConvPath::Im2colGemm))),
+        ];
+        if winograd {
+            fs.push(Box::new(|| drop(conv.forward_with(&x, ConvPath::Winograd))));
+        }
+        let mut refs: Vec<&mut dyn FnMut()> = fs
+            .iter_mut()
+            .map(|f| &mut **f as &mut dyn FnMut())
+            .collect();
+        let t = interleaved_medians_of(10, reps, &mut refs);
+        let best = t[1..].iter().copied().fold(f64::INFINITY, f64::min);
+        let winograd_us = t
+            .get(2)
+            .map_or("–".to_string(), |w| format!("{:.1}", w * 1e6));
         println!(
-            "| [1, {c}, {hw}, {hw}] | {out} | {k}×{k} / {stride} | {:.1} | {:.1} | {:.2}x | {path} |",
-            libtorch * 1e6,
-            ours * 1e6,
-            libtorch / ours
+            "| [1, {c}, {hw}, {hw}] | {out} | {k}×{k} / {stride} | {:.1} | {:.1} | {winograd_us} | {:.2}x | {path} |",
+            t[0] * 1e6,
+            t[1] * 1e6,
+            t[0] / best
         );
     }
     println!();

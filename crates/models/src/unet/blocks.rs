@@ -79,7 +79,7 @@ impl Upsample {
 #[derive(Debug)]
 pub enum Downsampler {
     /// [`Resample::Conv`].
-    Conv(Downsample),
+    Conv(Box<Downsample>),
     /// [`Resample::Resnet`]: a [`ResnetBlock2D`] with [`Resampling::Down`].
     Resnet(Box<ResnetBlock2D>),
 }
@@ -107,7 +107,7 @@ impl ParamCount for Downsampler {
 #[derive(Debug)]
 pub enum Upsampler {
     /// [`Resample::Conv`].
-    Conv(Upsample),
+    Conv(Box<Upsample>),
     /// [`Resample::Resnet`]: a [`ResnetBlock2D`] with [`Resampling::Up`].
     Resnet(Box<ResnetBlock2D>),
 }
@@ -237,7 +237,9 @@ impl DownBlock {
             downsampler: downsample_padding.map(|p| {
                 let vs = &(vs / "downsamplers" / 0);
                 match common.resample {
-                    Resample::Conv => Downsampler::Conv(Downsample::new(vs, out_channels, p)),
+                    Resample::Conv => {
+                        Downsampler::Conv(Box::new(Downsample::new(vs, out_channels, p)))
+                    }
                     Resample::Resnet => Downsampler::Resnet(Box::new(ResnetBlock2D::new(
                         vs,
                         &common.resampling_resnet(
@@ -367,7 +369,7 @@ impl UpBlock {
             upsampler: upsample.then(|| {
                 let vs = &(vs / "upsamplers" / 0);
                 match common.resample {
-                    Resample::Conv => Upsampler::Conv(Upsample::new(vs, out_channels)),
+                    Resample::Conv => Upsampler::Conv(Box::new(Upsample::new(vs, out_channels))),
                     Resample::Resnet => Upsampler::Resnet(Box::new(ResnetBlock2D::new(
                         vs,
                         &common.resampling_resnet(out_channels, out_channels, 1.0, Resampling::Up),
