@@ -8,7 +8,7 @@
 //! shapes (the lower levels of a UNet sampling one image) and batch-1 1×1 convolutions (which
 //! need no im2col at all) itself: the columns written by difflab's loop on libtorch's OpenMP
 //! team ([`crate::omp_team`]), then one `sgemm_` ([`crate::blas::gemm`]) onto the bias rows.
-//! 3×3 stride-1 kernels at 16–128 px take Winograd's `F(2×2, 3×3)` instead where the CPU has
+//! 3×3 stride-1 kernels at 8–128 px take Winograd's `F(2×2, 3×3)` instead where the CPU has
 //! its AVX-512 kernels ([`crate::winograd`]). Everything else — training, batches, larger
 //! inputs, channels-last weights — stays on libtorch, and so does every call where autograd
 //! must see the operation.
@@ -466,6 +466,8 @@ mod tests {
             (1, 2, 3, 3, 0),
             (8, 16, 16, 16, 1),
             (32, 32, 32, 32, 1),
+            (16, 42, 8, 8, 1),
+            (24, 20, 6, 7, 1),
         ] {
             let vs = nn::VarStore::new(Device::Cpu);
             let conv = Conv2d::new(vs.root(), c_in, c_out, 3, 1, p);
@@ -601,7 +603,7 @@ mod tests {
             "autograd must see the training convolution"
         );
         let _guard = tch::no_grad_guard();
-        // 3×3 stride 1 at 16–32 px: Winograd where its vector kernels run, else im2col up to
+        // 3×3 stride 1 at 8–32 px: Winograd where its vector kernels run, else im2col up to
         // libtorch's slow-path size and oneDNN above it.
         let fast = winograd::fast_kernels();
         let pick = |fallback| if fast { ConvPath::Winograd } else { fallback };
@@ -610,7 +612,7 @@ mod tests {
         assert_eq!(conv.path_for(&batch), ConvPath::Libtorch);
         let large = Tensor::randn([1, 64, 32, 32], f32_cpu());
         assert_eq!(conv.path_for(&large), pick(ConvPath::Libtorch));
-        // Past the channel bound, and below 16 px, never Winograd.
+        // Past the channel bound, and below 8 px, never Winograd.
         let wide = Conv2d::new(vs.root() / "wide", 128, 128, 3, 1, 1);
         let wide_input = Tensor::randn([1, 128, 32, 32], f32_cpu());
         assert_eq!(wide.path_for(&wide_input), ConvPath::Libtorch);
@@ -620,7 +622,9 @@ mod tests {
             ConvPath::Im2colGemm
         );
         let tiny = Tensor::randn([1, 64, 8, 8], f32_cpu());
-        assert_eq!(conv.path_for(&tiny), ConvPath::Im2colGemm);
+        assert_eq!(conv.path_for(&tiny), pick(ConvPath::Im2colGemm));
+        let tinier = Tensor::randn([1, 64, 4, 4], f32_cpu());
+        assert_eq!(conv.path_for(&tinier), ConvPath::Im2colGemm);
         let strided = Conv2d::new(vs.root() / "down", 64, 64, 3, 2, 1);
         assert_eq!(strided.path_for(&small), ConvPath::Im2colGemm);
         let five = Conv2d::new(vs.root() / "five", 64, 64, 5, 1, 2);

@@ -28,9 +28,11 @@
 //! work, and [`crate::conv::Conv2d`] does not pick this path.
 //!
 //! Where it pays off ([`WinogradF2::pays_off`], measured with `cargo bench -p
-//! difflab-pipeline --bench kernels -- conv`): batch-1 inference at 16–128 px with up to 192
-//! channels in and out, 1.2–1.6x over libtorch's oneDNN convolution at 32 px and 1.3–1.8x
-//! over difflab's im2col at 16 px.
+//! difflab-pipeline --bench kernels -- conv`): batch-1 inference at 8–128 px with up to 192
+//! channels in and out, 1.2–1.6x over libtorch's oneDNN convolution at 32 px, 1.3–1.8x over
+//! difflab's im2col at 16 px and ~3x at 8 px. At 8 px (at most
+//! [`CHANNEL_SPLIT_MAX_TILES`] tiles) the threads split the output channels instead of the
+//! tiles, each transforming the whole (small) input itself.
 
 use std::ops::Range;
 
@@ -42,13 +44,17 @@ use crate::omp_team::{self, SyncPtr};
 /// Positions in a 4×4 tile: the number of matrix products per convolution.
 pub const TILE_POSITIONS: usize = 16;
 
-/// Fewest tiles per row for which [`WinogradF2::pays_off`] (a vector holds 16; at 8×8 outputs,
-/// 4 tiles a row, im2col and the BLAS were 1.5–1.9x faster).
-pub const MIN_TILES_PER_ROW: usize = 8;
+/// Fewest tiles per row for which [`WinogradF2::pays_off`] (a vector holds 16 tiles).
+pub const MIN_TILES_PER_ROW: usize = 4;
 
 /// Fewest input channels for which [`WinogradF2::pays_off`] (the products' inner size: at 3
 /// channels, a UNet's first convolution, im2col was 1.25x faster).
 pub const MIN_INPUT_CHANNELS: usize = 16;
+
+/// Most tiles for which each thread takes a share of the output channels (every tile, its own
+/// copy of the transformed input) rather than a share of the tiles: at 8×8 outputs, 16 tiles,
+/// a share of the tiles would give the products 8 columns.
+pub const CHANNEL_SPLIT_MAX_TILES: usize = 32;
 
 /// Transformed input plus products (bytes) a thread works on at a time (see
 /// [`WinogradF2::band_rows`]): half of a 1 MiB second-level cache.
@@ -230,31 +236,56 @@ impl WinogradF2 {
             u: SyncPtr(u as *mut f32),
             bias: bias.map(|b| SyncPtr(b as *mut f32)),
             residual: residual.map(|r| SyncPtr(r as *mut f32)),
-            v: SyncPtr(v),
             m: SyncPtr(m),
             out: SyncPtr(out),
         };
         if self.tiles() == 0 || self.c_out == 0 {
             return;
         }
+        let v = SyncPtr(v);
         let vectorised = fast_kernels() && !PORTABLE_ONLY.with(|flag| flag.get());
+        if self.tiles() <= CHANNEL_SPLIT_MAX_TILES {
+            // Few tiles (8 px outputs): each thread transforms the whole input into a buffer
+            // of its own and computes a share of the output channels, so that its products
+            // have every tile as columns.
+            omp_team::for_each_chunk_grain(self.c_out, 4, 16, |channels| {
+                let mut own = vec![0.0_f32; self.transformed_input_len()];
+                // SAFETY: the caller vouches for the buffers; this thread writes only its own
+                // transformed input and the products and outputs of its own channels.
+                unsafe {
+                    self.tile_rows(0..self.th, channels, own.as_mut_ptr(), &buffers, vectorised)
+                }
+            });
+            return;
+        }
         let band = self.band_rows();
         omp_team::for_each_chunk_grain(self.th, 1, 1, |rows| {
             for start in rows.clone().step_by(band) {
+                let band = start..(start + band).min(rows.end);
                 // SAFETY: the caller vouches for the buffers; every thread writes only the
                 // tiles (columns of `v` and `m`) and output rows of its own tile rows.
-                unsafe { self.tile_rows(start..(start + band).min(rows.end), &buffers, vectorised) }
+                unsafe { self.tile_rows(band, 0..self.c_out, v.get(), &buffers, vectorised) }
             }
         });
     }
 
-    /// Input transform, the 16 products and the output transform for the tiles of `rows`,
-    /// with the AVX-512 kernels if `vectorised` (the caller checked the CPU has them).
-    unsafe fn tile_rows(&self, rows: Range<usize>, buf: &Buffers, vectorised: bool) {
+    /// Input transform (into `v`, laid out as [`WinogradF2::transformed_input_len`] says), the
+    /// 16 products and the output transform for the tiles of `rows` and the output
+    /// `channels`, with the AVX-512 kernels if `vectorised` (the caller checked the CPU has
+    /// them).
+    unsafe fn tile_rows(
+        &self,
+        rows: Range<usize>,
+        channels: Range<usize>,
+        v: *mut f32,
+        buf: &Buffers,
+        vectorised: bool,
+    ) {
+        let v = SyncPtr(v);
         #[cfg(target_arch = "x86_64")]
         if vectorised {
             // SAFETY: the CPU has AVX-512F (checked by `run`); the caller vouches for the rest.
-            return unsafe { self.tile_rows_avx512(rows, buf) };
+            return unsafe { self.tile_rows_avx512(rows, channels, v, buf) };
         }
         #[cfg(not(target_arch = "x86_64"))]
         let _ = vectorised;
@@ -262,20 +293,24 @@ impl WinogradF2 {
         let (t0, tn) = (rows.start * self.tw, rows.len() * self.tw);
         // SAFETY (whole block): see `run`; indices stay inside the lengths named there.
         unsafe {
-            self.transform_input(rows.clone(), buf);
-            let (ci, co) = (self.c_in as i64, self.c_out as i64);
+            self.transform_input(rows.clone(), v, buf);
+            let ci = self.c_in as i64;
             for xi in 0..TILE_POSITIONS {
                 blas::gemm_row_major(
-                    [co, tn as i64, ci],
-                    buf.u.get().add(xi * self.c_out * self.c_in),
+                    [channels.len() as i64, tn as i64, ci],
+                    buf.u
+                        .get()
+                        .add((xi * self.c_out + channels.start) * self.c_in),
                     ci,
-                    buf.v.get().add(xi * self.plane_stride(self.c_in) + t0),
+                    v.get().add(xi * self.plane_stride(self.c_in) + t0),
                     ld as i64,
-                    buf.m.get().add(xi * self.plane_stride(self.c_out) + t0),
+                    buf.m
+                        .get()
+                        .add(xi * self.plane_stride(self.c_out) + channels.start * ld + t0),
                     ld as i64,
                 );
             }
-            self.transform_output(rows, buf);
+            self.transform_output(rows, channels, buf);
         }
     }
 
@@ -285,7 +320,13 @@ impl WinogradF2 {
     /// arithmetic at these sizes: `[C_out, C_in] × [C_in, ≤ 128]`).
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
-    unsafe fn tile_rows_avx512(&self, rows: Range<usize>, buf: &Buffers) {
+    unsafe fn tile_rows_avx512(
+        &self,
+        rows: Range<usize>,
+        channels: Range<usize>,
+        v: SyncPtr<f32>,
+        buf: &Buffers,
+    ) {
         let (ld, tw, half) = (self.row_stride(), self.tw, self.tw + 1);
         let (t0, tn) = (rows.start * tw, rows.len() * tw);
         let mut rows_buf = PaddedRows::new(rows.len(), half);
@@ -305,24 +346,26 @@ impl WinogradF2 {
                         rows_buf.odd[2 * j * half..].as_ptr(),
                         half,
                         tw,
-                        buf.v.get().add(c * ld + t0 + j * tw),
+                        v.get().add(c * ld + t0 + j * tw),
                         in_plane,
                     );
                 }
             }
             for xi in 0..TILE_POSITIONS {
                 avx512::gemm(
-                    [self.c_out, tn, self.c_in],
-                    buf.u.get().add(xi * self.c_out * self.c_in),
+                    [channels.len(), tn, self.c_in],
+                    buf.u
+                        .get()
+                        .add((xi * self.c_out + channels.start) * self.c_in),
                     self.c_in,
-                    buf.v.get().add(xi * in_plane + t0),
+                    v.get().add(xi * in_plane + t0),
                     ld,
-                    buf.m.get().add(xi * out_plane + t0),
+                    buf.m.get().add(xi * out_plane + channels.start * ld + t0),
                     ld,
                 );
             }
             let (ho, wo) = (self.ho, self.wo);
-            for c in 0..self.c_out {
+            for c in channels {
                 let bias = buf.bias.map_or(0.0, |b| *b.get().add(c));
                 for j in rows.clone() {
                     let out_row = |a: usize| {
@@ -351,7 +394,7 @@ impl WinogradF2 {
     /// `V[ξ][c][t] = (Bᵀ d B)[ξ]` for the tiles of `rows`. Each padded input row is split into
     /// its even and odd columns, so that the four columns of tile `x` are `even[x]`, `odd[x]`,
     /// `even[x + 1]`, `odd[x + 1]` and every step below is a loop over consecutive tiles.
-    unsafe fn transform_input(&self, rows: Range<usize>, buf: &Buffers) {
+    unsafe fn transform_input(&self, rows: Range<usize>, buf_v: SyncPtr<f32>, buf: &Buffers) {
         let (h, w, tw) = (self.h, self.w, self.tw);
         let (ld, plane) = (self.row_stride(), self.plane_stride(self.c_in));
         let half = tw + 1;
@@ -383,7 +426,7 @@ impl WinogradF2 {
                     let slot = |jx: usize| {
                         let start = (4 * i + jx) * plane + c * ld + t;
                         // SAFETY: this thread's tiles of position `4i + jx`, channel `c`.
-                        unsafe { buf.v.slice_mut(start..start + tw) }
+                        unsafe { buf_v.slice_mut(start..start + tw) }
                     };
                     columns_of_x_b(
                         &ce[i * half..(i + 1) * half],
@@ -397,13 +440,13 @@ impl WinogradF2 {
 
     /// `out[c][2y + a][2x + b] = (Aᵀ M A)[a][b] + bias[c] + residual[…]` for the tiles of
     /// `rows`, dropping the outputs of tiles that hang over the edge.
-    unsafe fn transform_output(&self, rows: Range<usize>, buf: &Buffers) {
+    unsafe fn transform_output(&self, rows: Range<usize>, channels: Range<usize>, buf: &Buffers) {
         let (ho, wo, tw) = (self.ho, self.wo, self.tw);
         let (ld, plane) = (self.row_stride(), self.plane_stride(self.c_out));
         let mut pair = vec![0.0_f32; 2 * tw];
         // SAFETY: see `run`.
         let m = unsafe { buf.m.slice(0..self.products_len()) };
-        for c in 0..self.c_out {
+        for c in channels {
             // SAFETY: `bias` holds `C_out` values.
             let bias = buf.bias.map_or(0.0, |b| unsafe { *b.get().add(c) });
             for j in rows.clone() {
@@ -774,6 +817,37 @@ mod avx512 {
             // SAFETY (whole loop): rows `i..i + R` and columns `j..` (masked to `n`) are inside
             // the matrices; pointers to masked-off lanes are formed with `wrapping_add`.
             unsafe {
+                if n - j <= 16 {
+                    // One vector of columns: eight rows at a time keep the FMA units busy.
+                    while i + 8 <= m {
+                        narrow::<8>(
+                            k,
+                            a.add(i * lda),
+                            lda,
+                            b.wrapping_add(j),
+                            ldb,
+                            c.add(i * ldc).wrapping_add(j),
+                            ldc,
+                            masks.0,
+                        );
+                        i += 8;
+                    }
+                    while i < m {
+                        narrow::<1>(
+                            k,
+                            a.add(i * lda),
+                            lda,
+                            b.wrapping_add(j),
+                            ldb,
+                            c.add(i * ldc).wrapping_add(j),
+                            ldc,
+                            masks.0,
+                        );
+                        i += 1;
+                    }
+                    j += 32;
+                    continue;
+                }
                 while i + 4 <= m {
                     block::<4>(
                         k,
@@ -802,6 +876,35 @@ mod avx512 {
                 }
             }
             j += 32;
+        }
+    }
+
+    /// `R` rows × 16 columns (masked by `mask`) of [`gemm`].
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn narrow<const R: usize>(
+        k: usize,
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+        ldb: usize,
+        c: *mut f32,
+        ldc: usize,
+        mask: __mmask16,
+    ) {
+        let mut acc = [_mm512_setzero_ps(); R];
+        // SAFETY (whole function): see `gemm`.
+        unsafe {
+            for p in 0..k {
+                let row = _mm512_maskz_loadu_ps(mask, b.wrapping_add(p * ldb));
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    *acc = _mm512_fmadd_ps(_mm512_set1_ps(*a.add(r * lda + p)), row, *acc);
+                }
+            }
+            for (r, acc) in acc.into_iter().enumerate() {
+                _mm512_mask_storeu_ps(c.wrapping_add(r * ldc), mask, acc);
+            }
         }
     }
 
@@ -918,7 +1021,6 @@ struct Buffers {
     u: SyncPtr<f32>,
     bias: Option<SyncPtr<f32>>,
     residual: Option<SyncPtr<f32>>,
-    v: SyncPtr<f32>,
     m: SyncPtr<f32>,
     out: SyncPtr<f32>,
 }
