@@ -435,9 +435,8 @@ mod tests {
     }
 
     /// Every transpose combination, fresh and accumulated, on strided (row-padded) inputs,
-    /// against libtorch's `mm`.
-    /// Every combination of flags, at a size below the split, one split by rows of the output
-    /// and one split by its columns (unaligned sizes: the last part is short).
+    /// against libtorch's `mm`: at a size below the split, one split by rows of the output and
+    /// one split by its columns (unaligned sizes: the last part is short).
     #[test]
     fn products_match_libtorch() {
         let f = (Kind::Float, Device::Cpu);

@@ -246,15 +246,19 @@ impl WinogradF2 {
         let vectorised = fast_kernels() && !PORTABLE_ONLY.with(|flag| flag.get());
         if self.tiles() <= CHANNEL_SPLIT_MAX_TILES {
             // Few tiles (8 px outputs): each thread transforms the whole input into a buffer
-            // of its own and computes a share of the output channels, so that its products
-            // have every tile as columns.
+            // of its own (the first thread into `v`) and computes a share of the output
+            // channels, so that its products have every tile as columns.
             omp_team::for_each_chunk_grain(self.c_out, 4, 16, |channels| {
-                let mut own = vec![0.0_f32; self.transformed_input_len()];
+                let mut own = Vec::new();
+                let v = if channels.start == 0 {
+                    v.get()
+                } else {
+                    own.resize(self.transformed_input_len(), 0.0_f32);
+                    own.as_mut_ptr()
+                };
                 // SAFETY: the caller vouches for the buffers; this thread writes only its own
                 // transformed input and the products and outputs of its own channels.
-                unsafe {
-                    self.tile_rows(0..self.th, channels, own.as_mut_ptr(), &buffers, vectorised)
-                }
+                unsafe { self.tile_rows(0..self.th, channels, v, &buffers, vectorised) }
             });
             return;
         }
@@ -336,7 +340,7 @@ impl WinogradF2 {
             let input = buf.x.slice(0..self.c_in * self.h * self.w);
             for c in 0..self.c_in {
                 let plane = &input[c * self.h * self.w..(c + 1) * self.h * self.w];
-                rows_buf.fill_with(plane, [self.h, self.w, self.p], rows.start, |row, e, o| {
+                rows_buf.fill(plane, [self.h, self.w, self.p], rows.start, |row, e, o| {
                     // AVX-512F is this function's feature; `row` holds 2·len(e) values.
                     avx512::deinterleave(row, e, o)
                 });
@@ -391,87 +395,92 @@ impl WinogradF2 {
         }
     }
 
-    /// `V[ξ][c][t] = (Bᵀ d B)[ξ]` for the tiles of `rows`. Each padded input row is split into
-    /// its even and odd columns, so that the four columns of tile `x` are `even[x]`, `odd[x]`,
-    /// `even[x + 1]`, `odd[x + 1]` and every step below is a loop over consecutive tiles.
-    unsafe fn transform_input(&self, rows: Range<usize>, buf_v: SyncPtr<f32>, buf: &Buffers) {
-        let (h, w, tw) = (self.h, self.w, self.tw);
+    /// `V[ξ][c][t] = (Bᵀ d B)[ξ]` for the tiles of `rows`, one tile at a time (the portable
+    /// path: correctness, not speed).
+    unsafe fn transform_input(&self, rows: Range<usize>, v: SyncPtr<f32>, buf: &Buffers) {
+        let (h, w, p, tw) = (self.h, self.w, self.p, self.tw);
         let (ld, plane) = (self.row_stride(), self.plane_stride(self.c_in));
-        let half = tw + 1;
-        let mut rows_buf = PaddedRows::new(rows.len(), half);
-        let mut combined = vec![0.0_f32; 8 * half];
         // SAFETY: see `run`.
         let input = unsafe { buf.x.slice(0..self.c_in * h * w) };
         for c in 0..self.c_in {
-            rows_buf.fill(
-                &input[c * h * w..(c + 1) * h * w],
-                [h, w, self.p],
-                rows.start,
-            );
-            for j in 0..rows.len() {
-                let span = |k: usize| (2 * j + k) * half..(2 * j + k + 1) * half;
-                let t = (rows.start + j) * tw;
-                let (ce, co) = combined.split_at_mut(4 * half);
-                // Bᵀ d: the four row combinations, for the even and the odd columns.
-                for (data, out) in [(&rows_buf.even, ce), (&rows_buf.odd, co)] {
-                    let [r0, r1, r2, r3] = [0, 1, 2, 3].map(|k| &data[span(k)]);
-                    let (u0, rest) = out.split_at_mut(half);
-                    let (u1, rest) = rest.split_at_mut(half);
-                    let (u2, u3) = rest.split_at_mut(half);
-                    rows_of_bt_d([r0, r1, r2, r3], [u0, u1, u2, u3]);
-                }
-                let (ce, co) = combined.split_at(4 * half);
-                for i in 0..4 {
-                    // (·) B: the four column combinations, one tile position each.
-                    let slot = |jx: usize| {
-                        let start = (4 * i + jx) * plane + c * ld + t;
-                        // SAFETY: this thread's tiles of position `4i + jx`, channel `c`.
-                        unsafe { buf_v.slice_mut(start..start + tw) }
-                    };
-                    columns_of_x_b(
-                        &ce[i * half..(i + 1) * half],
-                        &co[i * half..(i + 1) * half],
-                        [slot(0), slot(1), slot(2), slot(3)],
-                    );
+            let image = &input[c * h * w..(c + 1) * h * w];
+            // The zero-padded image at padded coordinates.
+            let padded = |y: usize, x: usize| {
+                let inside = |v: usize, n: usize| v.checked_sub(p).filter(|&v| v < n);
+                inside(y, h)
+                    .zip(inside(x, w))
+                    .map_or(0.0, |(y, x)| image[y * w + x])
+            };
+            for ty in rows.clone() {
+                for tx in 0..tw {
+                    let d = std::array::from_fn(|r| {
+                        std::array::from_fn(|q| padded(2 * ty + r, 2 * tx + q))
+                    });
+                    for (xi, value) in bt_d_b(d).into_iter().flatten().enumerate() {
+                        // SAFETY: position `xi`, channel `c`, a tile of this thread's rows.
+                        unsafe { *v.get().add(xi * plane + c * ld + ty * tw + tx) = value };
+                    }
                 }
             }
         }
     }
 
     /// `out[c][2y + a][2x + b] = (Aᵀ M A)[a][b] + bias[c] + residual[…]` for the tiles of
-    /// `rows`, dropping the outputs of tiles that hang over the edge.
+    /// `rows` and the output `channels`, one tile at a time, dropping the outputs of tiles that
+    /// hang over the edge (the portable path).
     unsafe fn transform_output(&self, rows: Range<usize>, channels: Range<usize>, buf: &Buffers) {
         let (ho, wo, tw) = (self.ho, self.wo, self.tw);
         let (ld, plane) = (self.row_stride(), self.plane_stride(self.c_out));
-        let mut pair = vec![0.0_f32; 2 * tw];
-        // SAFETY: see `run`.
-        let m = unsafe { buf.m.slice(0..self.products_len()) };
-        for c in channels {
-            // SAFETY: `bias` holds `C_out` values.
-            let bias = buf.bias.map_or(0.0, |b| unsafe { *b.get().add(c) });
-            for j in rows.clone() {
-                let t = j * tw;
-                let planes: [&[f32]; 16] = std::array::from_fn(|xi| {
-                    let start = xi * plane + c * ld + t;
-                    &m[start..start + tw]
-                });
-                for a in 0..2 {
-                    let y = 2 * j + a;
-                    if y >= ho {
-                        break;
+        // SAFETY (whole function): see `run`; every index lies inside the buffers and belongs
+        // to this thread's tiles and channels.
+        unsafe {
+            let m = buf.m.slice(0..self.products_len());
+            for c in channels {
+                let bias = buf.bias.map_or(0.0, |b| *b.get().add(c));
+                for ty in rows.clone() {
+                    for tx in 0..tw {
+                        let at = c * ld + ty * tw + tx;
+                        let tile = std::array::from_fn(|i| {
+                            std::array::from_fn(|j| m[(4 * i + j) * plane + at])
+                        });
+                        for (a, row) in at_m_a(tile).into_iter().enumerate() {
+                            for (b, value) in row.into_iter().enumerate() {
+                                let (y, x) = (2 * ty + a, 2 * tx + b);
+                                if y < ho && x < wo {
+                                    let index = (c * ho + y) * wo + x;
+                                    let residual =
+                                        buf.residual.map_or(0.0, |r| *r.get().add(index));
+                                    *buf.out.get().add(index) = residual + (value + bias);
+                                }
+                            }
+                        }
                     }
-                    let (y0, y1) = pair.split_at_mut(tw);
-                    outputs_of_at_m_a(&planes, a, y0, y1);
-                    let start = (c * ho + y) * wo;
-                    // SAFETY: output row `y` of channel `c` belongs to this thread's tiles.
-                    let dst = unsafe { buf.out.slice_mut(start..start + wo) };
-                    // SAFETY: the residual has the output's shape.
-                    let residual = buf.residual.map(|r| unsafe { r.slice(start..start + wo) });
-                    interleave_plus(y0, y1, bias, residual, dst);
                 }
             }
         }
     }
+}
+
+/// `Bᵀ d` on a column of four: `d0 − d2`, `d1 + d2`, `d2 − d1`, `d1 − d3`.
+fn bt(d: [f32; 4]) -> [f32; 4] {
+    [d[0] - d[2], d[1] + d[2], d[2] - d[1], d[1] - d[3]]
+}
+
+/// `Bᵀ d B` of one 4×4 tile.
+fn bt_d_b(d: [[f32; 4]; 4]) -> [[f32; 4]; 4] {
+    let columns: [[f32; 4]; 4] = std::array::from_fn(|q| bt(d.map(|row| row[q])));
+    std::array::from_fn(|i| bt(columns.map(|column| column[i])))
+}
+
+/// `Aᵀ m` on a column of four: `m0 + m1 + m2`, `m1 − m2 − m3`.
+fn at(m: [f32; 4]) -> [f32; 2] {
+    [m[0] + m[1] + m[2], m[1] - m[2] - m[3]]
+}
+
+/// `Aᵀ m A` of one tile's 4×4 products: its 2×2 outputs.
+fn at_m_a(m: [[f32; 4]; 4]) -> [[f32; 2]; 2] {
+    let columns: [[f32; 2]; 4] = std::array::from_fn(|j| at(m.map(|row| row[j])));
+    std::array::from_fn(|a| at(columns.map(|column| column[a])))
 }
 
 /// One channel's padded input rows under a band of tile rows, split into even and odd columns.
@@ -497,14 +506,9 @@ impl PaddedRows {
 
     /// The rows from padded row `2·first_tile_row` on, of a `[h, w]` `plane` zero-padded by
     /// `p` (2·half ≥ w + 2p: the tiles cover the padded input, so the border of `padded`
-    /// stays zero).
-    fn fill(&mut self, plane: &[f32], [h, w, p]: [usize; 3], first_tile_row: usize) {
-        self.fill_with(plane, [h, w, p], first_tile_row, deinterleave);
-    }
-
-    /// [`PaddedRows::fill`] splitting each row with `split` (`row`, `even`, `odd`).
+    /// stays zero), each split by `split` (`row`, `even`, `odd`) into its even and odd columns.
     #[inline(always)]
-    fn fill_with(
+    fn fill(
         &mut self,
         plane: &[f32],
         [h, w, p]: [usize; 3],
@@ -527,154 +531,6 @@ impl PaddedRows {
                     e.fill(0.0);
                     o.fill(0.0);
                 }
-            }
-        }
-    }
-}
-
-/// `even[k] = row[2k]`, `odd[k] = row[2k + 1]`.
-#[inline(always)]
-fn deinterleave(row: &[f32], even: &mut [f32], odd: &mut [f32]) {
-    for ((pair, e), o) in row.chunks_exact(2).zip(even).zip(odd) {
-        *e = pair[0];
-        *o = pair[1];
-    }
-}
-
-/// The rows of `Bᵀ d` for a row of tiles: `d0 − d2`, `d1 + d2`, `d2 − d1`, `d1 − d3`, element
-/// by element over the (even or odd) columns.
-#[inline(always)]
-fn rows_of_bt_d(d: [&[f32]; 4], u: [&mut [f32]; 4]) {
-    let [u0, u1, u2, u3] = u;
-    rows_of_bt_d_into(d[0], d[1], d[2], d[3], u0, u1, u2, u3);
-}
-
-/// [`rows_of_bt_d`] with each slice its own argument (so the compiler knows the outputs do not
-/// overlap and vectorises the loop).
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn rows_of_bt_d_into(
-    d0: &[f32],
-    d1: &[f32],
-    d2: &[f32],
-    d3: &[f32],
-    u0: &mut [f32],
-    u1: &mut [f32],
-    u2: &mut [f32],
-    u3: &mut [f32],
-) {
-    let n = u0.len();
-    let (d0, d1, d2, d3) = (&d0[..n], &d1[..n], &d2[..n], &d3[..n]);
-    let (u1, u2, u3) = (&mut u1[..n], &mut u2[..n], &mut u3[..n]);
-    for x in 0..n {
-        u0[x] = d0[x] - d2[x];
-        u1[x] = d1[x] + d2[x];
-        u2[x] = d2[x] - d1[x];
-        u3[x] = d1[x] - d3[x];
-    }
-}
-
-/// The four tile positions of one row of `(Bᵀ d) B` for consecutive tiles, from that row's
-/// even columns `e` and odd columns `o` (tile `x` covers `e[x], o[x], e[x + 1], o[x + 1]`).
-#[inline(always)]
-fn columns_of_x_b(e: &[f32], o: &[f32], v: [&mut [f32]; 4]) {
-    let [v0, v1, v2, v3] = v;
-    columns_of_x_b_into(e, o, v0, v1, v2, v3);
-}
-
-/// [`columns_of_x_b`] with each slice its own argument (see [`rows_of_bt_d_into`]).
-#[inline(always)]
-fn columns_of_x_b_into(
-    e: &[f32],
-    o: &[f32],
-    v0: &mut [f32],
-    v1: &mut [f32],
-    v2: &mut [f32],
-    v3: &mut [f32],
-) {
-    let n = v0.len();
-    let (e0, e1, o0, o1) = (&e[..n], &e[1..=n], &o[..n], &o[1..=n]);
-    let (v1, v2, v3) = (&mut v1[..n], &mut v2[..n], &mut v3[..n]);
-    for x in 0..n {
-        v0[x] = e0[x] - e1[x];
-        v1[x] = o0[x] + e1[x];
-        v2[x] = e1[x] - o0[x];
-        v3[x] = o0[x] - o1[x];
-    }
-}
-
-/// Output row `a` of `Aᵀ m A` for consecutive tiles: its even outputs into `y0`, its odd
-/// outputs into `y1`, from the 16 product planes `m[4i + j]`.
-#[inline(always)]
-fn outputs_of_at_m_a(m: &[&[f32]; 16], a: usize, y0: &mut [f32], y1: &mut [f32]) {
-    let n = y0.len();
-    let y1 = &mut y1[..n];
-    let [
-        m0,
-        m1,
-        m2,
-        m3,
-        m4,
-        m5,
-        m6,
-        m7,
-        m8,
-        m9,
-        m10,
-        m11,
-        m12,
-        m13,
-        m14,
-        m15,
-    ] = m.map(|plane| &plane[..n]);
-    // Row `a` of Aᵀ is (1, 1, 1, 0) or (0, 1, −1, −1); the columns take the same two rows.
-    if a == 0 {
-        for x in 0..n {
-            let s0 = m0[x] + m4[x] + m8[x];
-            let s1 = m1[x] + m5[x] + m9[x];
-            let s2 = m2[x] + m6[x] + m10[x];
-            let s3 = m3[x] + m7[x] + m11[x];
-            y0[x] = s0 + s1 + s2;
-            y1[x] = s1 - s2 - s3;
-        }
-    } else {
-        for x in 0..n {
-            let s0 = m4[x] - m8[x] - m12[x];
-            let s1 = m5[x] - m9[x] - m13[x];
-            let s2 = m6[x] - m10[x] - m14[x];
-            let s3 = m7[x] - m11[x] - m15[x];
-            y0[x] = s0 + s1 + s2;
-            y1[x] = s1 - s2 - s3;
-        }
-    }
-}
-
-/// `dst[2x] = y0[x] + bias (+ residual)`, `dst[2x + 1] = y1[x] + bias (+ residual)`; an odd
-/// `dst` drops the last `y1`.
-#[inline(always)]
-fn interleave_plus(y0: &[f32], y1: &[f32], bias: f32, residual: Option<&[f32]>, dst: &mut [f32]) {
-    let pairs = dst.len() / 2;
-    let (y0, y1) = (&y0[..dst.len().div_ceil(2)], &y1[..pairs]);
-    match residual {
-        Some(res) => {
-            let res = &res[..dst.len()];
-            for (x, (d, r)) in dst.chunks_exact_mut(2).zip(res.chunks_exact(2)).enumerate() {
-                d[0] = r[0] + (y0[x] + bias);
-                d[1] = r[1] + (y1[x] + bias);
-            }
-            if dst.len() % 2 == 1 {
-                let last = dst.len() - 1;
-                dst[last] = res[last] + (y0[pairs] + bias);
-            }
-        }
-        None => {
-            for (x, d) in dst.chunks_exact_mut(2).enumerate() {
-                d[0] = y0[x] + bias;
-                d[1] = y1[x] + bias;
-            }
-            if dst.len() % 2 == 1 {
-                let last = dst.len() - 1;
-                dst[last] = y0[pairs] + bias;
             }
         }
     }
