@@ -13,8 +13,10 @@
 
 use tch::{Device, Kind, Tensor};
 
+use std::ops::Range;
+
 use crate::cpu_kernels::{is_contiguous_cpu_f32, records_grad};
-use crate::omp_team;
+use crate::omp_team::{self, SyncPtr};
 
 /// Largest product (multiply-adds `m·n·k`) that [`gemm`] splits over the OpenMP team itself.
 pub const SPLIT_MAX_MACS: i64 = 1 << 22;
@@ -47,56 +49,21 @@ pub fn gemm(c: &Tensor, a: &Tensor, trans_a: bool, b: &Tensor, trans_b: bool, ac
         is_f32_cpu_matrix(c) && c.is_contiguous(),
         "gemm: output not contiguous f32"
     );
-    let ld = |t: &Tensor| -> Option<i64> {
-        // Row-major with unit stride along the rows (a transposed view is passed by flag).
-        (is_f32_cpu_matrix(t) && t.stride()[1] == 1 && t.stride()[0] >= t.size()[1].max(1))
-            .then(|| t.stride()[0])
-    };
     let sizes_positive = m > 0 && n > 0 && k > 0;
-    if let (Some(sgemm), Some(lda), Some(ldb), true) =
-        (runtime::sgemm(), ld(a), ld(b), sizes_positive)
-    {
-        let (a, b, c) = (
-            a.data_ptr() as usize,
-            b.data_ptr() as usize,
-            c.data_ptr() as usize,
-        );
-        let beta = if accumulate { 1.0 } else { 0.0 };
+    if let (true, Some(a), Some(b), Some(c), true) = (
+        direct(),
+        RawMatrix::of(a),
+        RawMatrix::of(b),
+        RawMatrix::of(c),
+        sizes_positive,
+    ) {
         // One product of the block `rows × cols` of C.
-        let block = |rows: std::ops::Range<i64>, cols: std::ops::Range<i64>| {
-            // op(A)'s rows `rows`: rows of A, or columns of Aᵀ's storage; op(B)'s columns
-            // `cols`: columns of B, or rows of Bᵀ's storage.
-            let a_at = if trans_a {
-                rows.start
-            } else {
-                rows.start * lda
-            };
-            let b_at = if trans_b {
-                cols.start * ldb
-            } else {
-                cols.start
-            };
-            let c_at = rows.start * n + cols.start;
-            // Row-major `C = op(A)·op(B)` is column-major `Cᵀ = op(B)ᵀ·op(A)ᵀ`, and a row-major
-            // matrix read column-major is its transpose: pass B first, flags unchanged.
-            // SAFETY: the shapes and leading dimensions describe the three tensors' memory
-            // (checked above) and the block lies inside them; `c` does not alias `a` or `b`
-            // (it is written while they are read, as in libtorch's `mm_out`, whose callers
-            // guarantee the same); blocks of different threads do not overlap.
-            unsafe {
-                sgemm.call(
-                    trans_b,
-                    trans_a,
-                    [cols.end - cols.start, rows.end - rows.start, k],
-                    (b as *const f32).add(b_at as usize),
-                    ldb,
-                    (a as *const f32).add(a_at as usize),
-                    lda,
-                    beta,
-                    (c as *mut f32).add(c_at as usize),
-                    n,
-                );
-            }
+        // SAFETY: the shapes and leading dimensions describe the three tensors' memory
+        // (checked above) and every block lies inside them; `c` does not alias `a` or `b` (it
+        // is written while they are read, as in libtorch's `mm_out`, whose callers guarantee
+        // the same); blocks of different threads do not overlap.
+        let block = |rows, cols| unsafe {
+            gemm_block(c, a, trans_a, b, trans_b, accumulate, rows, cols);
         };
         if m * n * k <= SPLIT_MAX_MACS {
             // Small products: halves of the output on the OpenMP team's threads, each one
@@ -124,6 +91,145 @@ pub fn gemm(c: &Tensor, a: &Tensor, trans_a: bool, b: &Tensor, trans_b: bool, ac
         let _ = c.addmm_(&a, &b);
     } else {
         let _ = a.mm_out(&c, &b);
+    }
+}
+
+/// A row-major f32 CPU matrix by address, shape and row stride: what the threads of a parallel
+/// region share to multiply or update their own blocks of it (a `Tensor` may not cross
+/// threads). A vector of `n` elements is a `[1, n]` matrix.
+#[derive(Clone, Copy, Debug)]
+pub struct RawMatrix {
+    ptr: SyncPtr<f32>,
+    /// Number of rows.
+    pub rows: i64,
+    /// Number of columns.
+    pub cols: i64,
+    /// Elements from one row to the next (at least `cols`).
+    pub ld: i64,
+}
+
+impl RawMatrix {
+    /// The memory of `t`: a 2-D f32 CPU tensor with unit column stride and a row stride of at
+    /// least its width, or a contiguous f32 CPU vector (as one row); `None` for anything else.
+    pub fn of(t: &Tensor) -> Option<Self> {
+        if !(t.defined() && t.device() == Device::Cpu && t.kind() == Kind::Float) {
+            return None;
+        }
+        let ptr = SyncPtr(t.data_ptr() as *mut f32);
+        match (&t.size()[..], &t.stride()[..]) {
+            (&[n], &[stride]) if stride == 1 || n <= 1 => Some(Self {
+                ptr,
+                rows: 1,
+                cols: n,
+                ld: n.max(1),
+            }),
+            (&[rows, cols], &[ld, 1]) if ld >= cols.max(1) => Some(Self {
+                ptr,
+                rows,
+                cols,
+                ld,
+            }),
+            _ => None,
+        }
+    }
+
+    /// A fresh contiguous `[rows, cols]` f32 CPU matrix and its memory.
+    pub fn new_matrix(rows: i64, cols: i64) -> (Tensor, Self) {
+        let t = Tensor::empty([rows, cols], (Kind::Float, Device::Cpu));
+        let ptr = SyncPtr(t.data_ptr() as *mut f32);
+        let raw = Self {
+            ptr,
+            rows,
+            cols,
+            ld: cols.max(1),
+        };
+        (t, raw)
+    }
+
+    /// The elements `cols` of row `row`.
+    ///
+    /// # Safety
+    /// `row` and `cols` lie inside the matrix, whose tensor is alive, and nothing writes them
+    /// while the slice lives.
+    pub unsafe fn row(&self, row: i64, cols: Range<i64>) -> &[f32] {
+        let at = (row * self.ld + cols.start) as usize;
+        // SAFETY: the caller vouches for the range.
+        unsafe { self.ptr.slice(at..at + (cols.end - cols.start) as usize) }
+    }
+
+    /// The elements `cols` of row `row`, writable.
+    ///
+    /// # Safety
+    /// As [`RawMatrix::row`], and nothing else reads or writes them while the slice lives.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn row_mut(&self, row: i64, cols: Range<i64>) -> &mut [f32] {
+        let at = (row * self.ld + cols.start) as usize;
+        // SAFETY: the caller vouches for the range.
+        unsafe {
+            self.ptr
+                .slice_mut(at..at + (cols.end - cols.start) as usize)
+        }
+    }
+}
+
+/// The block `rows × cols` of `c ← op(a)·op(b)` (of `c ← c + op(a)·op(b)` with `accumulate`),
+/// `op(x)` being `xᵀ` when its flag is set: one `sgemm_` call on the calling thread (MKL runs
+/// single-threaded inside an OpenMP parallel region), so that the threads of a region can each
+/// compute their own block. Empty blocks do nothing.
+///
+/// # Safety
+/// [`direct`] holds; `op(a)` is `[c.rows, k]` and `op(b)` `[k, c.cols]` with `k ≥ 1`; `rows` and `cols` lie
+/// inside `c`; the three tensors are alive; `c` overlaps neither `a` nor `b`, and nothing else
+/// reads or writes this block of `c` meanwhile.
+///
+/// # Panics
+/// When the BLAS is not reachable.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_block(
+    c: RawMatrix,
+    a: RawMatrix,
+    trans_a: bool,
+    b: RawMatrix,
+    trans_b: bool,
+    accumulate: bool,
+    rows: Range<i64>,
+    cols: Range<i64>,
+) {
+    let sgemm = runtime::sgemm().expect("gemm_block: no BLAS (check blas::direct first)");
+    let k = if trans_a { a.rows } else { a.cols };
+    if rows.is_empty() || cols.is_empty() {
+        return;
+    }
+    // op(A)'s rows `rows`: rows of A, or columns of Aᵀ's storage; op(B)'s columns `cols`:
+    // columns of B, or rows of Bᵀ's storage.
+    let a_at = if trans_a {
+        rows.start
+    } else {
+        rows.start * a.ld
+    };
+    let b_at = if trans_b {
+        cols.start * b.ld
+    } else {
+        cols.start
+    };
+    let c_at = rows.start * c.ld + cols.start;
+    let beta = if accumulate { 1.0 } else { 0.0 };
+    // Row-major `C = op(A)·op(B)` is column-major `Cᵀ = op(B)ᵀ·op(A)ᵀ`, and a row-major matrix
+    // read column-major is its transpose: pass B first, flags unchanged.
+    // SAFETY: the caller vouches for the shapes, strides and memory.
+    unsafe {
+        sgemm.call(
+            trans_b,
+            trans_a,
+            [cols.end - cols.start, rows.end - rows.start, k],
+            b.ptr.get().add(b_at as usize),
+            b.ld,
+            a.ptr.get().add(a_at as usize),
+            a.ld,
+            beta,
+            c.ptr.get().add(c_at as usize),
+            c.ld,
+        );
     }
 }
 

@@ -41,24 +41,31 @@ pub fn records_grad<'a>(inputs: impl IntoIterator<Item = &'a Tensor>) -> bool {
 /// gaps (in whatever dimension order: contiguous, channels-last, …), so it can be read as a
 /// plain `[f32]` slice in memory order.
 pub fn is_dense_cpu_f32(t: &Tensor) -> bool {
+    dense_cpu_f32_layout(t).is_some()
+}
+
+/// The sizes and strides of `t` when [`is_dense_cpu_f32`] holds for it (read once, for callers
+/// that compare layouts too).
+pub fn dense_cpu_f32_layout(t: &Tensor) -> Option<(Vec<i64>, Vec<i64>)> {
     if !(t.defined() && t.device() == Device::Cpu && t.kind() == Kind::Float) {
-        return false;
+        return None;
     }
-    let mut dims: Vec<(i64, i64)> = t
-        .stride()
-        .into_iter()
-        .zip(t.size())
+    let (size, stride) = (t.size(), t.stride());
+    let mut dims: Vec<(i64, i64)> = stride
+        .iter()
+        .copied()
+        .zip(size.iter().copied())
         .filter(|&(_, size)| size != 1)
         .collect();
     dims.sort_unstable();
     let mut expected = 1;
     for (stride, size) in dims {
         if stride != expected {
-            return false;
+            return None;
         }
         expected *= size;
     }
-    true
+    Some((size, stride))
 }
 
 /// Whether this CPU has AVX2 and hardware fused multiply-add (the detection is cached by the
@@ -239,7 +246,7 @@ pub fn silu_backward(grad: &Tensor, z: &Tensor) -> Tensor {
 }
 
 /// [`silu_backward`] over matching slices on the calling thread.
-fn silu_backward_serial(out: &mut [f32], grad: &[f32], z: &[f32]) {
+pub(crate) fn silu_backward_serial(out: &mut [f32], grad: &[f32], z: &[f32]) {
     #[cfg(target_arch = "x86_64")]
     if has_avx2_fma() {
         // SAFETY: the CPU has AVX2 and FMA (checked just above).

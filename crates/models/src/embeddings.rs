@@ -5,7 +5,7 @@
 //! embedding row added to that vector (Dhariwal & Nichol 2021, §4).
 
 use serde::{Deserialize, Serialize};
-use tch::{Kind, Tensor, nn, nn::Module};
+use tch::{Device, Kind, Tensor, nn, nn::Module};
 
 use crate::cpu_kernels;
 use crate::params::ParamCount;
@@ -55,11 +55,8 @@ pub fn sinusoidal_embedding(t: &Tensor, dim: i64, config: &SinusoidalConfig) -> 
         t.shallow_clone()
     };
     let half = dim / 2;
-    let device = t.device();
-    let exponent = Tensor::arange(half, (Kind::Float, device)) * (-config.max_period.ln());
-    let exponent = exponent / (half as f64 - config.freq_shift);
-    let freqs = exponent.exp();
-    let args = t.to_kind(Kind::Float).unsqueeze(1) * freqs.unsqueeze(0);
+    let freqs = frequencies(half, config, t.device());
+    let args = t.to_kind(Kind::Float).unsqueeze(1) * freqs;
     let (sin, cos) = (args.sin(), args.cos());
     let emb = if config.flip_sin_to_cos {
         Tensor::cat(&[cos, sin], -1)
@@ -71,6 +68,37 @@ pub fn sinusoidal_embedding(t: &Tensor, dim: i64, config: &SinusoidalConfig) -> 
     } else {
         emb
     }
+}
+
+/// The frequencies `f_i = exp(−ln(P)·i / (half − s))` as a `[1, half]` float32 row, computed
+/// by libtorch once per thread, size, layout and device and then reused: every denoiser call
+/// embeds its timesteps, and the five operations that make the row cost more than the
+/// embedding of a small batch itself.
+fn frequencies(half: i64, config: &SinusoidalConfig, device: Device) -> Tensor {
+    type Key = (i64, u64, u64, Device);
+    thread_local! {
+        static CACHE: std::cell::RefCell<Vec<(Key, Tensor)>> = const {
+            std::cell::RefCell::new(Vec::new())
+        };
+    }
+    let key = (
+        half,
+        config.max_period.to_bits(),
+        config.freq_shift.to_bits(),
+        device,
+    );
+    CACHE.with_borrow_mut(|cache| {
+        if let Some((_, freqs)) = cache.iter().find(|(k, _)| *k == key) {
+            return freqs.shallow_clone();
+        }
+        let _guard = tch::no_grad_guard();
+        let exponent = Tensor::arange(half, (Kind::Float, device)) * (-config.max_period.ln());
+        let freqs = (exponent / (half as f64 - config.freq_shift))
+            .exp()
+            .unsqueeze(0);
+        cache.push((key, freqs.shallow_clone()));
+        freqs
+    })
 }
 
 /// The timestep MLP: `linear_2(SiLU(linear_1(code)))`, mapping the sinusoidal code to the
@@ -173,6 +201,37 @@ mod tests {
         assert_eq!(flipped.size(), [3, 7]);
         assert_eq!(flipped.double_value(&[0, 0]), 1.0);
         assert_eq!(flipped.double_value(&[2, 6]), 0.0);
+    }
+
+    /// The frequency row is cached: alternating layouts, periods and widths must each still
+    /// get their own frequencies `exp(−ln(P)·i/(half − s))`.
+    #[test]
+    fn cached_frequencies_follow_the_config() {
+        let t = Tensor::from_slice(&[3i64, 250]);
+        let configs = [(0.0, 10_000.0), (1.0, 10_000.0), (0.0, 100.0)];
+        for round in 0..2 {
+            for &(shift, period) in &configs {
+                for dim in [6i64, 8] {
+                    let cfg = SinusoidalConfig {
+                        flip_sin_to_cos: false,
+                        freq_shift: shift,
+                        max_period: period,
+                    };
+                    let emb = sinusoidal_embedding(&t, dim, &cfg);
+                    let half = dim / 2;
+                    for (row, tv) in [3.0f64, 250.0].iter().enumerate() {
+                        for i in 0..half {
+                            let f = (-(period.ln()) * i as f64 / (half as f64 - shift)).exp();
+                            let s = emb.double_value(&[row as i64, i]);
+                            assert!(
+                                (s - (tv * f).sin()).abs() < 1e-3,
+                                "round {round}, shift {shift}, period {period}, dim {dim}: {s}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]

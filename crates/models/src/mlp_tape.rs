@@ -9,25 +9,38 @@
 //!
 //! for `y = x Wᵀ + b` with upstream gradient `g`: `∂W += gᵀ x`, `∂b += Σ_rows g`,
 //! `∂x = g W` (not computed for the network's inputs); for `h = SiLU(z)`:
-//! `∂z = ∂h·σ(z)·(1 + z(1 − σ(z)))`; and the time embedding `act(e)`, read by every layer's
-//! projection, collects the sum of their gradients.
+//! `∂z = ∂h·σ(z)·(1 + z(1 − σ(z)))`, for `h = ReLU(z)`: `∂z = ∂h·[z > 0]`; and the time
+//! embedding `act(e)`, read by every layer's projection, collects the sum of their gradients.
 //!
-//! Each matrix product is one call of the BLAS inside libtorch ([`blas::gemm`]), writing into
-//! the gradient or output it belongs to, with the accumulation folded in; biases, row sums and
-//! SiLU and its derivative are difflab's own loops ([`cpu_kernels`]). Output and gradients agree
-//! with autograd's to float rounding (tested): sums run in another order, and SiLU is difflab's
-//! kernel (within 4 ulp). GELU and ReLU networks use libtorch's activation kernels.
+//! Each layer is one parallel region on libtorch's OpenMP team ([`omp_team`]): every thread
+//! takes its own share of the output columns (of the weight-gradient rows in the backward pass)
+//! and, for that share, writes the biases, runs its matrix products as single-threaded BLAS
+//! calls ([`blas::gemm_block`]) and applies the activation, its derivative and the bias
+//! gradients' column sums while the share is in its cache. A step of the 3×256 toy is so 11
+//! regions, where one region per product and one pass per elementwise step took about 40, and
+//! the elementwise work, once on the calling thread alone, is split too. Output and gradients
+//! agree with autograd's to float rounding (tested): sums run in another order, and SiLU is
+//! difflab's kernel (within 4 ulp). GELU networks, and any parameter or input that is not a
+//! contiguous f32 CPU tensor, train through autograd.
+
+use std::ops::Range;
 
 use tch::{Device, Kind, Tensor, nn};
 
+use crate::blas::{self, RawMatrix, gemm_block};
+use crate::cpu_kernels::{self, is_contiguous_cpu_f32};
 use crate::embeddings::sinusoidal_embedding;
-use crate::mlp::{Activation, MlpDenoiser, MlpLayer};
-use crate::{ModelError, blas, cpu_kernels};
+use crate::mlp::{Activation, MlpDenoiser};
+use crate::{ModelError, omp_team};
+
+/// Fewest output columns per thread in a region (as [`blas::gemm`] splits small products).
+const GRAIN: usize = 32;
 
 /// What [`MlpDenoiser::backward`] reads from a [`MlpDenoiser::forward_taped`] pass.
 #[derive(Debug)]
 pub struct MlpTape {
-    /// The sinusoidal code `[B, S]` (input of the time MLP's first layer).
+    /// The sinusoidal code `[B, S]` (input of the time MLP's first layer; one row when every
+    /// example shares `t`, as are the next four).
     code: Tensor,
     /// Pre-activation of the time MLP's first layer.
     time_pre: Tensor,
@@ -44,48 +57,162 @@ pub struct MlpTape {
     pre: Vec<Tensor>,
 }
 
+/// One thread's share of a region: consecutive columns of every output it writes.
+struct Share {
+    index: usize,
+    parts: usize,
+}
+
+impl Share {
+    /// This thread's columns of an output `width` wide (whole 16-float vectors but the last;
+    /// the shares of a region's threads are disjoint and cover `0..width`).
+    fn of(&self, width: i64) -> Range<i64> {
+        let r = omp_team::chunk(width as usize, 16, self.index, self.parts);
+        r.start as i64..r.end as i64
+    }
+}
+
+/// Run `body` once on each thread of libtorch's OpenMP team that an output of `width` columns
+/// gives [`GRAIN`] columns or more (on the calling thread alone for narrow ones), with that
+/// thread's [`Share`]; returns when all are done.
+fn region(width: i64, body: impl Fn(&Share) + Sync) {
+    let parts = omp_team::threads_for_grain(width as usize, GRAIN);
+    omp_team::for_each_chunk_grain(parts, 1, 1, |threads| {
+        for index in threads {
+            body(&Share { index, parts });
+        }
+    });
+}
+
+/// The memory of a tensor that [`MlpDenoiser::forward_taped`] checked or made (contiguous f32
+/// on the CPU).
+fn raw(t: &Tensor) -> RawMatrix {
+    RawMatrix::of(t).expect("a contiguous f32 CPU tensor (checked or made by the taped pass)")
+}
+
+/// A layer's weight, bias, and their gradients.
+#[derive(Clone, Copy)]
+struct RawLinear {
+    w: RawMatrix,
+    b: Option<RawMatrix>,
+    grad_w: RawMatrix,
+    grad_b: Option<RawMatrix>,
+}
+
+impl RawLinear {
+    /// The parameters' memory, without gradients (the forward pass); `grad_*` then alias the
+    /// parameters and must not be used.
+    fn params(layer: &nn::Linear) -> Self {
+        let w = raw(&layer.ws);
+        let b = layer.bs.as_ref().map(raw);
+        Self {
+            w,
+            b,
+            grad_w: w,
+            grad_b: b,
+        }
+    }
+
+    /// The parameters' and their gradients' memory (the backward pass).
+    fn with_grads(layer: &nn::Linear) -> Self {
+        Self {
+            grad_w: raw(&layer.ws.grad()),
+            grad_b: layer.bs.as_ref().map(|b| raw(&b.grad())),
+            ..Self::params(layer)
+        }
+    }
+}
+
 impl MlpDenoiser {
     /// The prediction for `x` at `t`, as [`MlpDenoiser::f_forward`] computes it (to float
     /// rounding), but without an autograd graph: returns the output (no grad) and the tape
     /// [`MlpDenoiser::backward`] needs. `Ok(None)` when the hand-written pass does not apply
-    /// (parameters or `x` not f32 on the CPU, parameters not contiguous); use autograd then.
-    /// Run it without autocast.
+    /// (a GELU network, no BLAS reachable, parameters, their gradients or `x` not contiguous
+    /// f32 on the CPU); use autograd then. Run it without autocast.
     pub fn forward_taped(
         &self,
         x: &Tensor,
         t: &Tensor,
     ) -> Result<Option<(Tensor, MlpTape)>, ModelError> {
         let t = self.check(x, t)?;
-        let f32_cpu = |w: &Tensor| w.kind() == Kind::Float && w.device() == Device::Cpu;
-        let usable = |w: &Tensor| f32_cpu(w) && w.is_contiguous();
-        let all_params = self
-            .linears()
-            .iter()
-            .all(|l| usable(&l.ws) && l.bs.as_ref().is_none_or(usable));
-        if !(f32_cpu(x) && all_params) {
+        let act = self.config.activation;
+        let usable = |p: &Tensor| {
+            let grad = p.grad();
+            is_contiguous_cpu_f32(p) && (!grad.defined() || is_contiguous_cpu_f32(&grad))
+        };
+        let f32_cpu = x.kind() == Kind::Float && x.device() == Device::Cpu;
+        if act == Activation::Gelu || !blas::direct() || !f32_cpu || !self.parameters().all(usable)
+        {
             return Ok(None);
         }
         let _guard = tch::no_grad_guard();
-        let act = self.config.activation;
-        let te = &self.config.time_embedding;
-        let code =
-            sinusoidal_embedding(&t, self.config.sinusoid_dim(), &te.sinusoidal()).contiguous();
-        let (linear_1, linear_2) = self.time_embedding.linears();
-        let time_pre = linear(linear_1, &code);
-        let time_hidden = cpu_kernels::silu(&time_pre);
-        let emb = linear(linear_2, &time_hidden);
-        let emb_act = activation(act, &emb);
+        let code = sinusoidal_embedding(
+            &t,
+            self.config.sinusoid_dim(),
+            &self.config.time_embedding.sinusoidal(),
+        )
+        .contiguous();
         let x = x.contiguous();
-        let projected = linear(&self.input, &x);
+        let (batch, time_rows) = (x.size()[0], code.size()[0]);
+        let (linear_1, linear_2) = self.time_embedding.linears();
+        let (l1, l2) = (RawLinear::params(linear_1), RawLinear::params(linear_2));
+        let (hidden, temb) = (self.config.hidden, l1.w.rows);
+        let (time_pre, tp) = RawMatrix::new_matrix(time_rows, temb);
+        let (time_hidden, th) = RawMatrix::new_matrix(time_rows, temb);
+        let (emb, e) = RawMatrix::new_matrix(time_rows, temb);
+        let (emb_act, ea) = RawMatrix::new_matrix(time_rows, temb);
+        let (projected, h0) = RawMatrix::new_matrix(batch, hidden);
+        let c = raw(&code);
+        region(temb, |share| {
+            let cols = share.of(temb);
+            // SAFETY (every block in this file): the matrices are alive for the call, shaped as
+            // the products need; each thread writes only its own columns `cols` of outputs (or
+            // rows of weight gradients) and reads what earlier regions finished.
+            unsafe {
+                linear_block(tp, c, l1, &[], cols.clone());
+                activate_block(Activation::Silu, tp, th, cols);
+            }
+        });
+        let xs = raw(&x);
+        let input = RawLinear::params(&self.input);
+        region(temb.max(hidden), |share| unsafe {
+            let cols = share.of(temb);
+            linear_block(e, th, l2, &[], cols.clone());
+            activate_block(act, e, ea, cols);
+            linear_block(h0, xs, input, &[], share.of(hidden));
+        });
         let mut inputs = vec![x, projected];
         let mut pre = Vec::with_capacity(self.layers.len());
+        let shared = time_rows == 1 && batch != 1;
+        let (_time_row, row) = RawMatrix::new_matrix(1, hidden);
         for layer in &self.layers {
-            let h = inputs.last().expect("the input projection");
-            let z = layer_pre_activation(layer, h, &emb_act);
-            inputs.push(activation(act, &z));
+            let (lin, proj) = (
+                RawLinear::params(&layer.linear),
+                RawLinear::params(&layer.time_proj),
+            );
+            let (z, zm) = RawMatrix::new_matrix(batch, hidden);
+            let (h_next, hm) = RawMatrix::new_matrix(batch, hidden);
+            let h = raw(inputs.last().expect("the input projection"));
+            region(hidden, |share| unsafe {
+                let cols = share.of(hidden);
+                if shared {
+                    // One row of `act(e) Uᵀ + c` for the whole batch, added like a bias.
+                    linear_block(row, ea, proj, &[], cols.clone());
+                    fill_rows(zm, &[lin.b, Some(row)], cols.clone());
+                } else {
+                    fill_rows(zm, &[lin.b, proj.b], cols.clone());
+                    gemm_block(zm, ea, false, proj.w, true, true, 0..batch, cols.clone());
+                }
+                gemm_block(zm, h, false, lin.w, true, true, 0..batch, cols.clone());
+                activate_block(act, zm, hm, cols);
+            });
+            inputs.push(h_next);
             pre.push(z);
         }
-        let out = linear(&self.output, inputs.last().expect("the last layer"));
+        let last = inputs.last().expect("the last layer");
+        let out = matrix(batch, self.config.data_dim);
+        blas::broadcast_rows(&out, &[self.output.bs.as_ref()]);
+        blas::gemm(&out, last, false, &self.output.ws, true, true);
         let tape = MlpTape {
             code,
             time_pre,
@@ -115,40 +242,172 @@ impl MlpDenoiser {
             inputs,
             pre,
         } = tape;
-        let layers = self.layers.len();
+        let n_layers = self.layers.len();
         let grad_out = grad_out.to_kind(Kind::Float).contiguous();
-        let mut grad_h = accumulate_linear(&self.output, &inputs[layers + 1], &grad_out, true)
-            .expect("asked for");
-        // `∂act(e)`, summed over every layer's time projection.
-        let grad_emb_act = Tensor::empty(emb_act.size(), (Kind::Float, Device::Cpu));
-        for (i, layer) in self.layers.iter().enumerate().rev() {
-            let grad_z = activation_backward(act, &grad_h, &pre[i]);
-            grad_h =
-                accumulate_linear(&layer.linear, &inputs[i + 1], &grad_z, true).expect("asked for");
-            // A shared timestep gives `emb_act` one row for the whole batch: its gradient sums.
-            let grad_time = if emb_act.size()[0] == 1 && grad_z.size()[0] != 1 {
-                column_sums(&grad_z)
+        let (batch, time_rows) = (grad_out.size()[0], emb_act.size()[0]);
+        let (hidden, temb) = (self.config.hidden, emb_act.size()[1]);
+        let shared = time_rows == 1 && batch != 1;
+        // `∂z_i` of every hidden layer, and for a shared `t` its column sums: the gradient of
+        // the one row `act(e) Uᵀ + c` the whole batch read.
+        let (_grad_z, gz): (Vec<Tensor>, Vec<RawMatrix>) = (0..n_layers)
+            .map(|_| RawMatrix::new_matrix(batch, hidden))
+            .unzip();
+        let grad_time: Vec<Tensor> = (0..if shared { n_layers } else { 0 })
+            .map(|_| Tensor::zeros([1, hidden], (Kind::Float, Device::Cpu)))
+            .collect();
+        // A layer input's gradient before the activation's derivative is applied.
+        let (_upstream, up) = RawMatrix::new_matrix(batch, hidden);
+        let (_grad_emb_act, gea) = RawMatrix::new_matrix(time_rows, temb);
+        let (_grad_emb, ge) = RawMatrix::new_matrix(time_rows, temb);
+        let (_grad_hidden, gh) = RawMatrix::new_matrix(time_rows, temb);
+        let (_grad_pre, gp) = RawMatrix::new_matrix(time_rows, temb);
+        let layers: Vec<(RawLinear, RawLinear)> = self
+            .layers
+            .iter()
+            .map(|l| {
+                (
+                    RawLinear::with_grads(&l.linear),
+                    RawLinear::with_grads(&l.time_proj),
+                )
+            })
+            .collect();
+        let gt: Vec<RawMatrix> = if shared {
+            grad_time.iter().map(raw).collect()
+        } else {
+            gz.clone()
+        };
+        let pre_m: Vec<RawMatrix> = pre.iter().map(raw).collect();
+        // `∂z_j[:, cols] = upstream[:, cols]·act'(z_j)`, and its column sums into both biases'
+        // gradients of layer `j` (through the time row for a shared `t`).
+        let finish_layer = |j: usize, cols: Range<i64>| unsafe {
+            activation_grad_block(act, up, pre_m[j], gz[j], cols.clone());
+            let (lin, proj) = layers[j];
+            add_column_sums(lin.grad_b, gz[j], cols.clone());
+            if shared {
+                add_column_sums(Some(gt[j]), gz[j], cols.clone());
+                add_column_sums(proj.grad_b, gt[j], cols);
             } else {
-                grad_z
-            };
-            accumulate_linear(&layer.time_proj, &emb_act, &grad_time, false);
-            let first = i + 1 == layers;
-            blas::gemm(
-                &grad_emb_act,
-                &grad_time,
+                add_column_sums(proj.grad_b, gz[j], cols);
+            }
+        };
+
+        let output = RawLinear::with_grads(&self.output);
+        let g_out = raw(&grad_out);
+        let h_last = raw(&inputs[n_layers + 1]);
+        // SAFETY (every block below): as in `forward_taped`.
+        unsafe { add_column_sums(output.grad_b, g_out, 0..output.w.rows) };
+        region(hidden, |share| unsafe {
+            let cols = share.of(hidden);
+            gemm_block(
+                output.grad_w,
+                g_out,
+                true,
+                h_last,
                 false,
-                &layer.time_proj.ws,
-                false,
-                !first,
+                true,
+                0..output.w.rows,
+                cols.clone(),
             );
-        }
-        accumulate_linear(&self.input, &inputs[0], &grad_h, false);
-        let grad_emb = activation_backward(act, &grad_emb_act, &emb);
+            gemm_block(
+                up,
+                g_out,
+                false,
+                output.w,
+                false,
+                false,
+                0..batch,
+                cols.clone(),
+            );
+            finish_layer(n_layers - 1, cols);
+        });
+        let ea = raw(&emb_act);
+        let (xs, em) = (raw(&inputs[0]), raw(&emb));
+        let input = RawLinear::with_grads(&self.input);
         let (linear_1, linear_2) = self.time_embedding.linears();
-        let grad_hidden =
-            accumulate_linear(linear_2, &time_hidden, &grad_emb, true).expect("asked for");
-        let grad_pre = cpu_kernels::silu_backward(&grad_hidden, &time_pre);
-        accumulate_linear(linear_1, &code, &grad_pre, false);
+        let (l1, l2) = (
+            RawLinear::with_grads(linear_1),
+            RawLinear::with_grads(linear_2),
+        );
+        for i in (0..n_layers).rev() {
+            let (lin, proj) = layers[i];
+            let h = raw(&inputs[i + 1]);
+            region(hidden.max(temb), |share| unsafe {
+                let (hc, ec) = (share.of(hidden), share.of(temb));
+                gemm_block(
+                    lin.grad_w,
+                    gz[i],
+                    true,
+                    h,
+                    false,
+                    true,
+                    hc.clone(),
+                    0..hidden,
+                );
+                gemm_block(
+                    proj.grad_w,
+                    gt[i],
+                    true,
+                    ea,
+                    false,
+                    true,
+                    hc.clone(),
+                    0..temb,
+                );
+                let first = i + 1 == n_layers;
+                gemm_block(
+                    gea,
+                    gt[i],
+                    false,
+                    proj.w,
+                    false,
+                    !first,
+                    0..time_rows,
+                    ec.clone(),
+                );
+                gemm_block(up, gz[i], false, lin.w, false, false, 0..batch, hc.clone());
+                if i > 0 {
+                    finish_layer(i - 1, hc);
+                } else {
+                    // The input projection (no gradient for the data), and `∂e`, now that
+                    // every layer has added its part to `∂act(e)`.
+                    gemm_block(
+                        input.grad_w,
+                        up,
+                        true,
+                        xs,
+                        false,
+                        true,
+                        hc.clone(),
+                        0..input.w.cols,
+                    );
+                    add_column_sums(input.grad_b, up, hc);
+                    activation_grad_block(act, gea, em, ge, ec.clone());
+                    add_column_sums(l2.grad_b, ge, ec);
+                }
+            });
+        }
+        let (th, tp) = (raw(&time_hidden), raw(&time_pre));
+        region(temb, |share| unsafe {
+            let cols = share.of(temb);
+            gemm_block(l2.grad_w, ge, true, th, false, true, cols.clone(), 0..temb);
+            gemm_block(
+                gh,
+                ge,
+                false,
+                l2.w,
+                false,
+                false,
+                0..time_rows,
+                cols.clone(),
+            );
+            activation_grad_block(Activation::Silu, gh, tp, gp, cols.clone());
+            add_column_sums(l1.grad_b, gp, cols);
+        });
+        let c = raw(&code);
+        region(temb, |share| unsafe {
+            let cols = share.of(temb);
+            gemm_block(l1.grad_w, gp, true, c, false, true, cols, 0..l1.w.cols);
+        });
     }
 
     /// Every linear layer, in parameter order.
@@ -163,19 +422,21 @@ impl MlpDenoiser {
         all
     }
 
+    /// Every parameter tensor (weights and biases), in parameter order.
+    fn parameters(&self) -> impl Iterator<Item = &Tensor> {
+        self.linears()
+            .into_iter()
+            .flat_map(|l| std::iter::once(&l.ws).chain(l.bs.as_ref()))
+    }
+
     /// Give every parameter a `.grad` (zeros) if any lacks one: tch cannot assign a gradient
     /// directly, so one autograd pass of `0·Σθ` creates them all.
     fn ensure_grads(&self) {
-        let params: Vec<&Tensor> = self
-            .linears()
-            .into_iter()
-            .flat_map(|l| std::iter::once(&l.ws).chain(l.bs.as_ref()))
-            .collect();
-        if params.iter().all(|p| p.grad().defined()) {
+        if self.parameters().all(|p| p.grad().defined()) {
             return;
         }
-        let total = params
-            .iter()
+        let total = self
+            .parameters()
             .map(|p| p.sum(Kind::Float))
             .reduce(|a, b| a + b)
             .expect("parameters");
@@ -188,101 +449,115 @@ fn matrix(rows: i64, cols: i64) -> Tensor {
     Tensor::empty([rows, cols], (Kind::Float, Device::Cpu))
 }
 
-/// `x Wᵀ + b` for a contiguous `x`: the bias copied into every row, then the product added
-/// by the BLAS (what libtorch's `addmm` does).
-fn linear(layer: &nn::Linear, x: &Tensor) -> Tensor {
-    let out = matrix(x.size()[0], layer.ws.size()[0]);
-    blas::broadcast_rows(&out, &[layer.bs.as_ref()]);
-    blas::gemm(&out, x, false, &layer.ws, true, true);
-    out
-}
-
-/// A hidden layer's `z = h Wᵀ + b + act(e) Pᵀ + c`: both biases in every row, then both
-/// products added; with one shared row of `act(e)` its projection is computed once and added
-/// to every row like a bias.
-fn layer_pre_activation(layer: &MlpLayer, h: &Tensor, emb_act: &Tensor) -> Tensor {
-    let z = matrix(h.size()[0], layer.linear.ws.size()[0]);
-    if emb_act.size()[0] == 1 && h.size()[0] != 1 {
-        let projected = linear(&layer.time_proj, emb_act);
-        blas::broadcast_rows(&z, &[layer.linear.bs.as_ref(), Some(&projected)]);
-    } else {
-        blas::broadcast_rows(&z, &[layer.linear.bs.as_ref(), layer.time_proj.bs.as_ref()]);
-        blas::gemm(&z, emb_act, false, &layer.time_proj.ws, true, true);
-    }
-    blas::gemm(&z, h, false, &layer.linear.ws, true, true);
-    z
-}
-
-/// `Σ_rows g` of a contiguous matrix, as a `[1, cols]` matrix.
-fn column_sums(g: &Tensor) -> Tensor {
-    let sums = matrix(1, g.size()[1]);
-    let _ = sums.shallow_clone().zero_();
-    add_column_sums(&sums, g);
-    sums
-}
-
-/// `into += Σ_rows g` for a contiguous `g` and a vector `into` of its width; through libtorch
-/// when `into` is not a contiguous f32 vector.
-fn add_column_sums(into: &Tensor, g: &Tensor) {
-    let width = g.size()[1] as usize;
-    if !(into.is_contiguous() && into.kind() == Kind::Float && into.numel() == width) {
-        let mut into = into.shallow_clone();
-        into += g.sum_dim_intlist(0, false, Kind::Float).view_as(&into);
-        return;
-    }
-    // SAFETY: `into` holds `width` contiguous f32 elements, `g` `rows × width` (checked, or
-    // made contiguous by the caller); they are distinct tensors.
-    let (into, g) = unsafe {
-        (
-            std::slice::from_raw_parts_mut(into.data_ptr() as *mut f32, width),
-            std::slice::from_raw_parts(g.data_ptr() as *const f32, g.numel()),
-        )
-    };
-    for row in g.chunks_exact(width.max(1)) {
-        into.iter_mut().zip(row).for_each(|(s, r)| *s += r);
+/// Columns `cols` of a linear layer's output `out = x Wᵀ + b (+ the `extra` bias rows)`.
+///
+/// # Safety
+/// As [`gemm_block`] for `out` `[B, out]`, `x` `[B, in]`, the layer's `W` `[out, in]`.
+unsafe fn linear_block(
+    out: RawMatrix,
+    x: RawMatrix,
+    layer: RawLinear,
+    extra: &[Option<RawMatrix>],
+    cols: Range<i64>,
+) {
+    let biases: Vec<Option<RawMatrix>> = std::iter::once(layer.b)
+        .chain(extra.iter().copied())
+        .collect();
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        fill_rows(out, &biases, cols.clone());
+        gemm_block(out, x, false, layer.w, true, true, 0..out.rows, cols);
     }
 }
 
-/// The activation of a hidden layer: difflab's SiLU kernel, libtorch's GELU and ReLU.
-fn activation(act: Activation, z: &Tensor) -> Tensor {
-    match act {
-        Activation::Silu => cpu_kernels::silu(z),
-        Activation::Gelu => z.gelu("none"),
-        Activation::Relu => z.relu(),
+/// Columns `cols` of every row of `out` set to the sum of the bias rows (`[1, width]` each, or
+/// absent); zeros when all are absent.
+///
+/// # Safety
+/// The matrices are alive, `cols` lies inside them, and no other thread touches these columns
+/// of `out`.
+unsafe fn fill_rows(out: RawMatrix, biases: &[Option<RawMatrix>], cols: Range<i64>) {
+    for r in 0..out.rows {
+        // SAFETY: forwarded from the caller.
+        let row = unsafe { out.row_mut(r, cols.clone()) };
+        row.fill(0.0);
+        for bias in biases.iter().flatten() {
+            // SAFETY: forwarded from the caller.
+            let bias = unsafe { bias.row(0, cols.clone()) };
+            row.iter_mut().zip(bias).for_each(|(o, b)| *o += b);
+        }
     }
 }
 
-/// `∂z` from `∂h` for `h = act(z)`.
-fn activation_backward(act: Activation, grad_h: &Tensor, z: &Tensor) -> Tensor {
-    match act {
-        Activation::Silu => cpu_kernels::silu_backward(grad_h, z),
-        Activation::Gelu => z.gelu_backward(grad_h, "none"),
-        Activation::Relu => grad_h * z.gt(0.0).to_kind(grad_h.kind()),
+/// `into[cols] += Σ_rows g[:, cols]` for a bias gradient `into` (`[1, width]`), if present.
+///
+/// # Safety
+/// As [`fill_rows`], for the columns `cols` of `into`.
+unsafe fn add_column_sums(into: Option<RawMatrix>, g: RawMatrix, cols: Range<i64>) {
+    let Some(into) = into else { return };
+    // SAFETY: forwarded from the caller.
+    let sums = unsafe { into.row_mut(0, cols.clone()) };
+    for r in 0..g.rows {
+        // SAFETY: forwarded from the caller.
+        let row = unsafe { g.row(r, cols.clone()) };
+        sums.iter_mut().zip(row).for_each(|(s, x)| *s += x);
     }
 }
 
-/// For `y = x Wᵀ + b` with upstream gradient `g` (contiguous): add `gᵀ x` to `W.grad` and
-/// `Σ_rows g` to `b.grad`; returns `∂x = g W` when `input_grad` asks for it.
-fn accumulate_linear(
-    layer: &nn::Linear,
-    x: &Tensor,
-    g: &Tensor,
-    input_grad: bool,
-) -> Option<Tensor> {
-    let grad_w = layer.ws.grad();
-    if grad_w.is_contiguous() && grad_w.kind() == Kind::Float {
-        blas::gemm(&grad_w, g, true, x, false, true);
-    } else {
-        let _ = grad_w.shallow_clone().addmm_(&g.tr(), x);
+/// Columns `cols` of `h = act(z)` (SiLU through difflab's kernel, ReLU).
+///
+/// # Safety
+/// As [`fill_rows`], for `z` (read) and `h` (written), which do not overlap.
+unsafe fn activate_block(act: Activation, z: RawMatrix, h: RawMatrix, cols: Range<i64>) {
+    for r in 0..z.rows {
+        // SAFETY: forwarded from the caller.
+        let (z, h) = unsafe { (z.row(r, cols.clone()), h.row_mut(r, cols.clone())) };
+        match act {
+            // SAFETY: two slices of the same length.
+            Activation::Silu => unsafe {
+                cpu_kernels::silu_serial(h.as_mut_ptr(), z.as_ptr(), z.len())
+            },
+            // `max(z, 0)`, keeping NaN (as libtorch's `relu`).
+            Activation::Relu => h
+                .iter_mut()
+                .zip(z)
+                .for_each(|(h, &z)| *h = if z < 0.0 { 0.0 } else { z }),
+            Activation::Gelu => unreachable!("GELU networks train through autograd"),
+        }
     }
-    if let Some(bias) = &layer.bs {
-        add_column_sums(&bias.grad(), g);
+}
+
+/// Columns `cols` of `∂z = ∂h·act'(z)`.
+///
+/// # Safety
+/// As [`fill_rows`], for `grad_h` and `z` (read) and `grad_z` (written), which does not overlap
+/// them.
+unsafe fn activation_grad_block(
+    act: Activation,
+    grad_h: RawMatrix,
+    z: RawMatrix,
+    grad_z: RawMatrix,
+    cols: Range<i64>,
+) {
+    for r in 0..z.rows {
+        // SAFETY: forwarded from the caller.
+        let (g, z, out) = unsafe {
+            (
+                grad_h.row(r, cols.clone()),
+                z.row(r, cols.clone()),
+                grad_z.row_mut(r, cols.clone()),
+            )
+        };
+        match act {
+            Activation::Silu => cpu_kernels::silu_backward_serial(out, g, z),
+            // `∂h·[z > 0]` as libtorch's `threshold_backward` writes it.
+            Activation::Relu => out
+                .iter_mut()
+                .zip(g.iter().zip(z))
+                .for_each(|(o, (&g, &z))| *o = if z > 0.0 { g } else { 0.0 }),
+            Activation::Gelu => unreachable!("GELU networks train through autograd"),
+        }
     }
-    input_grad.then(|| {
-        let dx = matrix(g.size()[0], layer.ws.size()[1]);
-        blas::gemm(&dx, g, false, &layer.ws, false, false);
-        dx
-    })
 }
 
 #[cfg(test)]
@@ -306,61 +581,94 @@ mod tests {
         }
     }
 
-    /// The taped forward and the hand-written gradients equal autograd's to rounding, for every activation, per-example and shared timesteps,
-    /// and with gradients accumulated over two passes.
+    /// The taped forward and the hand-written gradients equal autograd's to rounding, for SiLU
+    /// and ReLU, per-example and shared timesteps, and with gradients accumulated over two
+    /// passes; GELU declines (autograd trains it). The wide case gives every region two or
+    /// more threads (on a machine with two cores or more) and a time embedding whose widths
+    /// differ from the hidden layers'.
     #[test]
     fn taped_pass_matches_autograd() {
-        for (activation, shared_t) in [
-            (Activation::Silu, false),
-            (Activation::Gelu, false),
-            (Activation::Relu, false),
-            (Activation::Silu, true),
-        ] {
-            tch::manual_seed(3);
-            let vs = nn::VarStore::new(Device::Cpu);
-            let config = MlpConfig {
-                hidden: 32,
-                layers: 2,
-                activation,
-                ..MlpConfig::default()
-            };
-            let mlp = MlpDenoiser::new(&vs.root(), &config).expect("mlp");
-            let f = (Kind::Float, Device::Cpu);
-            let x = Tensor::randn([7, 2], f);
-            let t = if shared_t {
-                Tensor::from_slice(&[417_i64]).expand([7], false)
-            } else {
-                Tensor::randint(1000, [7], (Kind::Int64, Device::Cpu))
-            };
-            let target = Tensor::randn([7, 2], f);
-            let loss_of = |out: &Tensor| (out - &target).square().mean(Kind::Float);
-
-            for _ in 0..2 {
-                loss_of(&mlp.forward(&x, &t)).backward();
-            }
-            let expected = grads(&vs);
-            let autograd_out = mlp.forward(&x, &t).detach();
-            zero_grads(&vs);
-
-            for _ in 0..2 {
-                let (out, tape) = mlp.forward_taped(&x, &t).expect("ok").expect("applies");
-                assert!(!out.requires_grad());
-                assert!(
-                    out.allclose(&autograd_out, 1e-5, 1e-6, false),
-                    "{activation:?}: forward differs"
+        let narrow = MlpConfig {
+            hidden: 32,
+            layers: 2,
+            ..MlpConfig::default()
+        };
+        let mut wide = MlpConfig {
+            data_dim: 3,
+            hidden: 96,
+            layers: 3,
+            ..MlpConfig::default()
+        };
+        wide.time_embedding.sinusoid_dim = Some(40);
+        wide.time_embedding.dim = Some(80);
+        for (base, batch) in [(narrow, 7), (wide, 11)] {
+            for (activation, shared_t) in [
+                (Activation::Silu, false),
+                (Activation::Gelu, false),
+                (Activation::Relu, false),
+                (Activation::Silu, true),
+                (Activation::Relu, true),
+            ] {
+                let config = MlpConfig {
+                    activation,
+                    ..base.clone()
+                };
+                let what = format!(
+                    "{activation:?}, hidden {}, shared t {shared_t}",
+                    config.hidden
                 );
-                let leaf = out.set_requires_grad(true);
-                loss_of(&leaf).backward();
-                mlp.backward(tape, &leaf.grad());
+                taped_matches_autograd(&config, batch, shared_t, &what);
             }
-            for ((name, want), (_, got)) in expected.iter().zip(grads(&vs)) {
-                let scale = f64::try_from(want.abs().max()).expect("f64").max(1e-3);
-                let diff = f64::try_from((&got - want).abs().max()).expect("f64");
-                assert!(
-                    diff <= 2e-5 * scale,
-                    "{activation:?}, shared t {shared_t}: {name} differs by {diff} (scale {scale})"
-                );
-            }
+        }
+    }
+
+    /// One case of [`taped_pass_matches_autograd`].
+    fn taped_matches_autograd(config: &MlpConfig, batch: i64, shared_t: bool, what: &str) {
+        tch::manual_seed(3);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let mlp = MlpDenoiser::new(&vs.root(), config).expect("mlp");
+        let f = (Kind::Float, Device::Cpu);
+        let x = Tensor::randn([batch, config.data_dim], f);
+        let t = if shared_t {
+            Tensor::from_slice(&[417_i64]).expand([batch], false)
+        } else {
+            Tensor::randint(1000, [batch], (Kind::Int64, Device::Cpu))
+        };
+        let target = Tensor::randn([batch, config.data_dim], f);
+        let loss_of = |out: &Tensor| (out - &target).square().mean(Kind::Float);
+
+        for _ in 0..2 {
+            loss_of(&mlp.forward(&x, &t)).backward();
+        }
+        let expected = grads(&vs);
+        let autograd_out = mlp.forward(&x, &t).detach();
+        zero_grads(&vs);
+
+        if config.activation == Activation::Gelu {
+            assert!(
+                mlp.forward_taped(&x, &t).expect("ok").is_none(),
+                "GELU declines"
+            );
+            return;
+        }
+        for _ in 0..2 {
+            let (out, tape) = mlp.forward_taped(&x, &t).expect("ok").expect("applies");
+            assert!(!out.requires_grad());
+            assert!(
+                out.allclose(&autograd_out, 1e-5, 1e-6, false),
+                "{what}: forward differs"
+            );
+            let leaf = out.set_requires_grad(true);
+            loss_of(&leaf).backward();
+            mlp.backward(tape, &leaf.grad());
+        }
+        for ((name, want), (_, got)) in expected.iter().zip(grads(&vs)) {
+            let scale = f64::try_from(want.abs().max()).expect("f64").max(1e-3);
+            let diff = f64::try_from((&got - want).abs().max()).expect("f64");
+            assert!(
+                diff <= 2e-5 * scale,
+                "{what}: {name} differs by {diff} (scale {scale})"
+            );
         }
     }
 

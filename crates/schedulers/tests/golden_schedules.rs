@@ -87,6 +87,17 @@ fn forward_process_and_velocity_match_diffusers() {
         &fp.velocity(&x0, &t, &noise),
         &tensor(&f["velocity"]),
     );
+    // The combined lookup the training loss uses gives the same x_t and every target.
+    for prediction in [Prediction::Eps, Prediction::X0, Prediction::V] {
+        let (x_t, target) = fp.q_sample_and_target(prediction, &x0, &t, &noise);
+        assert_tensor_close("add_noise (combined)", &x_t, &tensor(&f["add_noise"]));
+        let want = match prediction {
+            Prediction::Eps => noise.shallow_clone(),
+            Prediction::X0 => x0.shallow_clone(),
+            Prediction::V => tensor(&f["velocity"]),
+        };
+        assert_tensor_close("target (combined)", &target, &want);
+    }
     // The per-sample path must agree with the shared-coefficient path used by samplers.
     for (i, &ti) in [0i64, 503].iter().enumerate() {
         let ab = schedule.alphas_cumprod[ti as usize];

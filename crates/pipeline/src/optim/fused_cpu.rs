@@ -16,17 +16,19 @@
 //! (contiguous, channels-last, or any other dimension order) laid out alike; anything else
 //! (CUDA, f64, bf16, gappy views, mismatched layouts) takes the tensor-op path.
 
-use difflab_models::cpu_kernels::{has_avx2_fma, is_dense_cpu_f32};
+use difflab_models::cpu_kernels::{dense_cpu_f32_layout, has_avx2_fma, is_dense_cpu_f32};
 use difflab_models::omp_team::{self, SyncPtr};
 use tch::Tensor;
 
 /// Whether every tensor is a dense f32 CPU tensor ([`is_dense_cpu_f32`]) with the sizes and
 /// strides of the first, so that the same memory offset holds the same element in each.
 fn same_dense_layout(tensors: &[&Tensor]) -> bool {
-    let (size, stride) = (tensors[0].size(), tensors[0].stride());
-    tensors
+    let Some(first) = dense_cpu_f32_layout(tensors[0]) else {
+        return false;
+    };
+    tensors[1..]
         .iter()
-        .all(|t| is_dense_cpu_f32(t) && t.size() == size && t.stride() == stride)
+        .all(|t| dense_cpu_f32_layout(t).as_ref() == Some(&first))
 }
 
 /// The memory of `t` as `(start address, element count)`.

@@ -10,7 +10,8 @@ mod trainer;
 pub use config::{LoggingConfig, NanPolicy, ProcessConfig, TrainingConfig};
 pub use memory_format::{MemoryFormat, store_to_channels_last, to_channels_last};
 pub use objective::{
-    GaussianLossInputs, LossKind, cold_loss, gaussian_loss, min_snr_weight, per_sample_loss,
+    GaussianLossInputs, LossKind, RegressionLoss, cold_loss, gaussian_loss, min_snr_weight,
+    per_sample_loss,
 };
 pub use precision::{Autocast, Precision};
 pub use run_dir::{RunDir, resolve_checkpoint};

@@ -1,5 +1,6 @@
 //! The training loss of one batch: draw timesteps and noise, corrupt, predict, compare.
 
+use difflab_models::cpu_kernels::is_contiguous_cpu_f32;
 use difflab_schedulers::{Degradation, ForwardProcess, Prediction};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Reduction, Tensor};
@@ -47,8 +48,138 @@ pub struct GaussianLossInputs<'a> {
     pub noise: &'a Tensor,
 }
 
+/// A regression loss before its reduction, `L = (1/B) Σ_i w_i · mean_j ℓ(pred_ij − target_ij)`
+/// (`w_i = 1` without per-sample weights, `ℓ` squared or absolute error): its value, through
+/// autograd when `pred` records a graph, and its gradient `∂L/∂pred` in closed form, for
+/// networks that backpropagate by hand (the MLP's taped pass) and so skip autograd's walk over
+/// the loss's own operations.
+pub struct RegressionLoss {
+    /// The network's output `[B, …]`.
+    pub pred: Tensor,
+    /// What it should have been, the shape of `pred`.
+    pub target: Tensor,
+    /// Squared or absolute error.
+    pub kind: LossKind,
+    /// Per-sample weights `[B]` (Min-SNR-γ), if any.
+    pub weights: Option<Tensor>,
+}
+
+impl RegressionLoss {
+    /// The scalar loss `L`.
+    pub fn value(&self) -> Tensor {
+        let per_sample = per_sample_loss(&self.pred, &self.target, self.kind);
+        match &self.weights {
+            Some(w) => (per_sample * w).mean(Kind::Float),
+            None => per_sample.mean(Kind::Float),
+        }
+    }
+
+    /// `(L, ∂(scale·L)/∂pred)` without autograd, for a network that backpropagates by hand:
+    /// one difflab pass over contiguous f32 CPU tensors that do not record gradients (the sums
+    /// in f64, so `L` can differ from [`RegressionLoss::value`] in its last bit), else
+    /// [`RegressionLoss::value`] and [`RegressionLoss::grad_pred`] in libtorch operations.
+    pub fn value_and_grad(&self, scale: f64) -> (Tensor, Tensor) {
+        if let Some(both) = self.value_and_grad_f32_cpu(scale) {
+            return both;
+        }
+        let _guard = tch::no_grad_guard();
+        (self.value().detach(), self.grad_pred(scale))
+    }
+
+    /// [`RegressionLoss::value_and_grad`]'s own pass; `None` where it does not apply.
+    fn value_and_grad_f32_cpu(&self, scale: f64) -> Option<(Tensor, Tensor)> {
+        let (pred, target) = (&self.pred, &self.target);
+        let applies = is_contiguous_cpu_f32(pred)
+            && is_contiguous_cpu_f32(target)
+            && !pred.requires_grad()
+            && !target.requires_grad()
+            && pred.size() == target.size()
+            && pred.dim() >= 1;
+        let (n, batch) = (
+            pred.numel(),
+            pred.size().first().copied().unwrap_or(0) as usize,
+        );
+        if !applies || n == 0 || batch == 0 {
+            return None;
+        }
+        let weights: Option<Vec<f32>> = match &self.weights {
+            Some(w) if w.numel() == batch => {
+                Some(Vec::<f32>::try_from(w.detach().to_kind(Kind::Float).reshape([-1])).ok()?)
+            }
+            Some(_) => return None,
+            None => None,
+        };
+        let per_sample = n / batch;
+        let grad = pred.empty_like();
+        // SAFETY: `pred` and `target` are contiguous f32 CPU tensors of `n` elements (checked),
+        // `grad` a fresh one of the same shape; the slices live only in this function.
+        let (p, y, g) = unsafe {
+            (
+                std::slice::from_raw_parts(pred.data_ptr() as *const f32, n),
+                std::slice::from_raw_parts(target.data_ptr() as *const f32, n),
+                std::slice::from_raw_parts_mut(grad.data_ptr() as *mut f32, n),
+            )
+        };
+        let per_element = (scale / n as f64) as f32;
+        let mut total = 0.0_f64;
+        for (i, ((p, y), g)) in p
+            .chunks_exact(per_sample)
+            .zip(y.chunks_exact(per_sample))
+            .zip(g.chunks_exact_mut(per_sample))
+            .enumerate()
+        {
+            let w = weights.as_ref().map_or(1.0, |w| w[i]);
+            let mut sum = 0.0_f64;
+            for ((&p, &y), g) in p.iter().zip(y).zip(g) {
+                let d = p - y;
+                match self.kind {
+                    LossKind::Mse => {
+                        sum += f64::from(d * d);
+                        *g = d * (2.0 * per_element) * w;
+                    }
+                    LossKind::L1 => {
+                        sum += f64::from(d.abs());
+                        // `sign(d)`: 0 where the prediction is exact, as autograd's.
+                        let sign = if d > 0.0 {
+                            1.0
+                        } else if d < 0.0 {
+                            -1.0
+                        } else {
+                            d
+                        };
+                        *g = sign * per_element * w;
+                    }
+                }
+            }
+            total += f64::from(w) * sum / per_sample as f64;
+        }
+        let value = Tensor::from((total / batch as f64) as f32);
+        Some((value, grad))
+    }
+
+    /// `∂(scale·L)/∂pred` without autograd: `scale · w_i · 2(pred − target)/n` for squared
+    /// error, `scale · w_i · sign(pred − target)/n` for absolute error (0 where they are
+    /// equal, as autograd's), `n` the number of elements of `pred`.
+    pub fn grad_pred(&self, scale: f64) -> Tensor {
+        let _guard = tch::no_grad_guard();
+        let diff = self.pred.detach() - self.target.detach();
+        let per_element = scale / self.pred.numel().max(1) as f64;
+        let mut grad = match self.kind {
+            LossKind::Mse => diff * (2.0 * per_element),
+            LossKind::L1 => diff.sign() * per_element,
+        };
+        if let Some(w) = &self.weights {
+            let mut shape = vec![1i64; grad.dim()];
+            shape[0] = w.size()[0];
+            grad *= w.detach().to_kind(grad.kind()).reshape(&shape[..]);
+        }
+        grad
+    }
+}
+
 /// The Gaussian diffusion loss: x_t = √ᾱ x₀ + √(1−ᾱ) ε, target per `prediction`, optional
-/// Min-SNR-γ weighting; `model(x_t, t)` is the network. Returns the scalar mean loss.
+/// Min-SNR-γ weighting; `model(x_t, t)` is the network. [`RegressionLoss::value`] is the
+/// scalar mean loss.
 pub fn gaussian_loss(
     inputs: &GaussianLossInputs<'_>,
     forward: &ForwardProcess,
@@ -56,15 +187,16 @@ pub fn gaussian_loss(
     loss: LossKind,
     min_snr_gamma: Option<f64>,
     model: impl FnOnce(&Tensor, &Tensor) -> Tensor,
-) -> Tensor {
-    let x_t = forward.q_sample(inputs.x0, inputs.t, inputs.noise);
-    let target = forward.target(prediction, inputs.x0, inputs.t, inputs.noise);
+) -> RegressionLoss {
+    let (x_t, target) = forward.q_sample_and_target(prediction, inputs.x0, inputs.t, inputs.noise);
     let pred = model(&x_t, inputs.t);
-    let per_sample = per_sample_loss(&pred, &target, loss);
-    match min_snr_gamma {
-        Some(gamma) => (per_sample * min_snr_weight(&forward.snr(inputs.t), gamma, prediction))
-            .mean(Kind::Float),
-        None => per_sample.mean(Kind::Float),
+    let weights =
+        min_snr_gamma.map(|gamma| min_snr_weight(&forward.snr(inputs.t), gamma, prediction));
+    RegressionLoss {
+        pred,
+        target,
+        kind: loss,
+        weights,
     }
 }
 
@@ -77,10 +209,15 @@ pub fn cold_loss(
     degradation: &dyn Degradation,
     loss: LossKind,
     model: impl FnOnce(&Tensor, &Tensor) -> Tensor,
-) -> Tensor {
+) -> RegressionLoss {
     let x_t = degradation.degrade(x0, t, Some(noise));
     let pred = model(&x_t, t);
-    per_sample_loss(&pred, x0, loss).mean(Kind::Float)
+    RegressionLoss {
+        pred,
+        target: x0.shallow_clone(),
+        kind: loss,
+        weights: None,
+    }
 }
 
 #[cfg(test)]
@@ -121,12 +258,74 @@ mod tests {
                 let perfect =
                     gaussian_loss(&inputs, &fp, prediction, LossKind::Mse, gamma, |_, _| {
                         target.copy()
-                    });
+                    })
+                    .value();
                 assert!(perfect.double_value(&[]) < 1e-10, "{prediction:?}");
                 let off = gaussian_loss(&inputs, &fp, prediction, LossKind::L1, gamma, |_, _| {
                     &target + 0.5
-                });
+                })
+                .value();
                 assert!(off.double_value(&[]) > 0.01, "{prediction:?}");
+            }
+        }
+    }
+
+    /// The closed-form output gradient equals autograd's through `value`, for both loss kinds,
+    /// with and without per-sample weights, scaled, and is exactly 0 where an absolute error is.
+    #[test]
+    fn closed_form_gradient_matches_autograd() {
+        tch::manual_seed(4);
+        let f = (Kind::Float, Device::Cpu);
+        let target = Tensor::randn([5, 3, 2], f);
+        let pred0 = Tensor::randn([5, 3, 2], f);
+        // One element equal to its target: `|·|` has derivative 0 there in autograd.
+        pred0
+            .get(0)
+            .get(0)
+            .get(0)
+            .copy_(&target.get(0).get(0).get(0));
+        let weights = Tensor::rand([5], f) + 0.5;
+        for kind in [LossKind::Mse, LossKind::L1] {
+            for w in [None, Some(&weights)] {
+                let pred = pred0.copy().set_requires_grad(true);
+                let terms = RegressionLoss {
+                    pred: pred.shallow_clone(),
+                    target: target.shallow_clone(),
+                    kind,
+                    weights: w.map(Tensor::shallow_clone),
+                };
+                (terms.value() * 0.25).backward();
+                let want = pred.grad();
+                let got = terms.grad_pred(0.25);
+                // The one-pass value and gradient (on a prediction without a graph) agree.
+                let plain = RegressionLoss {
+                    pred: pred0.copy(),
+                    target: target.shallow_clone(),
+                    kind,
+                    weights: w.map(Tensor::shallow_clone),
+                };
+                let (value, fast) = plain.value_and_grad(0.25);
+                let want_value = terms.value().double_value(&[]);
+                assert!((value.double_value(&[]) - want_value).abs() <= 1e-6 * want_value);
+                assert!(
+                    fast.allclose(&want, 1e-6, 1e-9, false),
+                    "{kind:?}: one-pass gradient"
+                );
+                assert!(!got.requires_grad());
+                let diff = f64::try_from((&got - &want).abs().max()).unwrap();
+                let scale = f64::try_from(want.abs().max()).unwrap();
+                assert!(
+                    diff <= 1e-6 * scale,
+                    "{kind:?}, weighted {}: differs by {diff}",
+                    w.is_some()
+                );
+                for g in [&got, &want] {
+                    assert_eq!(
+                        g.double_value(&[0, 0, 0]),
+                        0.0,
+                        "{kind:?}: at pred = target"
+                    );
+                }
             }
         }
     }

@@ -689,10 +689,12 @@ pub(crate) fn apply_update(
 
 /// The loss of one micro-batch, and, for the MLP, the tape of its hand-written backward pass.
 pub(crate) struct MicroBatchLoss {
-    /// The scalar loss (autograd reaches the network's output, or the whole network).
+    /// The scalar loss (autograd reaches the whole network, except for a taped MLP).
     pub loss: Tensor,
-    /// The MLP's output as an autograd leaf, and what its backward pass reads: the network ran
-    /// without an autograd graph ([`difflab_models::MlpTape`]).
+    /// For the MLP that ran without an autograd graph ([`difflab_models::MlpTape`]): the
+    /// loss's gradient with respect to the output, written out
+    /// ([`super::RegressionLoss::value_and_grad`]),
+    /// and the tape.
     taped: Option<(Tensor, MlpTape)>,
 }
 
@@ -703,16 +705,16 @@ impl MicroBatchLoss {
         self.taped.is_some()
     }
 
-    /// Backpropagate `loss / divisor` into the network's gradients: autograd, then the MLP's
-    /// hand-written pass from the output's gradient, if the forward pass was taped.
+    /// Backpropagate `loss / divisor` into the network's gradients: the MLP's hand-written
+    /// pass from the loss's written-out output gradient when the forward pass was taped,
+    /// autograd otherwise.
     pub(crate) fn backward(self, network: &Network, divisor: f64) {
-        if divisor == 1.0 {
-            self.loss.backward();
-        } else {
-            (self.loss / divisor).backward();
-        }
-        if let (Some((output, tape)), Network::Mlp(mlp)) = (self.taped, network) {
-            mlp.backward(tape, &output.grad());
+        match (self.taped, network) {
+            (Some((grad, tape)), Network::Mlp(mlp)) if divisor == 1.0 => mlp.backward(tape, &grad),
+            (Some((grad, tape)), Network::Mlp(mlp)) => mlp.backward(tape, &(grad / divisor)),
+            (Some(_), _) => unreachable!("only the MLP records a tape"),
+            (None, _) if divisor == 1.0 => self.loss.backward(),
+            (None, _) => (self.loss / divisor).backward(),
         }
     }
 }
@@ -771,13 +773,12 @@ pub(crate) fn micro_batch_loss(
     }
     let channels_last = training.memory_format.channels_last_for(&config.model);
     let tape_mlp = device == Device::Cpu && !training.precision.uses_bf16(device);
-    let mut taped = None;
+    let mut tape = None;
     let model = |x_t: &Tensor, t: &Tensor| {
         if let (Network::Mlp(mlp), true) = (network, tape_mlp)
-            && let Ok(Some((output, tape))) = mlp.forward_taped(x_t, t)
+            && let Ok(Some((output, recorded))) = mlp.forward_taped(x_t, t)
         {
-            let output = output.set_requires_grad(true);
-            taped = Some((output.shallow_clone(), tape));
+            tape = Some(recorded);
             return output;
         }
         if channels_last {
@@ -786,7 +787,7 @@ pub(crate) fn micro_batch_loss(
             network.forward_cond(x_t, t, &cond, true)
         }
     };
-    let loss = match process {
+    let terms = match process {
         Process::Gaussian {
             forward,
             timesteps: (lo, hi),
@@ -814,7 +815,19 @@ pub(crate) fn micro_batch_loss(
             cold_loss(&x0, &t, &noise, degradation.as_ref(), loss_kind, model)
         }
     };
-    MicroBatchLoss { loss, taped }
+    match tape {
+        Some(tape) => {
+            let (loss, grad) = terms.value_and_grad(1.0);
+            MicroBatchLoss {
+                loss,
+                taped: Some((grad, tape)),
+            }
+        }
+        None => MicroBatchLoss {
+            loss: terms.value(),
+            taped: None,
+        },
+    }
 }
 
 /// Sample a preview grid from the EMA network with fixed noise (the same images at every
