@@ -555,6 +555,18 @@ fn ema_update_math_start_and_every() {
     assert_eq!(value(&s), [1.0, -2.0], "new copies the weights");
     let set = |v: [f64; 2]| tch::no_grad(|| p.shallow_clone().copy_(&Tensor::from_slice(&v)));
 
+    // The weight an optimizer's fused pass averages with: only at steps `update` averages.
+    let weights: Vec<Option<f64>> = (1..=6).map(|step| ema.averaging_weight(step)).collect();
+    let w = Some(1.0 - 0.9);
+    assert_eq!(weights, [None, None, None, w, None, w]);
+    // With every trainable variable averaged elsewhere, `update_except` leaves the EMA alone
+    // at such a step, and copies as `update` does at the others.
+    set([5.0, 5.0]);
+    ema.update_except(&model, &mut shadow, 4, &|_| true);
+    assert_eq!(value(&s), [1.0, -2.0], "averaged elsewhere");
+    ema.update_except(&model, &mut shadow, 1, &|_| true);
+    assert_eq!(value(&s), [5.0, 5.0], "step ≤ start_step: still a copy");
+
     set([2.0, 0.0]);
     ema.update(&model, &mut shadow, 1);
     assert_eq!(value(&s), [2.0, 0.0], "step ≤ start_step: copy");

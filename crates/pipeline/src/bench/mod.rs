@@ -15,9 +15,10 @@ use serde::Serialize;
 use tch::{Device, Kind, Tensor, nn};
 
 use crate::data::Batch;
-use crate::optim::{AdamW, Ema, clip_grad_norm};
+use crate::optim::{AdamW, Ema, clip_grad_norm_deferred};
 use crate::train::{
-    Autocast, TrainError, build_process, lay_out_for_training, micro_batch_loss, mix,
+    Autocast, TrainError, Update, apply_update, build_process, lay_out_for_training,
+    micro_batch_loss, mix,
 };
 use crate::{ExperimentConfig, ModelConfig, Network, NetworkDenoiser};
 
@@ -63,14 +64,12 @@ pub struct StepPhases {
     pub forward: f64,
     /// `loss.backward()`.
     pub backward: f64,
-    /// Gradient-norm clipping (including its read of the norm).
+    /// The gradient norm and clipping factor (including reading the norm back; the scaling
+    /// itself is in `update` where the optimizer's pass applies it).
     pub clip: f64,
-    /// The AdamW update.
-    pub optimizer: f64,
-    /// Zeroing the gradients.
-    pub zero_grad: f64,
-    /// The EMA update.
-    pub ema: f64,
+    /// The AdamW step, zeroing the gradients and the EMA update (one pass over each parameter
+    /// where the fused kernel applies: `AdamW::step_fused`).
+    pub update: f64,
 }
 
 /// Sampling throughput.
@@ -137,7 +136,7 @@ pub fn sgemm_gflops(n: i64, reps: usize, device: Device) -> f64 {
 struct PhaseClock {
     device: Device,
     last: Instant,
-    laps: [f64; 6],
+    laps: [f64; 4],
 }
 
 impl PhaseClock {
@@ -145,7 +144,7 @@ impl PhaseClock {
         Self {
             device,
             last: start,
-            laps: [0.0; 6],
+            laps: [0.0; 4],
         }
     }
 
@@ -234,7 +233,7 @@ pub fn bench_training(
     let mut times = Vec::with_capacity(settings.train_steps);
     let total = settings.warmup + settings.train_steps;
     let mut timed = 0.0;
-    let mut phases = [0.0f64; 6];
+    let mut phases = [0.0f64; 4];
     for step in 0..total as u64 {
         sync(device);
         let start = Instant::now();
@@ -257,15 +256,15 @@ pub fn bench_training(
             loss.backward(&network, 1.0);
             clock.lap(1);
         }
-        let _norm = clip_grad_norm(&vs, training.grad_clip);
+        let (_norm, grad_scale) = clip_grad_norm_deferred(&vs, training.grad_clip);
         clock.lap(2);
-        // `apply_update`, phase by phase.
-        optimizer.step(lr);
+        let update = Update {
+            lr,
+            step: step + 1,
+            grad_scale,
+        };
+        apply_update(&mut optimizer, &mut ema, &vs, &mut ema_vs, update);
         clock.lap(3);
-        optimizer.zero_grad();
-        clock.lap(4);
-        ema.update(&vs, &mut ema_vs, step + 1);
-        clock.lap(5);
         if step as usize >= settings.warmup {
             let dt = start.elapsed().as_secs_f64();
             timed += dt;
@@ -286,9 +285,7 @@ pub fn bench_training(
             forward: per_step(0),
             backward: per_step(1),
             clip: per_step(2),
-            optimizer: per_step(3),
-            zero_grad: per_step(4),
-            ema: per_step(5),
+            update: per_step(3),
         },
     })
 }
@@ -452,14 +449,7 @@ model:
         assert!(train.images_per_s.is_finite() && train.images_per_s > 0.0);
         assert_eq!(train.steps, 2);
         let p = &train.phases_ms;
-        let phases = [
-            p.forward,
-            p.backward,
-            p.clip,
-            p.optimizer,
-            p.zero_grad,
-            p.ema,
-        ];
+        let phases = [p.forward, p.backward, p.clip, p.update];
         assert!(phases.iter().all(|ms| ms.is_finite() && *ms >= 0.0));
         // The phases tile the step: their sum is the mean step time (within timer overhead).
         let mean_step_ms = 1e3 / train.steps_per_s;

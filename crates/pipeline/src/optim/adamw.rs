@@ -20,7 +20,7 @@
 //! a few ulp where libtorch's MKL `sqrt` rounds differently from the IEEE square root (the
 //! PyTorch reference values above are reproduced exactly by both paths).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -180,9 +180,71 @@ impl AdamW {
             p.step += 1;
             let scalars = step_scalars(&config, lr, p.step);
             let fused = kernel == Kernel::FusedWhereApplicable
-                && fused_cpu::adam_step(&p.var, &grad, &p.exp_avg, &p.exp_avg_sq, scalars);
+                && fused_cpu::adam_step(
+                    &p.var,
+                    &grad,
+                    &p.exp_avg,
+                    &p.exp_avg_sq,
+                    scalars,
+                    fused_cpu::Extras::NONE,
+                );
             if !fused {
                 tensor_step(&config, p, grad, lr);
+            }
+        }
+    }
+
+    /// [`AdamW::step`], [`AdamW::zero_grad`] and an EMA update in one pass over each parameter
+    /// where difflab's kernel takes it (dense f32 CPU tensors laid out alike), instead of three
+    /// passes over memory and three parallel regions per parameter: each gradient multiplied by
+    /// `grad_scale` first (the factor [`super::clip_grad_norm_deferred`] left to apply; 1 for
+    /// none), zeroed once read, and with `ema = Some((shadows, w))` the shadow of the same name
+    /// moved toward the new weights, `shadow ← lerp(shadow, θ, w)` (what [`super::Ema::update`]
+    /// does at a step that averages, `w = 1 − decay`). The results are those of the separate
+    /// calls, bit for bit. Parameters the kernel does not take go through the same three steps
+    /// one by one; a parameter without a gradient is not stepped, but its shadow is averaged.
+    ///
+    /// # Panics
+    /// When `shadows` lacks an optimised variable (the EMA store is checked against the model's
+    /// at [`super::Ema::new`]).
+    pub fn step_fused(
+        &mut self,
+        lr: f64,
+        grad_scale: f32,
+        ema: Option<(&HashMap<String, Tensor>, f64)>,
+    ) {
+        let _guard = tch::no_grad_guard();
+        let config = self.config.clone();
+        self.steps += 1;
+        for p in &mut self.params {
+            let shadow = ema.map(|(shadows, weight)| {
+                let shadow = shadows.get(&p.name).unwrap_or_else(|| {
+                    panic!("AdamW::step_fused: `{}` missing from the EMA store", p.name)
+                });
+                (shadow, weight)
+            });
+            let grad = p.var.grad();
+            if grad.defined() {
+                p.step += 1;
+                let scalars = step_scalars(&config, lr, p.step);
+                let extras = fused_cpu::Extras {
+                    grad_scale,
+                    zero_grad: true,
+                    ema: shadow.map(|(shadow, weight)| (shadow, weight as f32)),
+                };
+                if fused_cpu::adam_step(&p.var, &grad, &p.exp_avg, &p.exp_avg_sq, scalars, extras) {
+                    continue;
+                }
+                if grad_scale != 1.0 && !fused_cpu::scale_in_place(&grad, grad_scale) {
+                    let _ = grad.shallow_clone().g_mul_scalar_(f64::from(grad_scale));
+                }
+                tensor_step(&config, p, grad.shallow_clone(), lr);
+                if !fused_cpu::zero_in_place(&grad) {
+                    p.var.zero_grad();
+                }
+            }
+            if let Some((shadow, weight)) = shadow {
+                super::ema::average_into(shadow, &p.var, weight);
             }
         }
     }
@@ -506,6 +568,103 @@ mod tests {
                     "{name}[{j}]: {a} vs {b} after {steps} steps"
                 );
             }
+        }
+    }
+
+    /// `step_fused` (clipping factor, Adam, zeroing and the EMA in one pass) leaves the same
+    /// bits as the separate calls it replaces: on f32 tensors (the fused kernel, one of them
+    /// channels-last against a contiguous EMA copy, so that one goes the long way), on f64
+    /// (the tensor path), and for a variable without a gradient (not stepped, still averaged).
+    #[test]
+    fn step_fused_equals_the_separate_calls() {
+        let config = OptimizerConfig {
+            weight_decay: 0.05,
+            ..OptimizerConfig::default()
+        };
+        let f32_cpu = (Kind::Float, Device::Cpu);
+        let channels_last = |t: Tensor| t.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
+        let inits = [
+            ("a", Tensor::randn([4099], f32_cpu)),
+            ("b", Tensor::randn([70_001], f32_cpu)),
+            ("c", channels_last(Tensor::randn([4, 3, 5, 5], f32_cpu))),
+            ("d", Tensor::randn([3, 7], (Kind::Double, Device::Cpu))),
+            ("e", Tensor::randn([5], f32_cpu)),
+        ];
+        let build = || {
+            let (vs, ema_vs) = (VarStore::new(Device::Cpu), VarStore::new(Device::Cpu));
+            for (name, init) in &inits {
+                let v = vs.root().var_copy(name, init);
+                let _ = ema_vs.root().var_copy(name, &(init * 0.5));
+                // Give it the layout of `init` (var_copy makes a contiguous copy).
+                if *name == "c" {
+                    let mut v = v.shallow_clone();
+                    tch::no_grad(|| v.set_data(&channels_last(init.copy())));
+                }
+            }
+            let opt = AdamW::new(&vs, &config);
+            (vs, ema_vs, opt)
+        };
+        let [(vs_a, ema_a, mut fused), (vs_b, ema_b, mut separate)] = [build(), build()];
+        for step in 0..3 {
+            for vs in [&vs_a, &vs_b] {
+                tch::manual_seed(step);
+                let vars = vs.variables();
+                let total = ["a", "b", "c", "d"]
+                    .iter()
+                    .map(|n| (&vars[*n] * vars[*n].randn_like()).sum(Kind::Double))
+                    .reduce(|x, y| x + y)
+                    .expect("terms");
+                total.backward();
+            }
+            let (scale, weight) = (0.8_f32, 0.01);
+            fused.step_fused(1e-3, scale, Some((&ema_a.variables(), weight)));
+            for v in vs_b.variables().values() {
+                let g = v.grad();
+                if g.defined() {
+                    let _ = g.shallow_clone().g_mul_scalar_(f64::from(scale));
+                }
+            }
+            separate.step(1e-3);
+            separate.zero_grad();
+            let shadows = ema_b.variables();
+            tch::no_grad(|| {
+                for (name, v) in vs_b.variables() {
+                    super::super::ema::average_into(&shadows[&name], &v, weight);
+                }
+            });
+        }
+        let bits = |t: &Tensor| -> Vec<u64> {
+            let t = t.to_kind(Kind::Double).flatten(0, -1);
+            Vec::<f64>::try_from(t)
+                .expect("f64")
+                .iter()
+                .map(|x| x.to_bits())
+                .collect()
+        };
+        for (name, _) in &inits {
+            let (a, b) = (&vs_a.variables()[*name], &vs_b.variables()[*name]);
+            assert_eq!(bits(a), bits(b), "{name}: weights");
+            assert_eq!(
+                bits(&ema_a.variables()[*name]),
+                bits(&ema_b.variables()[*name]),
+                "{name}: EMA"
+            );
+            if a.grad().defined() {
+                assert_eq!(bits(&a.grad()), bits(&b.grad()), "{name}: zeroed gradient");
+                assert_eq!(
+                    a.grad().abs().max().double_value(&[]),
+                    0.0,
+                    "{name}: zeroed"
+                );
+            }
+        }
+        assert!(
+            !vs_a.variables()["e"].grad().defined(),
+            "no gradient for `e`"
+        );
+        assert_eq!(fused.state_tensors().len(), separate.state_tensors().len());
+        for ((name, x), (_, y)) in fused.state_tensors().iter().zip(&separate.state_tensors()) {
+            assert_eq!(bits(x), bits(y), "{name}");
         }
     }
 

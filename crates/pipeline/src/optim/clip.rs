@@ -18,21 +18,43 @@ use super::fused_cpu;
 /// logging). A non-finite norm (NaN/inf gradients) is returned as is with the gradients left
 /// untouched: the caller decides whether to skip the step. No gradients: returns 0.
 pub fn clip_grad_norm(vs: &VarStore, max_norm: f64) -> f64 {
+    let (norm, factor) = clip_grad_norm_deferred(vs, max_norm);
+    if factor != 1.0 {
+        for g in trainable_grads(vs) {
+            fused_cpu::scale_in_place(&g, factor);
+        }
+    }
+    norm
+}
+
+/// [`clip_grad_norm`], except that where the gradients are all dense f32 CPU tensors the
+/// scaling is left to the caller: returns `(norm, factor)`, `factor` being what each gradient
+/// must be multiplied by (1 for none), for an optimizer to apply while it reads the gradients
+/// anyway ([`super::AdamW::step_fused`]) instead of a pass of its own. Other gradients are
+/// scaled in place, as [`clip_grad_norm`] does, and the factor is 1.
+pub fn clip_grad_norm_deferred(vs: &VarStore, max_norm: f64) -> (f64, f32) {
     let _guard = tch::no_grad_guard();
+    let grads = trainable_grads(vs);
+    if grads.is_empty() {
+        return (0.0, 1.0);
+    }
+    match fused_cpu_clip_factor(&grads, max_norm) {
+        Some(both) => both,
+        None => (tensor_clip(grads, max_norm), 1.0),
+    }
+}
+
+/// The defined gradients of `vs`'s trainable variables, in name order.
+fn trainable_grads(vs: &VarStore) -> Vec<Tensor> {
     let vars: BTreeMap<String, Tensor> = vs
         .variables()
         .into_iter()
         .filter(|(_, t)| t.requires_grad())
         .collect();
-    let grads: Vec<Tensor> = vars
-        .values()
+    vars.values()
         .map(Tensor::grad)
         .filter(Tensor::defined)
-        .collect();
-    if grads.is_empty() {
-        return 0.0;
-    }
-    fused_cpu_clip(&grads, max_norm).unwrap_or_else(|| tensor_clip(grads, max_norm))
+        .collect()
 }
 
 /// [`clip_grad_norm`] in libtorch operations, exactly as PyTorch's `clip_grad_norm_` (any
@@ -55,14 +77,14 @@ fn tensor_clip(mut grads: Vec<Tensor>, max_norm: f64) -> f64 {
     norm
 }
 
-/// [`clip_grad_norm`] for gradients that are all dense f32 CPU tensors, in difflab's kernels
-/// ([`fused_cpu`]): each gradient's sum of squares in f64 over libtorch's threads, its norm
-/// rounded to f32 as PyTorch's per-tensor norm is, the total norm of those, then the factor in
-/// PyTorch's f32 arithmetic and one scaling pass per gradient. The norm can differ from
-/// PyTorch's f32 reduction in the last bit (it is the more accurate of the two); the clipped
-/// gradients are the products PyTorch would form with that factor. `None` when a gradient is
-/// not a dense f32 CPU tensor (then the tensor path runs).
-fn fused_cpu_clip(grads: &[Tensor], max_norm: f64) -> Option<f64> {
+/// The norm and clipping factor of gradients that are all dense f32 CPU tensors, in difflab's
+/// kernels ([`fused_cpu`]): each gradient's sum of squares in f64 over libtorch's threads, its
+/// norm rounded to f32 as PyTorch's per-tensor norm is, the total norm of those, then the
+/// factor in PyTorch's f32 arithmetic (1 when it would not clip). The norm can differ from
+/// PyTorch's f32 reduction in the last bit (it is the more accurate of the two); multiplying
+/// by the factor gives the products PyTorch would form. `None` when a gradient is not a dense
+/// f32 CPU tensor (then the tensor path runs).
+fn fused_cpu_clip_factor(grads: &[Tensor], max_norm: f64) -> Option<(f64, f32)> {
     let mut total_sq = 0.0_f64;
     for g in grads {
         let per_tensor = (fused_cpu::sum_of_squares(g)?.sqrt() as f32) as f64;
@@ -71,13 +93,20 @@ fn fused_cpu_clip(grads: &[Tensor], max_norm: f64) -> Option<f64> {
     let total = total_sq.sqrt() as f32;
     let norm = f64::from(total);
     if !(norm.is_finite() && max_norm > 0.0 && max_norm.is_finite()) {
-        return Some(norm);
+        return Some((norm, 1.0));
     }
     // PyTorch: `(total + 1e-6).reciprocal() * max_norm`, each step in f32.
     let coef = (1.0 / (total + 1e-6_f32)) * max_norm as f32;
-    if coef < 1.0 {
+    Some((norm, if coef < 1.0 { coef } else { 1.0 }))
+}
+
+/// [`fused_cpu_clip_factor`], then the scaling pass over each gradient.
+#[cfg(test)]
+fn fused_cpu_clip(grads: &[Tensor], max_norm: f64) -> Option<f64> {
+    let (norm, factor) = fused_cpu_clip_factor(grads, max_norm)?;
+    if factor != 1.0 {
         for g in grads {
-            fused_cpu::scale_in_place(g, coef);
+            fused_cpu::scale_in_place(g, factor);
         }
     }
     Some(norm)

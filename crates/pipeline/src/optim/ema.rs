@@ -163,12 +163,40 @@ impl Ema {
     /// weights are copied; after it, only every `update_every`-th step (counted from
     /// `start_step`) averages and the others leave the EMA unchanged.
     pub fn update(&mut self, model_vs: &VarStore, ema_vs: &mut VarStore, step: u64) {
+        self.update_except(model_vs, ema_vs, step, &|_| false);
+    }
+
+    /// The weight `w = 1 − d` when [`Ema::update`] at `step` averages the trainable
+    /// variables, for an optimizer that averages them in its own pass
+    /// ([`super::AdamW::step_fused`]); `None` at steps that copy or leave the EMA alone.
+    pub fn averaging_weight(&self, step: u64) -> Option<f64> {
+        let c = &self.config;
+        let copy_only = step <= c.start_step;
+        if copy_only || !(step - c.start_step).is_multiple_of(c.update_every.max(1)) {
+            return None;
+        }
+        let decay = self.decay_at(step);
+        (decay > 0.0).then_some(1.0 - decay)
+    }
+
+    /// [`Ema::update`] for every variable but the trainable ones `averaged` names (those an
+    /// optimizer already averaged at this step with [`Ema::averaging_weight`]).
+    pub fn update_except(
+        &mut self,
+        model_vs: &VarStore,
+        ema_vs: &mut VarStore,
+        step: u64,
+        averaged: &dyn Fn(&str) -> bool,
+    ) {
         let c = &self.config;
         let copy_only = step <= c.start_step;
         if !copy_only && !(step - c.start_step).is_multiple_of(c.update_every.max(1)) {
             return;
         }
         let decay = if copy_only { 0.0 } else { self.decay_at(step) };
+        if decay > 0.0 && self.names.iter().all(|(name, t)| *t && averaged(name)) {
+            return;
+        }
         let model = model_vs.variables();
         let ema = ema_vs.variables();
         let _guard = tch::no_grad_guard();
@@ -180,13 +208,20 @@ impl Ema {
             };
             let mut shadow = shadow.shallow_clone();
             if *trainable && decay > 0.0 {
-                // One Rust pass for f32 CPU weights (bit-identical to `lerp_`), else libtorch.
-                if !super::fused_cpu::lerp_into(&shadow, var, (1.0 - decay) as f32) {
-                    let _ = shadow.lerp_(var, 1.0 - decay);
+                if !averaged(name) {
+                    average_into(&shadow, var, 1.0 - decay);
                 }
             } else {
                 shadow.copy_(var);
             }
         }
+    }
+}
+
+/// `shadow ← lerp(shadow, var, weight)` in place: one Rust pass for f32 CPU weights
+/// (bit-identical to `lerp_`, which rounds the weight to f32 for them), else libtorch's `lerp_`.
+pub(crate) fn average_into(shadow: &Tensor, var: &Tensor, weight: f64) {
+    if !super::fused_cpu::lerp_into(shadow, var, weight as f32) {
+        let _ = shadow.shallow_clone().lerp_(var, weight);
     }
 }

@@ -66,15 +66,33 @@ pub(crate) struct AdamScalars {
     pub neg_step_size: f32,
 }
 
-/// Whether [`adam_step`] takes these tensors: all four dense f32 CPU tensors laid out alike
-/// ([`same_dense_layout`]) in pairwise disjoint memory.
-fn adam_accepts(var: &Tensor, grad: &Tensor, exp_avg: &Tensor, exp_avg_sq: &Tensor) -> bool {
-    let all = [var, grad, exp_avg, exp_avg_sq];
-    same_dense_layout(&all) && disjoint(&all)
+/// What one fused pass over a parameter does besides its Adam/AdamW update (all of it what
+/// the training step does next anyway, done while the elements are in registers instead of
+/// in passes of their own over memory).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Extras<'a> {
+    /// Multiplied into the gradient before it is used (gradient clipping's factor, as
+    /// `g·c` in f32, the product clipping in place would store); 1 leaves it.
+    pub grad_scale: f32,
+    /// Write zeros into the gradient once it is read (the step's `zero_grad`).
+    pub zero_grad: bool,
+    /// An EMA shadow of the parameter and its weight: `shadow ← lerp(shadow, θ_new, w)`.
+    pub ema: Option<(&'a Tensor, f32)>,
+}
+
+impl Extras<'_> {
+    /// The Adam update alone.
+    pub const NONE: Extras<'static> = Extras {
+        grad_scale: 1.0,
+        zero_grad: false,
+        ema: None,
+    };
 }
 
 /// One Adam/AdamW step of one parameter, now, in place: `var`, `exp_avg` and `exp_avg_sq` are
-/// written, `grad` is read. Returns `false` (touching nothing) unless [`adam_accepts`] them.
+/// written, `grad` is read (and zeroed with [`Extras::zero_grad`]), and an EMA shadow
+/// averaged. Returns `false` (touching nothing) unless all the tensors are dense f32 CPU tensors
+/// laid out alike ([`same_dense_layout`]) in pairwise disjoint memory.
 ///
 /// Large parameters are split over libtorch's own OpenMP threads ([`omp_team`]); threads of
 /// our own were tried first and made the 2-D toy's step 1.6x slower (libtorch's OpenMP
@@ -86,74 +104,103 @@ pub(crate) fn adam_step(
     exp_avg: &Tensor,
     exp_avg_sq: &Tensor,
     s: AdamScalars,
+    extras: Extras<'_>,
 ) -> bool {
-    if !adam_accepts(var, grad, exp_avg, exp_avg_sq) {
+    let mut all = vec![var, grad, exp_avg, exp_avg_sq];
+    all.extend(extras.ema.map(|(shadow, _)| shadow));
+    if !(same_dense_layout(&all) && disjoint(&all)) || grad.requires_grad() {
         return false;
     }
     let n = var.numel();
-    // SAFETY: four dense f32 CPU tensors of `n` elements each, laid out alike and pairwise
-    // disjoint (checked above); the slices live only for this call, on this thread, under
-    // no-grad, and nothing else touches the tensors meanwhile.
-    unsafe {
-        adam_slices(
-            std::slice::from_raw_parts_mut(var.data_ptr() as *mut f32, n),
-            std::slice::from_raw_parts(grad.data_ptr() as *const f32, n),
-            std::slice::from_raw_parts_mut(exp_avg.data_ptr() as *mut f32, n),
-            std::slice::from_raw_parts_mut(exp_avg_sq.data_ptr() as *mut f32, n),
-            s,
-        );
-    }
+    let ptr = |t: &Tensor| SyncPtr(t.data_ptr() as *mut f32);
+    let (pp, gp, mp, vp) = (ptr(var), ptr(grad), ptr(exp_avg), ptr(exp_avg_sq));
+    let (ep, weight) = match extras.ema {
+        Some((shadow, weight)) => (Some(ptr(shadow)), weight),
+        None => (None, 0.0),
+    };
+    let (scale, zero) = (extras.grad_scale, extras.zero_grad);
+    omp_team::for_each_chunk(n, 16, |r| {
+        // SAFETY: dense f32 CPU tensors of `n` elements each, laid out alike and pairwise
+        // disjoint (checked above), alive for this call, under no-grad, and nothing else touches
+        // them meanwhile; each thread takes a disjoint `r`.
+        let slices = unsafe {
+            Slices {
+                p: pp.slice_mut(r.clone()),
+                g: gp.slice_mut(r.clone()),
+                m: mp.slice_mut(r.clone()),
+                v: vp.slice_mut(r.clone()),
+                e: ep.map_or(&mut [][..], |e| e.slice_mut(r.clone())),
+            }
+        };
+        adam_serial(slices, s, scale, zero, weight);
+    });
     true
 }
 
-/// One Adam/AdamW step over matching slices, split over libtorch's OpenMP threads
-/// ([`omp_team::for_each_chunk`]; element-wise, so the split changes no bit).
-fn adam_slices(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: AdamScalars) {
-    let n = p.len().min(g.len()).min(m.len()).min(v.len());
-    let (pp, gp) = (SyncPtr(p.as_mut_ptr()), SyncPtr(g.as_ptr() as *mut f32));
-    let (mp, vp) = (SyncPtr(m.as_mut_ptr()), SyncPtr(v.as_mut_ptr()));
-    omp_team::for_each_chunk(n, 16, |r| {
-        // SAFETY: the four slices hold `n` elements each; each thread takes a disjoint `r`,
-        // and the gradient is only read.
-        unsafe {
-            adam_serial(
-                pp.slice_mut(r.clone()),
-                gp.slice(r.clone()),
-                mp.slice_mut(r.clone()),
-                vp.slice_mut(r),
-                s,
-            )
-        }
-    });
+/// One thread's share of the arrays of [`adam_step`]; `e` is empty without an EMA.
+struct Slices<'a> {
+    p: &'a mut [f32],
+    g: &'a mut [f32],
+    m: &'a mut [f32],
+    v: &'a mut [f32],
+    e: &'a mut [f32],
 }
 
-/// [`adam_slices`] on the calling thread, with the widest instructions the CPU has.
-fn adam_serial(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: AdamScalars) {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() {
-        // SAFETY: the CPU has AVX2 and FMA (checked just above).
-        unsafe { adam_avx2_fma(p, g, m, v, s) };
-        return;
+/// [`adam_step`] on the calling thread, with the widest instructions the CPU has and a loop
+/// compiled for each combination of extras (so that each stays vectorised).
+fn adam_serial(x: Slices<'_>, s: AdamScalars, scale: f32, zero: bool, weight: f32) {
+    let ema = !x.e.is_empty();
+    macro_rules! run {
+        ($zero:literal, $ema:literal) => {{
+            #[cfg(target_arch = "x86_64")]
+            if has_avx2_fma() {
+                // SAFETY: the CPU has AVX2 and FMA (checked just above).
+                unsafe { adam_avx2_fma::<$zero, $ema>(x, s, scale, weight) };
+                return;
+            }
+            adam_elements::<$zero, $ema>(x, s, scale, weight);
+        }};
     }
-    adam_elements(p, g, m, v, s);
+    match (zero, ema) {
+        (false, false) => run!(false, false),
+        (true, false) => run!(true, false),
+        (false, true) => run!(false, true),
+        (true, true) => run!(true, true),
+    }
 }
 
 /// [`adam_elements`] compiled for AVX2 with hardware fused multiply-add (vectorised by the
 /// compiler; without it every `mul_add` is a library call).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn adam_avx2_fma(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: AdamScalars) {
-    adam_elements(p, g, m, v, s);
+unsafe fn adam_avx2_fma<const ZERO: bool, const EMA: bool>(
+    x: Slices<'_>,
+    s: AdamScalars,
+    scale: f32,
+    weight: f32,
+) {
+    adam_elements::<ZERO, EMA>(x, s, scale, weight);
 }
 
-/// The Adam/AdamW update of every element, in the order of the tensor operations it replaces.
+/// The Adam/AdamW update of every element, in the order of the tensor operations it replaces,
+/// with the gradient scaled by `scale` first, then (`ZERO`) zeroed, and (`EMA`) the shadow
+/// averaged toward the new value with `weight`, as [`lerp_into`] would.
 #[inline(always)]
-fn adam_elements(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: AdamScalars) {
-    let n = p.len();
-    let (g, m, v) = (&g[..n], &mut m[..n], &mut v[..n]);
+fn adam_elements<const ZERO: bool, const EMA: bool>(
+    x: Slices<'_>,
+    s: AdamScalars,
+    scale: f32,
+    weight: f32,
+) {
+    let n = x.p.len();
+    let (g, m, v) = (&mut x.g[..n], &mut x.m[..n], &mut x.v[..n]);
+    let (p, e) = (x.p, if EMA { &mut x.e[..n] } else { x.e });
     for i in 0..n {
         let mut theta = p[i];
-        let mut gi = g[i];
+        let mut gi = g[i] * scale;
+        if ZERO {
+            g[i] = 0.0;
+        }
         if let Some(decay) = s.decay {
             theta *= decay;
         }
@@ -163,9 +210,13 @@ fn adam_elements(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: Adam
         let mi = lerp(m[i], gi, s.one_minus_beta1);
         let vi = (gi * s.one_minus_beta2).mul_add(gi, v[i] * s.beta2);
         let denom = vi.sqrt() / s.bias_correction2_sqrt + s.eps;
-        p[i] = theta + (mi * s.neg_step_size) / denom;
+        let updated = theta + (mi * s.neg_step_size) / denom;
+        p[i] = updated;
         m[i] = mi;
         v[i] = vi;
+        if EMA {
+            e[i] = lerp(e[i], updated, weight);
+        }
     }
 }
 
@@ -418,17 +469,46 @@ mod tests {
         let g: Vec<f32> = (0..n).map(|_| next()).collect();
         let start: [Vec<f32>; 3] = std::array::from_fn(|_| (0..n).map(|_| next().abs()).collect());
         let s = scalars(Some(0.999));
-        let [mut p1, mut m1, mut v1] = start.clone();
-        let [mut p2, mut m2, mut v2] = start.clone();
-        adam_slices(&mut p1, &g, &mut m1, &mut v1, s);
-        adam_serial(&mut p2, &g, &mut m2, &mut v2, s);
+        let tensor = |v: &[f32]| Tensor::from_slice(v);
+        for (zero, ema) in [(false, false), (true, false), (false, true), (true, true)] {
+            // Split over the OpenMP team (through the tensors) and on one thread.
+            let [p1, m1, v1] = std::array::from_fn(|i| tensor(&start[i]));
+            let (g1, e1) = (tensor(&g), tensor(&start[2]));
+            let extras = Extras {
+                grad_scale: 0.75,
+                zero_grad: zero,
+                ema: ema.then_some((&e1, 0.01)),
+            };
+            assert!(adam_step(&p1, &g1, &m1, &v1, s, extras));
+            let [mut p2, mut m2, mut v2] = start.clone();
+            let (mut g2, mut e2) = (g.clone(), if ema { start[2].clone() } else { vec![] });
+            let slices = Slices {
+                p: &mut p2,
+                g: &mut g2,
+                m: &mut m2,
+                v: &mut v2,
+                e: &mut e2,
+            };
+            adam_serial(slices, s, 0.75, zero, 0.01);
+            let split: Vec<Vec<f32>> = [&p1, &g1, &m1, &v1, &e1]
+                .iter()
+                .map(|t| Vec::try_from(*t).expect("f32"))
+                .collect();
+            let e2 = if ema { e2 } else { start[2].clone() };
+            for (a, b) in split.iter().zip([&p2, &g2, &m2, &v2, &e2]) {
+                assert!(a.iter().zip(b).all(|(a, b)| a.to_bits() == b.to_bits()));
+            }
+            assert_eq!(
+                g2.iter().all(|&x| x == 0.0),
+                zero,
+                "zeroed with zero_grad only"
+            );
+            assert!(p2 != start[0], "the step changed the parameters");
+        }
         let (mut e1, mut e2) = (start[0].clone(), start[0].clone());
         lerp_slices(&mut e1, &g, 0.01);
         lerp_serial(&mut e2, &g, 0.01);
-        for (a, b) in [(&p1, &p2), (&m1, &m2), (&v1, &v2), (&e1, &e2)] {
-            assert!(a.iter().zip(b).all(|(a, b)| a.to_bits() == b.to_bits()));
-        }
-        assert!(p1 != start[0], "the step changed the parameters");
+        assert!(e1.iter().zip(&e2).all(|(a, b)| a.to_bits() == b.to_bits()));
         assert!(omp_team::threads_for(n) >= 1);
     }
 
@@ -466,7 +546,7 @@ mod tests {
         assert!(!lerp_into(&a, &b.narrow(0, 0, 2), 0.5));
         let s = scalars(None);
         assert!(
-            !adam_step(&a, &a, &b, &b.copy(), s),
+            !adam_step(&a, &a, &b, &b.copy(), s, Extras::NONE),
             "aliased parameter and gradient"
         );
         assert_eq!(bits(&a), before);

@@ -18,4 +18,6 @@ pub use run_dir::{RunDir, resolve_checkpoint};
 pub use trainer::{
     CheckpointEvaluator, TrainError, TrainOptions, TrainOutcome, train, train_with_evaluator,
 };
-pub(crate) use trainer::{build_process, lay_out_for_training, micro_batch_loss, mix};
+pub(crate) use trainer::{
+    Update, apply_update, build_process, lay_out_for_training, micro_batch_loss, mix,
+};

@@ -28,7 +28,7 @@ use crate::config::to_yaml;
 use crate::data::{Batch, DataCursor, DataError, DataLoader, Dataset, open_dataset};
 use crate::images::{grid_columns, save_grid};
 use crate::logging::{EventWriter, LogError, TrainProgress};
-use crate::optim::{AdamW, Ema, clip_grad_norm};
+use crate::optim::{AdamW, Ema, clip_grad_norm_deferred};
 use crate::{ExperimentConfig, ModelConfig, Network, NetworkDenoiser};
 
 /// Why training stopped with an error. Nothing already on disk is overwritten by a failed run.
@@ -539,10 +539,11 @@ pub fn train_with_evaluator(
             }
         }
         let loss_value = loss_sum / training.grad_accum as f64;
-        let grad_norm = if finite {
-            clip_grad_norm(&vs, training.grad_clip)
+        // The clipping factor, where it is left to the optimizer's pass (see `apply_update`).
+        let (grad_norm, grad_scale) = if finite {
+            clip_grad_norm_deferred(&vs, training.grad_clip)
         } else {
-            f64::NAN
+            (f64::NAN, 1.0)
         };
         if !finite || !grad_norm.is_finite() {
             let what = if finite { "gradient norm" } else { "loss" };
@@ -564,7 +565,12 @@ pub fn train_with_evaluator(
                 }
             }
         } else {
-            apply_update(&mut optimizer, &mut ema, &vs, &mut ema_vs, lr, step + 1);
+            let update = Update {
+                lr,
+                step: step + 1,
+                grad_scale,
+            };
+            apply_update(&mut optimizer, &mut ema, &vs, &mut ema_vs, update);
             last_loss = loss_value;
         }
         step += 1;
@@ -679,12 +685,30 @@ pub(crate) fn apply_update(
     ema: &mut Ema,
     vs: &nn::VarStore,
     ema_vs: &mut nn::VarStore,
-    lr: f64,
-    step: u64,
+    update: Update,
 ) {
-    optimizer.step(lr);
-    optimizer.zero_grad();
-    ema.update(vs, ema_vs, step);
+    // The optimizer step, the clipping factor, zeroing and (at steps that average) the EMA in
+    // one pass over each parameter; the EMA's copies and untrained variables after it.
+    let weight = ema.averaging_weight(update.step);
+    let shadows = weight.map(|_| ema_vs.variables());
+    optimizer.step_fused(update.lr, update.grad_scale, shadows.as_ref().zip(weight));
+    let averaged: std::collections::HashSet<&str> = match weight {
+        Some(_) => optimizer.names().collect(),
+        None => Default::default(),
+    };
+    ema.update_except(vs, ema_vs, update.step, &|name| averaged.contains(name));
+}
+
+/// What [`apply_update`] applies after a step's gradients are in.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Update {
+    /// The learning rate of this step.
+    pub lr: f64,
+    /// Optimizer steps completed after this one (1 after the first), for the EMA's decay.
+    pub step: u64,
+    /// The gradient clipping factor still to apply (1 for none; see
+    /// [`crate::optim::clip_grad_norm_deferred`]).
+    pub grad_scale: f32,
 }
 
 /// The loss of one micro-batch, and, for the MLP, the tape of its hand-written backward pass.
