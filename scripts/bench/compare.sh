@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # difflab vs PyTorch (diffusers UNet2DModel, and the 2-D toy recipe) side by side.
 #
-#   scripts/bench/compare.sh [--threads T] [--repeats R] [--quick] [--out FILE.md]
+#   scripts/bench/compare.sh [--threads T] [--repeats R] [--quick] [--only CASE,...] [--out FILE.md]
 #
+# --only runs just the named cases (uncond, small32, small32-b1, anime128, toy2d), e.g.
+# `--only toy2d --repeats 8` for many short interleaved rounds of the latency-bound toy.
 # Builds the release binary, then for every case runs difflab and the reference in turn
 # (A B A B …, R times), each measurement in its own process (clean peak memory), with the
 # same threads, batch, resolution and steps, and prints a markdown table of medians with the
@@ -15,15 +17,26 @@ cd "$(dirname "$0")/../.."
 threads=2
 repeats=3
 quick=0
+only=""
 out=docs/bench-results.md
 while [ $# -gt 0 ]; do
   case "$1" in
     --threads) threads="$2"; shift 2 ;;
     --repeats) repeats="$2"; shift 2 ;;
     --quick) quick=1; shift ;;
+    --only) only=",$2,"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
-    -h|--help) sed -n 2,12p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,15p "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
+  esac
+done
+
+# Whether the case is selected (all of them without --only).
+wanted() { [ -z "$only" ] || [[ "$only" == *",$1,"* ]]; }
+for case in ${only//,/ }; do
+  case "$case" in
+    uncond|small32|small32-b1|anime128|toy2d) ;;
+    *) echo "--only: unknown case '$case' (uncond, small32, small32-b1, anime128, toy2d)" >&2; exit 2 ;;
   esac
 done
 
@@ -67,6 +80,7 @@ for ((r = 1; r <= repeats; r++)); do
   echo "round $r/$repeats" >&2
   for spec in "${unet_cases[@]}"; do
     read -r name dir batch tr ss sr <<< "$spec"
+    wanted "$name" || continue
     args=(--batch "$batch" --sample-runs "$sr" "${common[@]}")
     if [ "$tr" -gt 0 ]; then
       record "$name" train difflab -- "$bin" bench --diffusers-model "$dir" "${args[@]}" \
@@ -80,6 +94,7 @@ for ((r = 1; r <= repeats; r++)); do
       "${args[@]}" --train-steps 0 --sample-steps "$ss" --sgemm-size 0
   done
   # The 2-D toy: training at batch 25, sampling 1200 points over 1000 steps.
+  wanted toy2d || continue
   record toy2d train difflab -- "$bin" bench --config configs/toy2d.yaml --batch 25 \
     --train-steps "$toy_train" --warmup 20 --sample-steps 0 "${common[@]}"
   record toy2d train reference -- "$py" scripts/bench/toy2d_ref.py --batch 25 \
