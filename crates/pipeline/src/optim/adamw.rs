@@ -201,8 +201,11 @@ impl AdamW {
     /// none), zeroed once read, and with `ema = Some((shadows, w))` the shadow of the same name
     /// moved toward the new weights, `shadow ← lerp(shadow, θ, w)` (what [`super::Ema::update`]
     /// does at a step that averages, `w = 1 − decay`). The results are those of the separate
-    /// calls, bit for bit. Parameters the kernel does not take go through the same three steps
-    /// one by one; a parameter without a gradient is not stepped, but its shadow is averaged.
+    /// calls, bit for bit: a parameter whose shadow is laid out otherwise takes the fused step
+    /// without it and then the EMA's own pass, and one the kernel does not take at all goes
+    /// through the same three steps one by one (libtorch's operations for the update, as
+    /// [`AdamW::step`] would). A parameter without a gradient is not stepped, but its shadow is
+    /// averaged.
     ///
     /// # Panics
     /// When `shadows` lacks an optimised variable (the EMA store is checked against the model's
@@ -232,7 +235,20 @@ impl AdamW {
                     zero_grad: true,
                     ema: shadow.map(|(shadow, weight)| (shadow, weight as f32)),
                 };
-                if fused_cpu::adam_step(&p.var, &grad, &p.exp_avg, &p.exp_avg_sq, scalars, extras) {
+                let (m, v) = (&p.exp_avg, &p.exp_avg_sq);
+                if fused_cpu::adam_step(&p.var, &grad, m, v, scalars, extras) {
+                    continue;
+                }
+                // A shadow laid out otherwise: the fused step without it (as `step` would take
+                // it), then the EMA's own pass.
+                let without_ema = fused_cpu::Extras {
+                    ema: None,
+                    ..extras
+                };
+                if let Some((shadow, weight)) = shadow
+                    && fused_cpu::adam_step(&p.var, &grad, m, v, scalars, without_ema)
+                {
+                    super::ema::average_into(shadow, &p.var, weight);
                     continue;
                 }
                 if grad_scale != 1.0 && !fused_cpu::scale_in_place(&grad, grad_scale) {
@@ -572,9 +588,10 @@ mod tests {
     }
 
     /// `step_fused` (clipping factor, Adam, zeroing and the EMA in one pass) leaves the same
-    /// bits as the separate calls it replaces: on f32 tensors (the fused kernel, one of them
-    /// channels-last against a contiguous EMA copy, so that one goes the long way), on f64
-    /// (the tensor path), and for a variable without a gradient (not stepped, still averaged).
+    /// bits as the separate calls it replaces: on f32 tensors (the fused kernel; one of them
+    /// channels-last against a contiguous EMA copy, which takes the fused step without the EMA
+    /// and then the EMA's own pass), on f64 (the tensor path), and for a variable without a
+    /// gradient (not stepped, still averaged).
     #[test]
     fn step_fused_equals_the_separate_calls() {
         let config = OptimizerConfig {
