@@ -215,11 +215,13 @@ pub fn bench_training(
     let training = &config.training;
     let schedule: NoiseSchedule = config.schedule.build()?;
     let (process, loss_kind) = build_process(config, &schedule, device)?;
+    let rng = generator_lock();
     tch::manual_seed(mix(config.seed, u64::MAX) as i64);
     let vs = nn::VarStore::new(device);
     let network = Network::build(&vs.root(), &config.model)?;
     let mut ema_vs = nn::VarStore::new(device);
     let _ema_network = Network::build(&ema_vs.root(), &config.model)?;
+    drop(rng);
     lay_out_for_training(config, &vs, &ema_vs);
     let mut ema = Ema::new(&vs, &ema_vs, &training.ema)?;
     let mut optimizer = AdamW::new(&vs, &training.optimizer);
@@ -303,9 +305,11 @@ pub fn bench_sampling(
     sampler_config.kind = SamplerKind::Ddim;
     sampler_config.steps = Some(settings.sample_steps);
     let sampler = sampler_config.build(&schedule, None)?;
+    let rng = generator_lock();
     tch::manual_seed(mix(config.seed, u64::MAX) as i64);
     let vs = nn::VarStore::new(device);
     let network = Network::build(&vs.root(), &config.model)?;
+    drop(rng);
     let denoiser = NetworkDenoiser::new(&network, config.objective);
     let example = synthetic_batch(config, settings.batch, settings.resolution);
     let cond = Conditioning {

@@ -389,12 +389,15 @@ pub fn train_with_evaluator(
     let schedule: NoiseSchedule = config.schedule.build()?;
     let (process, loss_kind) = build_process(config, &schedule, device)?;
 
-    // Model, EMA copy, optimizer — initialised from the seed.
+    // Model, EMA copy, optimizer — initialised from the seed, holding libtorch's global
+    // generator so that another thread's draws cannot land between the seed and the weights.
+    let rng = generator_lock();
     tch::manual_seed(mix(config.seed, u64::MAX) as i64);
     let mut vs = nn::VarStore::new(device);
     let network = Network::build(&vs.root(), &config.model)?;
     let mut ema_vs = nn::VarStore::new(device);
     let ema_network = Network::build(&ema_vs.root(), &config.model)?;
+    drop(rng);
     lay_out_for_training(config, &vs, &ema_vs);
     let fingerprint = model_fingerprint(&config.model);
 
