@@ -25,7 +25,7 @@
 
 use std::ops::Range;
 
-use tch::{Device, Kind, Tensor, nn};
+use tch::{Device, Kind, Tensor, nn, nn::Module};
 
 use crate::blas::{self, RawMatrix, gemm_block};
 use crate::cpu_kernels::{self, is_contiguous_cpu_f32};
@@ -169,7 +169,7 @@ impl MlpDenoiser {
             // the products need; each thread writes only its own columns `cols` of outputs (or
             // rows of weight gradients) and reads what earlier regions finished.
             unsafe {
-                linear_block(tp, c, l1, &[], cols.clone());
+                linear_block(tp, c, l1, cols.clone());
                 activate_block(Activation::Silu, tp, th, cols);
             }
         });
@@ -177,9 +177,9 @@ impl MlpDenoiser {
         let input = RawLinear::params(&self.input);
         region(temb.max(hidden), |share| unsafe {
             let cols = share.of(temb);
-            linear_block(e, th, l2, &[], cols.clone());
+            linear_block(e, th, l2, cols.clone());
             activate_block(act, e, ea, cols);
-            linear_block(h0, xs, input, &[], share.of(hidden));
+            linear_block(h0, xs, input, share.of(hidden));
         });
         let mut inputs = vec![x, projected];
         let mut pre = Vec::with_capacity(self.layers.len());
@@ -197,7 +197,7 @@ impl MlpDenoiser {
                 let cols = share.of(hidden);
                 if shared {
                     // One row of `act(e) Uᵀ + c` for the whole batch, added like a bias.
-                    linear_block(row, ea, proj, &[], cols.clone());
+                    linear_block(row, ea, proj, cols.clone());
                     fill_rows(zm, &[lin.b, Some(row)], cols.clone());
                 } else {
                     fill_rows(zm, &[lin.b, proj.b], cols.clone());
@@ -210,9 +210,8 @@ impl MlpDenoiser {
             pre.push(z);
         }
         let last = inputs.last().expect("the last layer");
-        let out = matrix(batch, self.config.data_dim);
-        blas::broadcast_rows(&out, &[self.output.bs.as_ref()]);
-        blas::gemm(&out, last, false, &self.output.ws, true, true);
+        let out =
+            blas::linear_inference(last, &self.output).unwrap_or_else(|| self.output.forward(last));
         let tape = MlpTape {
             code,
             time_pre,
@@ -444,28 +443,14 @@ impl MlpDenoiser {
     }
 }
 
-/// A fresh `[rows, cols]` f32 CPU matrix.
-fn matrix(rows: i64, cols: i64) -> Tensor {
-    Tensor::empty([rows, cols], (Kind::Float, Device::Cpu))
-}
-
-/// Columns `cols` of a linear layer's output `out = x Wᵀ + b (+ the `extra` bias rows)`.
+/// Columns `cols` of a linear layer's output `out = x Wᵀ + b`.
 ///
 /// # Safety
 /// As [`gemm_block`] for `out` `[B, out]`, `x` `[B, in]`, the layer's `W` `[out, in]`.
-unsafe fn linear_block(
-    out: RawMatrix,
-    x: RawMatrix,
-    layer: RawLinear,
-    extra: &[Option<RawMatrix>],
-    cols: Range<i64>,
-) {
-    let biases: Vec<Option<RawMatrix>> = std::iter::once(layer.b)
-        .chain(extra.iter().copied())
-        .collect();
+unsafe fn linear_block(out: RawMatrix, x: RawMatrix, layer: RawLinear, cols: Range<i64>) {
     // SAFETY: forwarded from the caller.
     unsafe {
-        fill_rows(out, &biases, cols.clone());
+        fill_rows(out, &[layer.b], cols.clone());
         gemm_block(out, x, false, layer.w, true, true, 0..out.rows, cols);
     }
 }

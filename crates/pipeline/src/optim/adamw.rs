@@ -227,6 +227,8 @@ impl AdamW {
                 (shadow, weight)
             });
             let grad = p.var.grad();
+            // Whether the shadow was averaged inside the fused pass.
+            let mut averaged = false;
             if grad.defined() {
                 p.step += 1;
                 let scalars = step_scalars(&config, lr, p.step);
@@ -235,31 +237,23 @@ impl AdamW {
                     zero_grad: true,
                     ema: shadow.map(|(shadow, weight)| (shadow, weight as f32)),
                 };
-                let (m, v) = (&p.exp_avg, &p.exp_avg_sq);
-                if fused_cpu::adam_step(&p.var, &grad, m, v, scalars, extras) {
-                    continue;
-                }
-                // A shadow laid out otherwise: the fused step without it (as `step` would take
-                // it), then the EMA's own pass.
-                let without_ema = fused_cpu::Extras {
-                    ema: None,
-                    ..extras
-                };
-                if let Some((shadow, weight)) = shadow
-                    && fused_cpu::adam_step(&p.var, &grad, m, v, scalars, without_ema)
-                {
-                    super::ema::average_into(shadow, &p.var, weight);
-                    continue;
-                }
-                if grad_scale != 1.0 && !fused_cpu::scale_in_place(&grad, grad_scale) {
-                    let _ = grad.shallow_clone().g_mul_scalar_(f64::from(grad_scale));
-                }
-                tensor_step(&config, p, grad.shallow_clone(), lr);
-                if !fused_cpu::zero_in_place(&grad) {
-                    p.var.zero_grad();
+                let (var, m, v) = (&p.var, &p.exp_avg, &p.exp_avg_sq);
+                averaged = fused_cpu::adam_step(var, &grad, m, v, scalars, extras);
+                // A shadow laid out otherwise: the fused step without it, as `step` takes it.
+                let fused = averaged
+                    || (extras.ema.is_some()
+                        && fused_cpu::adam_step(var, &grad, m, v, scalars, extras.no_ema()));
+                if !fused {
+                    if grad_scale != 1.0 && !fused_cpu::scale_in_place(&grad, grad_scale) {
+                        let _ = grad.shallow_clone().g_mul_scalar_(f64::from(grad_scale));
+                    }
+                    tensor_step(&config, p, grad.shallow_clone(), lr);
+                    if !fused_cpu::zero_in_place(&grad) {
+                        p.var.zero_grad();
+                    }
                 }
             }
-            if let Some((shadow, weight)) = shadow {
+            if let (Some((shadow, weight)), false) = (shadow, averaged) {
                 super::ema::average_into(shadow, &p.var, weight);
             }
         }

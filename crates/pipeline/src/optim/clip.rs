@@ -18,12 +18,10 @@ use super::fused_cpu;
 /// logging). A non-finite norm (NaN/inf gradients) is returned as is with the gradients left
 /// untouched: the caller decides whether to skip the step. No gradients: returns 0.
 pub fn clip_grad_norm(vs: &VarStore, max_norm: f64) -> f64 {
-    let (norm, factor) = clip_grad_norm_deferred(vs, max_norm);
-    if factor != 1.0 {
-        for g in trainable_grads(vs) {
-            fused_cpu::scale_in_place(&g, factor);
-        }
-    }
+    let _guard = tch::no_grad_guard();
+    let grads = trainable_grads(vs);
+    let (norm, factor) = clip_deferred(&grads, max_norm);
+    scale_all(&grads, factor);
     norm
 }
 
@@ -34,13 +32,27 @@ pub fn clip_grad_norm(vs: &VarStore, max_norm: f64) -> f64 {
 /// scaled in place, as [`clip_grad_norm`] does, and the factor is 1.
 pub fn clip_grad_norm_deferred(vs: &VarStore, max_norm: f64) -> (f64, f32) {
     let _guard = tch::no_grad_guard();
-    let grads = trainable_grads(vs);
+    clip_deferred(&trainable_grads(vs), max_norm)
+}
+
+/// [`clip_grad_norm_deferred`] of these gradients.
+fn clip_deferred(grads: &[Tensor], max_norm: f64) -> (f64, f32) {
     if grads.is_empty() {
         return (0.0, 1.0);
     }
-    match fused_cpu_clip_factor(&grads, max_norm) {
-        Some(both) => both,
-        None => (tensor_clip(grads, max_norm), 1.0),
+    fused_cpu_clip_factor(grads, max_norm).unwrap_or_else(|| {
+        let grads = grads.iter().map(Tensor::shallow_clone).collect();
+        (tensor_clip(grads, max_norm), 1.0)
+    })
+}
+
+/// Each gradient multiplied by `factor` in place (dense f32 CPU tensors, which a factor other
+/// than 1 implies).
+fn scale_all(grads: &[Tensor], factor: f32) {
+    if factor != 1.0 {
+        for g in grads {
+            fused_cpu::scale_in_place(g, factor);
+        }
     }
 }
 
@@ -104,11 +116,7 @@ fn fused_cpu_clip_factor(grads: &[Tensor], max_norm: f64) -> Option<(f64, f32)> 
 #[cfg(test)]
 fn fused_cpu_clip(grads: &[Tensor], max_norm: f64) -> Option<f64> {
     let (norm, factor) = fused_cpu_clip_factor(grads, max_norm)?;
-    if factor != 1.0 {
-        for g in grads {
-            fused_cpu::scale_in_place(g, factor);
-        }
-    }
+    scale_all(grads, factor);
     Some(norm)
 }
 

@@ -80,13 +80,18 @@ pub(crate) struct Extras<'a> {
     pub ema: Option<(&'a Tensor, f32)>,
 }
 
-impl Extras<'_> {
+impl<'a> Extras<'a> {
     /// The Adam update alone.
     pub const NONE: Extras<'static> = Extras {
         grad_scale: 1.0,
         zero_grad: false,
         ema: None,
     };
+
+    /// The same extras without the EMA.
+    pub fn no_ema(self) -> Self {
+        Self { ema: None, ..self }
+    }
 }
 
 /// One Adam/AdamW step of one parameter, now, in place: `var`, `exp_avg` and `exp_avg_sq` are
