@@ -50,14 +50,17 @@ export OMP_NUM_THREADS="$threads" MKL_NUM_THREADS="$threads"
 
 jsonl="${out%.md}.jsonl"
 : > "$jsonl"
-record() { # case figure side -- command...
-  local case="$1" figure="$2" side="$3"; shift 4
-  local line
+record() { # case figure[,figure...] side -- command...
+  # One run, recorded once per named figure (two figures can share one side's run).
+  local case="$1" figures="$2" side="$3"; shift 4
+  local line figure
   if line=$("$@" 2>/dev/null | tail -n 1) && [ -n "$line" ]; then
-    printf '{"case":"%s","figure":"%s","side":"%s","result":%s}\n' \
-      "$case" "$figure" "$side" "$line" >> "$jsonl"
+    for figure in ${figures//,/ }; do
+      printf '{"case":"%s","figure":"%s","side":"%s","result":%s}\n' \
+        "$case" "$figure" "$side" "$line" >> "$jsonl"
+    done
   else
-    echo "warning: $case $figure $side failed" >&2
+    echo "warning: $case $figures $side failed" >&2
   fi
 }
 
@@ -93,11 +96,16 @@ for ((r = 1; r <= repeats; r++)); do
     record "$name" sample reference -- "$py" scripts/bench/diffusers_ref.py --model "$dir" \
       "${args[@]}" --train-steps 0 --sample-steps "$ss" --sgemm-size 0
   done
-  # The 2-D toy: training at batch 25, sampling 1200 points over 1000 steps.
+  # The 2-D toy: training at batch 25, sampling 1200 points over 1000 steps. `train` compares
+  # the same work: configs/toy2d.yaml clips to 1.0 and keeps an EMA (0.995, warm-up), so the
+  # recipe gets both; `train-recipe` pits the same difflab run against the seed recipe as
+  # written (plain Adam, no clipping, no EMA: less work than difflab's step, a lower bound).
   wanted toy2d || continue
-  record toy2d train difflab -- "$bin" bench --config configs/toy2d.yaml --batch 25 \
-    --train-steps "$toy_train" --warmup 20 --sample-steps 0 "${common[@]}"
+  record toy2d train,train-recipe difflab -- "$bin" bench --config configs/toy2d.yaml \
+    --batch 25 --train-steps "$toy_train" --warmup 20 --sample-steps 0 "${common[@]}"
   record toy2d train reference -- "$py" scripts/bench/toy2d_ref.py --batch 25 \
+    --train-steps "$toy_train" --sample-runs 0 --ema-decay 0.995 --grad-clip 1.0 "${common[@]}"
+  record toy2d train-recipe reference -- "$py" scripts/bench/toy2d_ref.py --batch 25 \
     --train-steps "$toy_train" --sample-runs 0 "${common[@]}"
   record toy2d sample difflab -- "$bin" bench --config configs/toy2d.yaml --batch 1200 \
     --train-steps 0 --sample-steps 1000 --sample-runs "$toy_runs" --sgemm-size 0 "${common[@]}"

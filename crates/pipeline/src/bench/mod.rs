@@ -17,7 +17,7 @@ use tch::{Device, Kind, Tensor, nn};
 use crate::data::Batch;
 use crate::optim::{AdamW, Ema, clip_grad_norm_deferred};
 use crate::train::{
-    Autocast, TrainError, Update, apply_update, build_process, lay_out_for_training,
+    Autocast, GradBuffers, TrainError, Update, apply_update, build_process, lay_out_for_training,
     micro_batch_loss, mix,
 };
 use crate::{ExperimentConfig, ModelConfig, Network, NetworkDenoiser};
@@ -183,7 +183,7 @@ fn example_shape(config: &ExperimentConfig, batch: i64, resolution: i64) -> Vec<
 
 /// A synthetic batch in [−1, 1] with whatever conditioning the model takes (the data loader
 /// is measured on its own: this times the model, loss and optimizer only).
-fn synthetic_batch(config: &ExperimentConfig, batch: i64, resolution: i64) -> Batch {
+pub(crate) fn synthetic_batch(config: &ExperimentConfig, batch: i64, resolution: i64) -> Batch {
     let f = (Kind::Float, Device::Cpu);
     let x = Tensor::rand(example_shape(config, batch, resolution), f) * 2.0 - 1.0;
     let (mut class_labels, mut label_vector, mut cond_image) = (None, None, None);
@@ -225,6 +225,7 @@ pub fn bench_training(
     lay_out_for_training(config, &vs, &ema_vs);
     let mut ema = Ema::new(&vs, &ema_vs, &training.ema)?;
     let mut optimizer = AdamW::new(&vs, &training.optimizer);
+    let mut grads = GradBuffers::default();
     let null_class = match &config.model {
         ModelConfig::Unet(u) if u.null_class => u.num_classes,
         _ => None,
@@ -255,7 +256,7 @@ pub fn bench_training(
             // The trainer reads the loss (for NaN checks and logging) every step.
             let _value = loss.loss.double_value(&[]);
             clock.lap(0);
-            loss.backward(&network, 1.0);
+            grads.backward(loss, &network, 1.0, &mut optimizer);
             clock.lap(1);
         }
         let (_norm, grad_scale) = clip_grad_norm_deferred(&vs, training.grad_clip);
@@ -265,7 +266,14 @@ pub fn bench_training(
             step: step + 1,
             grad_scale,
         };
-        apply_update(&mut optimizer, &mut ema, &vs, &mut ema_vs, update);
+        apply_update(
+            &mut optimizer,
+            &mut ema,
+            &vs,
+            &mut ema_vs,
+            &mut grads,
+            update,
+        );
         clock.lap(3);
         if step as usize >= settings.warmup {
             let dt = start.elapsed().as_secs_f64();
@@ -391,7 +399,7 @@ model:
                 micro_batch_loss(&batch, &network, &process, &config, loss_kind, None, device);
             assert!(loss.is_taped(), "the MLP takes the hand-written backward");
             let value = loss.loss.double_value(&[]);
-            loss.backward(&network, divisor);
+            loss.backward(&network, divisor, true);
             let mut grads: Vec<(String, Tensor)> = vs
                 .variables()
                 .into_iter()

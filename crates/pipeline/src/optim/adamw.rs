@@ -198,7 +198,9 @@ impl AdamW {
     /// where difflab's kernel takes it (dense f32 CPU tensors laid out alike), instead of three
     /// passes over memory and three parallel regions per parameter: each gradient multiplied by
     /// `grad_scale` first (the factor [`super::clip_grad_norm_deferred`] left to apply; 1 for
-    /// none), zeroed once read, and with `ema = Some((shadows, w))` the shadow of the same name
+    /// none), zeroed once read with `zero_grad` (without, the gradients are left holding
+    /// unspecified values, for a backward pass that overwrites them: the MLP's taped pass,
+    /// which so spares this pass a write of every gradient), and with `ema = Some((shadows, w))` the shadow of the same name
     /// moved toward the new weights, `shadow ← lerp(shadow, θ, w)` (what [`super::Ema::update`]
     /// does at a step that averages, `w = 1 − decay`). The results are those of the separate
     /// calls, bit for bit: a parameter whose shadow is laid out otherwise takes the fused step
@@ -215,6 +217,7 @@ impl AdamW {
         lr: f64,
         grad_scale: f32,
         ema: Option<(&HashMap<String, Tensor>, f64)>,
+        zero_grad: bool,
     ) {
         let _guard = tch::no_grad_guard();
         let config = self.config.clone();
@@ -234,7 +237,7 @@ impl AdamW {
                 let scalars = step_scalars(&config, lr, p.step);
                 let extras = fused_cpu::Extras {
                     grad_scale,
-                    zero_grad: true,
+                    zero_grad,
                     ema: shadow.map(|(shadow, weight)| (shadow, weight as f32)),
                 };
                 let (var, m, v) = (&p.var, &p.exp_avg, &p.exp_avg_sq);
@@ -248,7 +251,7 @@ impl AdamW {
                         let _ = grad.shallow_clone().g_mul_scalar_(f64::from(grad_scale));
                     }
                     tensor_step(&config, p, grad.shallow_clone(), lr);
-                    if !fused_cpu::zero_in_place(&grad) {
+                    if zero_grad && !fused_cpu::zero_in_place(&grad) {
                         p.var.zero_grad();
                     }
                 }
@@ -640,7 +643,15 @@ mod tests {
                 total.backward();
             }
             let (scale, weight) = (0.8_f32, 0.01);
-            fused.step_fused(1e-3, scale, Some((&ema_a.variables(), weight)));
+            // The middle step leaves the gradients for an overwriting backward pass; they are
+            // zeroed here instead, as that pass would overwrite them.
+            let zero = step != 1;
+            fused.step_fused(1e-3, scale, Some((&ema_a.variables(), weight)), zero);
+            if !zero {
+                let left = vs_a.variables()["a"].grad().abs().max().double_value(&[]);
+                assert!(left > 0.0, "gradients left in place");
+                fused.zero_grad();
+            }
             for v in vs_b.variables().values() {
                 let g = v.grad();
                 if g.defined() {

@@ -1,6 +1,7 @@
 //! Training one model (a base model, an SR stage or one expert) from an experiment config.
 
 mod config;
+mod grads;
 mod memory_format;
 mod objective;
 mod precision;
@@ -8,6 +9,7 @@ mod run_dir;
 mod trainer;
 
 pub use config::{LoggingConfig, NanPolicy, ProcessConfig, TrainingConfig};
+pub(crate) use grads::GradBuffers;
 pub use memory_format::{MemoryFormat, store_to_channels_last, to_channels_last};
 pub use objective::{
     GaussianLossInputs, LossKind, RegressionLoss, cold_loss, gaussian_loss, min_snr_weight,

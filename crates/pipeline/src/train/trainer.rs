@@ -17,8 +17,8 @@ use sha2::{Digest, Sha256};
 use tch::{Device, Kind, Tensor, nn};
 
 use super::{
-    Autocast, GaussianLossInputs, LossKind, NanPolicy, ProcessConfig, RunDir, cold_loss,
-    gaussian_loss, store_to_channels_last, to_channels_last,
+    Autocast, GaussianLossInputs, GradBuffers, LossKind, NanPolicy, ProcessConfig, RunDir,
+    cold_loss, gaussian_loss, store_to_channels_last, to_channels_last,
 };
 use crate::cascade::{area_downsample, augment_at_level, augment_lowres};
 use crate::checkpoint::{
@@ -408,6 +408,7 @@ pub fn train_with_evaluator(
     }
     let mut ema = Ema::new(&vs, &ema_vs, &training.ema)?;
     let mut optimizer = AdamW::new(&vs, &training.optimizer);
+    let mut grads = GradBuffers::default();
     if let Some(dir) = &resume_from {
         let state = read_state(dir)?;
         let found = state["model_fingerprint"]
@@ -538,7 +539,7 @@ pub fn train_with_evaluator(
             finite &= value.is_finite();
             loss_sum += value;
             if finite {
-                loss.backward(&network, training.grad_accum as f64);
+                grads.backward(loss, &network, training.grad_accum as f64, &mut optimizer);
             }
         }
         let loss_value = loss_sum / training.grad_accum as f64;
@@ -559,7 +560,7 @@ pub fn train_with_evaluator(
                     });
                 }
                 NanPolicy::Skip => {
-                    optimizer.zero_grad();
+                    grads.discard(&mut optimizer);
                     skipped += 1;
                     progress.message(&format!(
                         "step {}: non-finite {what}, batch skipped ({skipped} so far)",
@@ -573,7 +574,14 @@ pub fn train_with_evaluator(
                 step: step + 1,
                 grad_scale,
             };
-            apply_update(&mut optimizer, &mut ema, &vs, &mut ema_vs, update);
+            apply_update(
+                &mut optimizer,
+                &mut ema,
+                &vs,
+                &mut ema_vs,
+                &mut grads,
+                update,
+            );
             last_loss = loss_value;
         }
         step += 1;
@@ -664,8 +672,6 @@ pub fn train_with_evaluator(
     })
 }
 
-/// The parameter update of optimizer step `step` (1 for the first) once the gradients are in:
-/// AdamW at `lr`, gradients zeroed, then the EMA.
 /// Put the model's and the EMA model's weights in the layout `training.memory_format` asks for
 /// (see [`super::memory_format`]); call before the optimizer is built.
 pub(crate) fn lay_out_for_training(
@@ -683,18 +689,29 @@ pub(crate) fn lay_out_for_training(
     }
 }
 
+/// The parameter update once a step's gradients are in: AdamW at `update.lr` with the
+/// clipping factor, the gradients zeroed (unless the next backward pass overwrites them, see
+/// [`GradBuffers`]), then the EMA.
 pub(crate) fn apply_update(
     optimizer: &mut AdamW,
     ema: &mut Ema,
     vs: &nn::VarStore,
     ema_vs: &mut nn::VarStore,
+    grads: &mut GradBuffers,
     update: Update,
 ) {
     // The optimizer step, the clipping factor, zeroing and (at steps that average) the EMA in
     // one pass over each parameter; the EMA's copies and untrained variables after it.
     let weight = ema.averaging_weight(update.step);
     let shadows = weight.map(|_| ema_vs.variables());
-    optimizer.step_fused(update.lr, update.grad_scale, shadows.as_ref().zip(weight));
+    let zero = grads.zero_in_update();
+    optimizer.step_fused(
+        update.lr,
+        update.grad_scale,
+        shadows.as_ref().zip(weight),
+        zero,
+    );
+    grads.updated();
     let averaged: std::collections::HashSet<&str> = match weight {
         Some(_) => optimizer.names().collect(),
         None => Default::default(),
@@ -726,20 +743,34 @@ pub(crate) struct MicroBatchLoss {
 }
 
 impl MicroBatchLoss {
-    /// Whether the network ran without an autograd graph (the MLP's taped forward pass).
+    /// A loss that backpropagates through autograd (for tests of the training loop's parts).
     #[cfg(test)]
+    pub(crate) fn through_autograd(loss: Tensor) -> Self {
+        Self { loss, taped: None }
+    }
+
+    /// Whether the network ran without an autograd graph (the MLP's taped forward pass).
     pub(crate) fn is_taped(&self) -> bool {
         self.taped.is_some()
     }
 
     /// Backpropagate `loss / divisor` into the network's gradients: the MLP's hand-written
-    /// pass from the loss's written-out output gradient when the forward pass was taped,
-    /// autograd otherwise.
-    pub(crate) fn backward(self, network: &Network, divisor: f64) {
+    /// pass from the loss's written-out output gradient when the forward pass was taped
+    /// (adding to the gradients with `accumulate`, replacing them without), autograd
+    /// otherwise (which always adds: `accumulate` must be set). Training loops call it
+    /// through [`GradBuffers::backward`].
+    pub(crate) fn backward(self, network: &Network, divisor: f64, accumulate: bool) {
         match (self.taped, network) {
-            (Some((grad, tape)), Network::Mlp(mlp)) if divisor == 1.0 => mlp.backward(tape, &grad),
-            (Some((grad, tape)), Network::Mlp(mlp)) => mlp.backward(tape, &(grad / divisor)),
+            (Some((grad, tape)), Network::Mlp(mlp)) if divisor == 1.0 => {
+                mlp.backward(tape, &grad, accumulate)
+            }
+            (Some((grad, tape)), Network::Mlp(mlp)) => {
+                mlp.backward(tape, &(grad / divisor), accumulate)
+            }
             (Some(_), _) => unreachable!("only the MLP records a tape"),
+            (None, _) if !accumulate => {
+                panic!("autograd adds to the gradients: zero them first (GradBuffers)")
+            }
             (None, _) if divisor == 1.0 => self.loss.backward(),
             (None, _) => (self.loss / divisor).backward(),
         }

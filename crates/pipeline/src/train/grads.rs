@@ -1,0 +1,162 @@
+//! What the parameters' gradients hold between optimizer steps.
+//!
+//! PyTorch's `zero_grad(set_to_none=True)` drops the gradients after a step so that the next
+//! backward pass writes fresh ones instead of adding to zeros. tch cannot drop a `.grad`, but
+//! the MLP's taped backward pass can overwrite one ([`difflab_models::MlpDenoiser::backward`]),
+//! so for a taped network the update leaves the gradients as they are and skips its write of
+//! zeros into every one of them, which on the 2-D toy is a tenth of the update pass's memory
+//! traffic. Autograd only ever adds, so for every other network the update zeroes them, as
+//! before.
+
+use crate::network::Network;
+use crate::optim::AdamW;
+
+use super::trainer::MicroBatchLoss;
+
+/// Tracks whether the parameters' `.grad` hold the last applied step's values (left there for
+/// an overwriting backward pass) or this step's sums so far, and so whether the next backward
+/// pass overwrites, adds, or needs them zeroed first. One per training loop.
+#[derive(Debug, Default)]
+pub(crate) struct GradBuffers {
+    /// The gradients hold what the last update left: the next backward pass must not add to
+    /// them.
+    stale: bool,
+    /// The last backward pass was the MLP's taped one, which can overwrite.
+    taped: bool,
+}
+
+impl GradBuffers {
+    /// Backpropagate one micro-batch's `loss` divided by `divisor` into the gradients: the
+    /// taped MLP overwrites stale gradients and adds to current ones; autograd adds, after
+    /// `optimizer` zeroed stale ones.
+    pub(crate) fn backward(
+        &mut self,
+        loss: MicroBatchLoss,
+        network: &Network,
+        divisor: f64,
+        optimizer: &mut AdamW,
+    ) {
+        self.taped = loss.is_taped();
+        let overwrite = self.stale && self.taped;
+        if self.stale && !self.taped {
+            optimizer.zero_grad();
+        }
+        loss.backward(network, divisor, !overwrite);
+        self.stale = false;
+    }
+
+    /// Whether the update after this step's backward passes must zero the gradients: not when
+    /// the network's backward pass overwrites them.
+    pub(crate) fn zero_in_update(&self) -> bool {
+        !self.taped
+    }
+
+    /// Record an update that zeroed the gradients as [`GradBuffers::zero_in_update`] said.
+    pub(crate) fn updated(&mut self) {
+        self.stale = self.taped;
+    }
+
+    /// Zero the gradients now (a step skipped for a non-finite loss or norm): whatever the
+    /// backward passes added is dropped.
+    pub(crate) fn discard(&mut self, optimizer: &mut AdamW) {
+        optimizer.zero_grad();
+        self.stale = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use difflab_samplers::generator_lock;
+    use difflab_schedulers::NoiseSchedule;
+    use tch::{Device, Kind, Tensor, nn};
+
+    use super::*;
+    use crate::optim::OptimizerConfig;
+    use crate::train::{build_process, micro_batch_loss};
+
+    /// Stale gradients (what an update left for the taped MLP) are overwritten by its next
+    /// backward pass and added to by the micro-batches after it; before an autograd pass they
+    /// are zeroed. Each gives the bits of the same passes into zeroed gradients.
+    #[test]
+    fn stale_gradients_are_overwritten_or_zeroed_first() {
+        let config = crate::config::parse_config(
+            "name: toy\ndata:\n  kind: toy2d\nmodel:\n  kind: mlp\n  hidden: 16\n  layers: 2\n",
+            std::path::Path::new("toy.yaml"),
+            &[],
+        )
+        .expect("config");
+        let device = Device::Cpu;
+        let schedule: NoiseSchedule = config.schedule.build().expect("schedule");
+        let (process, loss_kind) = build_process(&config, &schedule, device).expect("process");
+        let vs = nn::VarStore::new(device);
+        let network = Network::build(&vs.root(), &config.model).expect("network");
+        let Network::Mlp(mlp) = &network else {
+            panic!("an MLP")
+        };
+        let batch = crate::bench::synthetic_batch(&config, 6, 8);
+        let taped_loss = |seed: i64| {
+            let _rng = generator_lock();
+            tch::manual_seed(seed);
+            let loss =
+                micro_batch_loss(&batch, &network, &process, &config, loss_kind, None, device);
+            assert!(loss.is_taped());
+            loss
+        };
+        let (x, t) = (
+            Tensor::from_slice(&[0.3_f32, -1.0, 2.0, 0.5]).view([2, 2]),
+            Tensor::from_slice(&[7_i64, 420]),
+        );
+        let autograd_loss =
+            || MicroBatchLoss::through_autograd(mlp.forward(&x, &t).square().mean(Kind::Float));
+        let grads = || {
+            let mut all: Vec<(String, Tensor)> = vs
+                .variables()
+                .into_iter()
+                .map(|(name, v)| (name, v.grad().copy()))
+                .collect();
+            all.sort_by(|a, b| a.0.cmp(&b.0));
+            all
+        };
+        let assert_same = |got: &[(String, Tensor)], want: &[(String, Tensor)], what: &str| {
+            assert_eq!(
+                got.len(),
+                16,
+                "every weight and bias of the 8 linear layers"
+            );
+            for ((name, g), (_, w)) in got.iter().zip(want) {
+                assert!(g.equal(w), "{what}: {name}");
+            }
+        };
+        let mut optimizer = AdamW::new(&vs, &OptimizerConfig::default());
+
+        // Into zeroed gradients: seed 11, then seed 11 and 12 added (two micro-batches), and
+        // the autograd pass.
+        let mut fresh = GradBuffers::default();
+        fresh.backward(taped_loss(11), &network, 2.0, &mut optimizer);
+        let one = grads();
+        fresh.backward(taped_loss(12), &network, 2.0, &mut optimizer);
+        let two = grads();
+        fresh.discard(&mut optimizer);
+        fresh.backward(autograd_loss(), &network, 1.0, &mut optimizer);
+        let autograd = grads();
+
+        // A step's passes, an update that leaves the gradients (the taped MLP's), then the
+        // same two micro-batches: the first overwrites, the second adds.
+        let mut buffers = GradBuffers::default();
+        buffers.backward(taped_loss(5), &network, 1.0, &mut optimizer);
+        assert!(
+            !buffers.zero_in_update(),
+            "the taped MLP's update leaves them"
+        );
+        buffers.updated();
+        buffers.backward(taped_loss(11), &network, 2.0, &mut optimizer);
+        assert_same(&grads(), &one, "overwritten");
+        buffers.backward(taped_loss(12), &network, 2.0, &mut optimizer);
+        assert_same(&grads(), &two, "then added");
+        // Left stale again, then an autograd pass: zeroed first.
+        buffers.updated();
+        buffers.backward(autograd_loss(), &network, 1.0, &mut optimizer);
+        assert_same(&grads(), &autograd, "zeroed before autograd");
+        assert!(buffers.zero_in_update(), "autograd's update zeroes them");
+    }
+}
