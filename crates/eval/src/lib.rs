@@ -39,15 +39,13 @@ pub use samples::{read_image_folder, read_samples_csv};
 pub use suite::{Evaluation, ImageEvalOptions, evaluate_images, evaluate_toy};
 pub use toy::{ModeCoverage, energy_distance, mmd_rbf, mode_coverage};
 
-/// Standard-normal f64 draws from libtorch's global generator seeded with `seed`, holding a
-/// lock so that tests running in parallel threads cannot reseed it between the seeding and
-/// the draw (which made them see other tests' numbers).
+/// Standard-normal f64 draws from libtorch's global generator seeded with `seed`, holding
+/// difflab's generator lock so that code running in parallel threads (other tests, the
+/// reference classifier's initialisation) cannot reseed it between the seeding and the draw
+/// (which made them see other tests' numbers).
 #[cfg(test)]
 pub(crate) fn seeded_randn(shape: &[i64], seed: i64) -> tch::Tensor {
-    static GLOBAL_GENERATOR: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _guard = GLOBAL_GENERATOR
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _rng = difflab_samplers::generator_lock();
     tch::manual_seed(seed);
     tch::Tensor::randn(shape, (tch::Kind::Double, tch::Device::Cpu))
 }

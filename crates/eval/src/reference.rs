@@ -1,8 +1,9 @@
 //! Training, saving and loading a feature classifier — the shipped Fashion-MNIST reference
 //! (`checkpoints/fashion-mnist-lenet.*`) or one for any labelled difflab dataset.
 //!
-//! Training is deterministic: `tch::manual_seed(seed)` before the layers are created fixes the
-//! initialisation, and epoch `e` visits the train part in the order
+//! Training is deterministic: `tch::manual_seed(seed)` before the layers are created (under
+//! difflab's generator lock, so no other thread draws in between) fixes the initialisation,
+//! and epoch `e` visits the train part in the order
 //! `difflab_pipeline::data::epoch_permutation(len, seed, e)`; there is no dropout or data
 //! augmentation. Adam (lr 1e-3, cosine decay to 0 over all steps), cross-entropy, batch 128.
 //! On one machine with a fixed thread count the weights (and so their SHA-256) are identical
@@ -202,9 +203,13 @@ pub fn train_classifier(
         feature_dim: options.feature_dim,
     };
 
-    tch::manual_seed(options.seed as i64);
     let vs = nn::VarStore::new(device);
-    let net = LeNet::new(&vs.root(), &spec);
+    let net = {
+        // The initial weights come from the seed alone: no other thread's draws in between.
+        let _rng = difflab_samplers::generator_lock();
+        tch::manual_seed(options.seed as i64);
+        LeNet::new(&vs.root(), &spec)
+    };
     let mut opt = nn::Adam::default()
         .build(&vs, options.lr)
         .map_err(EvalError::Torch)?;
