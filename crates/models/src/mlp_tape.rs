@@ -595,9 +595,10 @@ mod tests {
 
     /// The taped forward and the hand-written gradients equal autograd's to rounding, for SiLU
     /// and ReLU, per-example and shared timesteps, and with gradients accumulated over two
-    /// passes (the first overwriting NaN-filled gradients, the second adding); GELU declines (autograd trains it). The wide case gives every region two or
-    /// more threads (on a machine with two cores or more) and a time embedding whose widths
-    /// differ from the hidden layers'.
+    /// passes (the first overwriting NaN-filled gradients, the second adding); GELU declines
+    /// (autograd trains it). The wide case gives every region two or more threads (on a
+    /// machine with two cores or more) and a time embedding whose widths differ from the
+    /// hidden layers'.
     #[test]
     fn taped_pass_matches_autograd() {
         let narrow = MlpConfig {

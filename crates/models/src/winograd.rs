@@ -57,7 +57,7 @@ pub const MIN_INPUT_CHANNELS: usize = 16;
 pub const CHANNEL_SPLIT_MAX_TILES: usize = 32;
 
 /// Transformed input plus products (bytes) a thread works on at a time (see
-/// [`WinogradF2::band_rows`]): half of a 1 MiB second-level cache.
+/// `WinogradF2::band_rows`): half of a 1 MiB second-level cache.
 pub const BAND_BYTES: usize = 512 << 10;
 
 /// Most input plus output channels for which [`WinogradF2::pays_off`]: up to 64 + 128 it was
@@ -188,7 +188,7 @@ impl WinogradF2 {
     }
 
     /// Elements of the transformed input `V` `[16, C_in, tiles]` (rows and planes padded,
-    /// see [`WinogradF2::row_stride`]).
+    /// see `WinogradF2::row_stride`).
     pub fn transformed_input_len(&self) -> usize {
         TILE_POSITIONS * self.plane_stride(self.c_in)
     }

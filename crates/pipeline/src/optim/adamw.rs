@@ -200,9 +200,10 @@ impl AdamW {
     /// `grad_scale` first (the factor [`super::clip_grad_norm_deferred`] left to apply; 1 for
     /// none), zeroed once read with `zero_grad` (without, the gradients are left holding
     /// unspecified values, for a backward pass that overwrites them: the MLP's taped pass,
-    /// which so spares this pass a write of every gradient), and with `ema = Some((shadows, w))` the shadow of the same name
-    /// moved toward the new weights, `shadow ← lerp(shadow, θ, w)` (what [`super::Ema::update`]
-    /// does at a step that averages, `w = 1 − decay`). The results are those of the separate
+    /// which so spares this pass a write of every gradient), and with
+    /// `ema = Some((shadows, w))` the shadow of the same name moved toward the new weights,
+    /// `shadow ← lerp(shadow, θ, w)` (what [`super::Ema::update`] does at a step that averages,
+    /// `w = 1 − decay`). The results are those of the separate
     /// calls, bit for bit: a parameter whose shadow is laid out otherwise takes the fused step
     /// without it and then the EMA's own pass, and one the kernel does not take at all goes
     /// through the same three steps one by one (libtorch's operations for the update, as
