@@ -2,8 +2,8 @@
 //!
 //! No package ships Inception weights, so standard FID cannot be computed offline. difflab
 //! instead measures samples in the feature space of a small LeNet-style classifier it trains
-//! itself ([`classifier`], [`reference`]): "classifier-FID" ([`frechet`]), KID ([`kid`]) and
-//! k-NN precision/recall ([`precision_recall`]), always beside the real-train-vs-real-test
+//! itself ([`classifier`], [`reference`](mod@reference)): "classifier-FID" ([`frechet`]), KID ([`kid`](mod@kid)) and
+//! k-NN precision/recall ([`precision_recall`](mod@precision_recall)), always beside the real-train-vs-real-test
 //! *floor* ([`suite`]). The 2-D toy gets distribution distances against fresh true samples
 //! ([`toy`]). `docs/evaluation.md` explains every number.
 //!

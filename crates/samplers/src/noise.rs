@@ -81,7 +81,7 @@ impl NoiseSource for GlobalSeedNoise {
 /// sampled in: changing `--batch-size` never changes the images.
 ///
 /// Image `i`'s stream is a `ChaCha8` generator seeded with `mix(seed, i)` (SplitMix64, see
-/// [`mix`]); each draw takes the next `C·H·W` standard normals from it, made by the Box–Muller
+/// `mix`); each draw takes the next `C·H·W` standard normals from it, made by the Box–Muller
 /// transform of pairs of 53-bit uniforms (computed in f64, rounded to f32). The whole batch is
 /// drawn on the host, without touching libtorch's global generator, and moved to the device in
 /// one copy.
