@@ -146,6 +146,23 @@ impl RawMatrix {
         (t, raw)
     }
 
+    /// The address of the first element (to match the matrix with its tensor's memory).
+    pub fn address(&self) -> usize {
+        self.ptr.get() as usize
+    }
+
+    /// Rows `rows` of a matrix without padding between rows (`ld == cols`) as one slice;
+    /// `None` for a padded one.
+    ///
+    /// # Safety
+    /// As [`RawMatrix::row`], for every element of those rows.
+    pub unsafe fn rows(&self, rows: Range<i64>) -> Option<&[f32]> {
+        let n = ((rows.end - rows.start) * self.cols) as usize;
+        let at = (rows.start * self.ld) as usize;
+        // SAFETY: the caller vouches for the rows, which are contiguous when `ld == cols`.
+        (self.ld == self.cols).then(|| unsafe { self.ptr.slice(at..at + n) })
+    }
+
     /// The elements `cols` of row `row`.
     ///
     /// # Safety

@@ -43,7 +43,7 @@ pub use diffusers::{DiffusersUNetConfig, export_diffusers_unet, load_diffusers_u
 pub use embeddings::{ClassEmbedding, SinusoidalConfig, TimestepEmbedding, sinusoidal_embedding};
 pub use error::ModelError;
 pub use mlp::{Activation, MlpConfig, MlpDenoiser};
-pub use mlp_tape::MlpTape;
+pub use mlp_tape::{GradSquares, MlpTape};
 pub use params::ParamCount;
 pub use resnet::{Resampling, ResnetBlock2D, ResnetConfig, TimeConditioning};
 pub use sr_unet::{LowresUpsample, SrUNet, SrUNetConfig};

@@ -24,13 +24,15 @@
 //! contiguous f32 CPU tensor, train through autograd.
 
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tch::{Device, Kind, Tensor, nn, nn::Module};
 
 use crate::blas::{self, RawMatrix, gemm_block};
-use crate::cpu_kernels::{self, is_contiguous_cpu_f32};
+use crate::cpu_kernels::{self, SUM_BLOCK, is_contiguous_cpu_f32, squares};
 use crate::embeddings::sinusoidal_embedding;
 use crate::mlp::{Activation, MlpDenoiser};
+use crate::omp_team::SyncPtr;
 use crate::{ModelError, omp_team};
 
 /// Fewest output columns per thread in a region (as [`blas::gemm`] splits small products).
@@ -55,6 +57,93 @@ pub struct MlpTape {
     inputs: Vec<Tensor>,
     /// The pre-activation of every hidden layer.
     pre: Vec<Tensor>,
+}
+
+/// Sums of squares of gradients that [`MlpDenoiser::backward`] wrote, each taken while the
+/// thread that wrote a block of it still had the block in its cache: for gradient clipping,
+/// which then need not read those gradients again. Each value has the bits of the clipping
+/// pass's own sum (the tensor's [`SUM_BLOCK`]-element blocks, each by [`squares`], added in
+/// order). Gradients whose blocks the threads' shares do not align with are left out.
+#[derive(Debug, Default)]
+pub struct GradSquares(Vec<(usize, f64)>);
+
+impl GradSquares {
+    /// `Σ g²` of gradient `grad`, if the pass recorded it.
+    pub fn get(&self, grad: &Tensor) -> Option<f64> {
+        let address = grad.data_ptr() as usize;
+        self.0
+            .iter()
+            .find(|(a, _)| *a == address)
+            .map(|&(_, sq)| sq)
+    }
+
+    /// How many gradients have their sum recorded.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether none has.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// A weight gradient's sums of squares over its [`SUM_BLOCK`]-element blocks, filled by the
+/// threads of the region that writes it.
+struct BlockSquares {
+    grad: RawMatrix,
+    /// One sum per block (written through `out`, each by the thread that owns the block).
+    sums: Vec<f64>,
+    out: SyncPtr<f64>,
+    /// A thread's rows did not start on a block boundary: the clipping pass takes this one.
+    misaligned: AtomicBool,
+}
+
+impl BlockSquares {
+    fn new(grad: RawMatrix) -> Self {
+        let n = (grad.rows * grad.cols) as usize;
+        let mut sums = vec![0.0; n.div_ceil(SUM_BLOCK)];
+        let out = SyncPtr(sums.as_mut_ptr());
+        Self {
+            grad,
+            sums,
+            out,
+            misaligned: AtomicBool::new(false),
+        }
+    }
+
+    /// The sums of the blocks that rows `rows` of the gradient cover, once this thread has
+    /// written them.
+    ///
+    /// # Safety
+    /// The gradient is alive, its rows `rows` are written and no thread writes them meanwhile,
+    /// and the threads of a region pass disjoint rows.
+    unsafe fn add_rows(&self, rows: Range<i64>) {
+        if rows.is_empty() {
+            return;
+        }
+        let start = (rows.start * self.grad.cols) as usize;
+        // SAFETY: forwarded from the caller.
+        match unsafe { self.grad.rows(rows) } {
+            Some(x) if start.is_multiple_of(SUM_BLOCK) => {
+                // SAFETY: the blocks from `start` on are this thread's alone (every share
+                // starts on a block boundary, or the flag below drops the whole tensor).
+                let sums = unsafe {
+                    self.out
+                        .slice_mut(start / SUM_BLOCK..(start + x.len()).div_ceil(SUM_BLOCK))
+                };
+                for (block, sum) in x.chunks(SUM_BLOCK).zip(sums) {
+                    *sum = squares(block);
+                }
+            }
+            _ => self.misaligned.store(true, Ordering::Relaxed),
+        }
+    }
+
+    /// `(address, Σ g²)`, unless a share was misaligned.
+    fn finish(self) -> Option<(usize, f64)> {
+        (!self.misaligned.into_inner()).then(|| (self.grad.address(), self.sums.iter().sum()))
+    }
 }
 
 /// One thread's share of a region: consecutive columns of every output it writes.
@@ -231,8 +320,16 @@ impl MlpDenoiser {
     /// included), which saves the optimizer a pass writing zeros into every gradient between
     /// steps (the effect of PyTorch's `zero_grad(set_to_none=True)`). Every parameter's
     /// gradient is written once per call, either way. Gradients that do not exist yet are
-    /// created (as zeros).
-    pub fn backward(&self, tape: MlpTape, grad_out: &Tensor, accumulate: bool) {
+    /// created (as zeros). With `sum_squares` (for the pass that completes a step's gradients)
+    /// it returns the weight gradients' sums of squares for clipping ([`GradSquares`]);
+    /// without, nothing.
+    pub fn backward(
+        &self,
+        tape: MlpTape,
+        grad_out: &Tensor,
+        accumulate: bool,
+        sum_squares: bool,
+    ) -> GradSquares {
         self.ensure_grads();
         let _guard = tch::no_grad_guard();
         let act = self.config.activation;
@@ -273,6 +370,11 @@ impl MlpDenoiser {
                     RawLinear::with_grads(&l.time_proj),
                 )
             })
+            .collect();
+        let track = |grad: RawMatrix| sum_squares.then(|| BlockSquares::new(grad));
+        let layer_squares: Vec<(Option<BlockSquares>, Option<BlockSquares>)> = layers
+            .iter()
+            .map(|(lin, proj)| (track(lin.grad_w), track(proj.grad_w)))
             .collect();
         let gt: Vec<RawMatrix> = if shared {
             grad_time.iter().map(raw).collect()
@@ -329,6 +431,7 @@ impl MlpDenoiser {
             RawLinear::with_grads(linear_1),
             RawLinear::with_grads(linear_2),
         );
+        let (input_sq, l2_sq, l1_sq) = (track(input.grad_w), track(l2.grad_w), track(l1.grad_w));
         for i in (0..n_layers).rev() {
             let (lin, proj) = layers[i];
             let h = raw(&inputs[i + 1]);
@@ -336,6 +439,10 @@ impl MlpDenoiser {
                 let (hc, ec) = (share.of(hidden), share.of(temb));
                 weight_grad_block(accumulate, lin.grad_w, gz[i], h, hc.clone(), 0..hidden);
                 weight_grad_block(accumulate, proj.grad_w, gt[i], ea, hc.clone(), 0..temb);
+                let (lin_sq, proj_sq) = &layer_squares[i];
+                for sq in [lin_sq, proj_sq].into_iter().flatten() {
+                    sq.add_rows(hc.clone());
+                }
                 let first = i + 1 == n_layers;
                 gemm_block(
                     gea,
@@ -361,6 +468,9 @@ impl MlpDenoiser {
                         hc.clone(),
                         0..input.w.cols,
                     );
+                    if let Some(sq) = &input_sq {
+                        sq.add_rows(hc.clone());
+                    }
                     bias_grad_block(accumulate, input.grad_b, up, hc);
                     activation_grad_block(act, gea, em, ge, ec.clone());
                     bias_grad_block(accumulate, l2.grad_b, ge, ec);
@@ -371,6 +481,9 @@ impl MlpDenoiser {
         region(temb, |share| unsafe {
             let cols = share.of(temb);
             weight_grad_block(accumulate, l2.grad_w, ge, th, cols.clone(), 0..temb);
+            if let Some(sq) = &l2_sq {
+                sq.add_rows(cols.clone());
+            }
             gemm_block(
                 gh,
                 ge,
@@ -387,8 +500,16 @@ impl MlpDenoiser {
         let c = raw(&code);
         region(temb, |share| unsafe {
             let cols = share.of(temb);
-            weight_grad_block(accumulate, l1.grad_w, gp, c, cols, 0..l1.w.cols);
+            weight_grad_block(accumulate, l1.grad_w, gp, c, cols.clone(), 0..l1.w.cols);
+            if let Some(sq) = &l1_sq {
+                sq.add_rows(cols);
+            }
         });
+        let all = layer_squares
+            .into_iter()
+            .flat_map(|(lin, proj)| [lin, proj])
+            .chain([input_sq, l2_sq, l1_sq]);
+        GradSquares(all.flatten().filter_map(BlockSquares::finish).collect())
     }
 
     /// Every linear layer, in parameter order.
@@ -673,7 +794,7 @@ mod tests {
             );
             let leaf = out.set_requires_grad(true);
             loss_of(&leaf).backward();
-            mlp.backward(tape, &leaf.grad(), pass > 0);
+            mlp.backward(tape, &leaf.grad(), pass > 0, false);
         }
         for ((name, want), (_, got)) in expected.iter().zip(grads(&vs)) {
             let scale = f64::try_from(want.abs().max()).expect("f64").max(1e-3);
@@ -685,26 +806,53 @@ mod tests {
         }
     }
 
+    /// A two-layer MLP `hidden` wide, a batch of 9 inputs and timesteps, and an upstream
+    /// gradient.
+    struct Fixture {
+        config: MlpConfig,
+        vs: nn::VarStore,
+        mlp: MlpDenoiser,
+        x: Tensor,
+        t: Tensor,
+        grad_out: Tensor,
+    }
+
+    fn fixture(hidden: i64) -> Fixture {
+        let config = MlpConfig {
+            hidden,
+            layers: 2,
+            ..MlpConfig::default()
+        };
+        let vs = nn::VarStore::new(Device::Cpu);
+        let mlp = MlpDenoiser::new(&vs.root(), &config).expect("mlp");
+        let f = (Kind::Float, Device::Cpu);
+        Fixture {
+            x: Tensor::randn([9, config.data_dim], f),
+            t: Tensor::randint(1000, [9], (Kind::Int64, Device::Cpu)),
+            grad_out: Tensor::randn([9, config.data_dim], f),
+            config,
+            vs,
+            mlp,
+        }
+    }
+
     /// Overwriting gradients that hold anything (NaN here) gives the bits that adding to zeros
     /// gives, for every parameter.
     #[test]
     fn overwriting_equals_adding_to_zeros() {
-        let config = MlpConfig {
-            hidden: 64,
-            layers: 2,
-            ..MlpConfig::default()
-        };
-        tch::manual_seed(5);
-        let vs = nn::VarStore::new(Device::Cpu);
-        let mlp = MlpDenoiser::new(&vs.root(), &config).expect("mlp");
-        let x = Tensor::randn([9, 2], (Kind::Float, Device::Cpu));
-        let t = Tensor::randint(1000, [9], (Kind::Int64, Device::Cpu));
-        let grad_out = Tensor::randn([9, 2], (Kind::Float, Device::Cpu));
+        let Fixture {
+            config,
+            vs,
+            mlp,
+            x,
+            t,
+            grad_out,
+        } = fixture(64);
         let run = |fill: f64, accumulate: bool| {
             let (_, tape) = mlp.forward_taped(&x, &t).expect("ok").expect("applies");
             mlp.ensure_grads();
             fill_grads(&vs, fill);
-            mlp.backward(tape, &grad_out, accumulate);
+            mlp.backward(tape, &grad_out, accumulate, false);
             grads(&vs)
         };
         let added = run(0.0, true);
@@ -723,13 +871,53 @@ mod tests {
         // And adding really adds: a second pass doubles every gradient (to rounding: the
         // product may be summed into the old value term by term).
         let (_, tape) = mlp.forward_taped(&x, &t).expect("ok").expect("applies");
-        mlp.backward(tape, &grad_out, true);
+        mlp.backward(tape, &grad_out, true, false);
         for ((name, want), (_, got)) in added.iter().zip(grads(&vs)) {
             assert!(
                 got.allclose(&(want * 2.0), 1e-5, 1e-7, false),
                 "{name}: not added"
             );
         }
+    }
+
+    /// The sums of squares the pass records are, bit for bit, the clipping pass's sums over
+    /// the final gradients (after a second, accumulating pass too), for every weight gradient
+    /// whose threads' rows start on block boundaries, which at width 256 is all those split by
+    /// rows but the input layer's (2 columns).
+    #[test]
+    fn recorded_squares_are_the_clipping_sums() {
+        let Fixture {
+            config,
+            mlp,
+            x,
+            t,
+            grad_out,
+            ..
+        } = fixture(256);
+        let clipping_sum = |g: &Tensor| -> f64 {
+            let v = Vec::<f32>::try_from(g.flatten(0, -1)).expect("f32");
+            v.chunks(SUM_BLOCK).map(squares).sum()
+        };
+        for (accumulate, what) in [(false, "one pass"), (true, "a second, adding pass")] {
+            let (_, tape) = mlp.forward_taped(&x, &t).expect("ok").expect("applies");
+            let recorded = mlp.backward(tape, &grad_out, accumulate, true);
+            let weights: Vec<Tensor> = mlp.linears().iter().map(|l| l.ws.grad()).collect();
+            let found: Vec<f64> = weights.iter().filter_map(|g| recorded.get(g)).collect();
+            // The time MLP's two layers and each hidden layer's two, at least.
+            assert!(
+                recorded.len() >= 2 + 2 * config.layers,
+                "{what}: {}",
+                recorded.len()
+            );
+            assert_eq!(found.len(), recorded.len(), "{what}: only weight gradients");
+            for g in &weights {
+                if let Some(sq) = recorded.get(g) {
+                    assert_eq!(sq.to_bits(), clipping_sum(g).to_bits(), "{what}");
+                }
+            }
+        }
+        let (_, tape) = mlp.forward_taped(&x, &t).expect("ok").expect("applies");
+        assert!(mlp.backward(tape, &grad_out, true, false).is_empty());
     }
 
     #[test]
@@ -740,7 +928,7 @@ mod tests {
         let t = Tensor::from_slice(&[1_i64, 2, 3]);
         assert!(vs.variables().values().all(|v| !v.grad().defined()));
         let (out, tape) = mlp.forward_taped(&x, &t).expect("ok").expect("applies");
-        mlp.backward(tape, &out.ones_like(), true);
+        mlp.backward(tape, &out.ones_like(), true, false);
         for (name, v) in vs.variables() {
             assert!(v.grad().defined(), "{name}");
         }

@@ -15,7 +15,7 @@ use serde::Serialize;
 use tch::{Device, Kind, Tensor, nn};
 
 use crate::data::Batch;
-use crate::optim::{AdamW, Ema, clip_grad_norm_deferred};
+use crate::optim::{AdamW, Ema, clip_grad_norm_deferred_with};
 use crate::train::{
     Autocast, GradBuffers, TrainError, Update, apply_update, build_process, lay_out_for_training,
     micro_batch_loss, mix,
@@ -244,7 +244,7 @@ pub fn bench_training(
         let lr = training
             .lr_schedule
             .lr_at(training.optimizer.lr, step, training.steps);
-        {
+        let squares = {
             let _rng = generator_lock();
             tch::manual_seed(mix(config.seed, step) as i64);
             let loss = {
@@ -256,10 +256,11 @@ pub fn bench_training(
             // The trainer reads the loss (for NaN checks and logging) every step.
             let _value = loss.loss.double_value(&[]);
             clock.lap(0);
-            grads.backward(loss, &network, 1.0, &mut optimizer);
+            let squares = grads.backward(loss, &network, 1.0, &mut optimizer, true);
             clock.lap(1);
-        }
-        let (_norm, grad_scale) = clip_grad_norm_deferred(&vs, training.grad_clip);
+            squares
+        };
+        let (_norm, grad_scale) = clip_grad_norm_deferred_with(&vs, training.grad_clip, &squares);
         clock.lap(2);
         let update = Update {
             lr,
@@ -399,7 +400,7 @@ model:
                 micro_batch_loss(&batch, &network, &process, &config, loss_kind, None, device);
             assert!(loss.is_taped(), "the MLP takes the hand-written backward");
             let value = loss.loss.double_value(&[]);
-            loss.backward(&network, divisor, true);
+            loss.backward(&network, divisor, true, false);
             let mut grads: Vec<(String, Tensor)> = vs
                 .variables()
                 .into_iter()

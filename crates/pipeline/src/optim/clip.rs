@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use difflab_models::GradSquares;
 use tch::{Tensor, nn::VarStore};
 
 use super::fused_cpu;
@@ -20,7 +21,7 @@ use super::fused_cpu;
 pub fn clip_grad_norm(vs: &VarStore, max_norm: f64) -> f64 {
     let _guard = tch::no_grad_guard();
     let grads = trainable_grads(vs);
-    let (norm, factor) = clip_deferred(&grads, max_norm);
+    let (norm, factor) = clip_deferred(&grads, max_norm, &GradSquares::default());
     scale_all(&grads, factor);
     norm
 }
@@ -31,16 +32,27 @@ pub fn clip_grad_norm(vs: &VarStore, max_norm: f64) -> f64 {
 /// anyway ([`super::AdamW::step_fused`]) instead of a pass of its own. Other gradients are
 /// scaled in place, as [`clip_grad_norm`] does, and the factor is 1.
 pub fn clip_grad_norm_deferred(vs: &VarStore, max_norm: f64) -> (f64, f32) {
-    let _guard = tch::no_grad_guard();
-    clip_deferred(&trainable_grads(vs), max_norm)
+    clip_grad_norm_deferred_with(vs, max_norm, &GradSquares::default())
 }
 
-/// [`clip_grad_norm_deferred`] of these gradients.
-fn clip_deferred(grads: &[Tensor], max_norm: f64) -> (f64, f32) {
+/// [`clip_grad_norm_deferred`], taking the sums of squares the backward pass already recorded
+/// (the MLP's, [`difflab_models::MlpDenoiser::backward`]) instead of reading those gradients
+/// again; they have the bits this pass would compute, so the result is the same.
+pub fn clip_grad_norm_deferred_with(
+    vs: &VarStore,
+    max_norm: f64,
+    known: &GradSquares,
+) -> (f64, f32) {
+    let _guard = tch::no_grad_guard();
+    clip_deferred(&trainable_grads(vs), max_norm, known)
+}
+
+/// [`clip_grad_norm_deferred_with`] of these gradients.
+fn clip_deferred(grads: &[Tensor], max_norm: f64, known: &GradSquares) -> (f64, f32) {
     if grads.is_empty() {
         return (0.0, 1.0);
     }
-    fused_cpu_clip_factor(grads, max_norm).unwrap_or_else(|| {
+    fused_cpu_clip_factor(grads, max_norm, known).unwrap_or_else(|| {
         let grads = grads.iter().map(Tensor::shallow_clone).collect();
         (tensor_clip(grads, max_norm), 1.0)
     })
@@ -94,12 +106,21 @@ fn tensor_clip(mut grads: Vec<Tensor>, max_norm: f64) -> f64 {
 /// norm rounded to f32 as PyTorch's per-tensor norm is, the total norm of those, then the
 /// factor in PyTorch's f32 arithmetic (1 when it would not clip). The norm can differ from
 /// PyTorch's f32 reduction in the last bit (it is the more accurate of the two); multiplying
-/// by the factor gives the products PyTorch would form. `None` when a gradient is not a dense
-/// f32 CPU tensor (then the tensor path runs).
-fn fused_cpu_clip_factor(grads: &[Tensor], max_norm: f64) -> Option<(f64, f32)> {
+/// by the factor gives the products PyTorch would form. A gradient's sum of squares in `known`
+/// is taken from there (see [`clip_grad_norm_deferred_with`]). `None` when a gradient is not
+/// a dense f32 CPU tensor (then the tensor path runs).
+fn fused_cpu_clip_factor(
+    grads: &[Tensor],
+    max_norm: f64,
+    known: &GradSquares,
+) -> Option<(f64, f32)> {
     let mut total_sq = 0.0_f64;
     for g in grads {
-        let per_tensor = (fused_cpu::sum_of_squares(g)?.sqrt() as f32) as f64;
+        let sq = match known.get(g) {
+            Some(sq) => sq,
+            None => fused_cpu::sum_of_squares(g)?,
+        };
+        let per_tensor = (sq.sqrt() as f32) as f64;
         total_sq += per_tensor * per_tensor;
     }
     let total = total_sq.sqrt() as f32;
@@ -115,7 +136,7 @@ fn fused_cpu_clip_factor(grads: &[Tensor], max_norm: f64) -> Option<(f64, f32)> 
 /// [`fused_cpu_clip_factor`], then the scaling pass over each gradient.
 #[cfg(test)]
 fn fused_cpu_clip(grads: &[Tensor], max_norm: f64) -> Option<f64> {
-    let (norm, factor) = fused_cpu_clip_factor(grads, max_norm)?;
+    let (norm, factor) = fused_cpu_clip_factor(grads, max_norm, &GradSquares::default())?;
     scale_all(grads, factor);
     Some(norm)
 }

@@ -16,7 +16,9 @@
 //! (contiguous, channels-last, or any other dimension order) laid out alike; anything else
 //! (CUDA, f64, bf16, gappy views, mismatched layouts) takes the tensor-op path.
 
-use difflab_models::cpu_kernels::{dense_cpu_f32_layout, has_avx2_fma, is_dense_cpu_f32};
+use difflab_models::cpu_kernels::{
+    SUM_BLOCK, dense_cpu_f32_layout, has_avx2_fma, is_dense_cpu_f32, squares,
+};
 use difflab_models::omp_team::{self, SyncPtr};
 use tch::Tensor;
 
@@ -281,13 +283,10 @@ fn lerp_elements(e: &mut [f32], p: &[f32], weight: f32) {
     }
 }
 
-/// Elements per partial sum of [`sum_of_squares`]: the sums of these fixed blocks are added
-/// in block order, so the result does not depend on how many threads computed them.
-const SUM_BLOCK: usize = 4096;
-
 /// `Σ t²` over a dense f32 CPU tensor, accumulated in f64 (blocks of [`SUM_BLOCK`] elements
 /// summed over libtorch's OpenMP threads, then added in order: the same value for any thread
-/// count); `None` for anything else.
+/// count, and the value the MLP's backward pass computes for the gradients it writes,
+/// [`difflab_models::MlpDenoiser::backward`]); `None` for anything else.
 pub(crate) fn sum_of_squares(t: &Tensor) -> Option<f64> {
     if !is_dense_cpu_f32(t) {
         return None;
@@ -312,38 +311,6 @@ pub(crate) fn sum_of_squares(t: &Tensor) -> Option<f64> {
         }
     });
     Some(blocks.iter().sum())
-}
-
-/// `Σ x²` of one block in f64, with the widest instructions the CPU has.
-fn squares(x: &[f32]) -> f64 {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() {
-        // SAFETY: the CPU has AVX2 and FMA (checked just above).
-        return unsafe { squares_avx2_fma(x) };
-    }
-    squares_elements(x)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn squares_avx2_fma(x: &[f32]) -> f64 {
-    squares_elements(x)
-}
-
-/// Eight independent accumulators (so the compiler keeps them in vector lanes), then their sum.
-#[inline(always)]
-fn squares_elements(x: &[f32]) -> f64 {
-    let mut acc = [0.0_f64; 8];
-    let mut chunks = x.chunks_exact(8);
-    for c in &mut chunks {
-        for (a, &v) in acc.iter_mut().zip(c) {
-            *a = f64::from(v).mul_add(f64::from(v), *a);
-        }
-    }
-    for (a, &v) in acc.iter_mut().zip(chunks.remainder()) {
-        *a = f64::from(v).mul_add(f64::from(v), *a);
-    }
-    acc.iter().sum()
 }
 
 /// `t ← t·factor` in place over a dense f32 CPU tensor (each product rounded to f32, as

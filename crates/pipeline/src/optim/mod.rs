@@ -21,7 +21,7 @@ mod lr;
 
 pub(crate) use adamw::is_float;
 pub use adamw::{AdamW, OptimizerConfig, OptimizerKind};
-pub use clip::{clip_grad_norm, clip_grad_norm_deferred};
+pub use clip::{clip_grad_norm, clip_grad_norm_deferred, clip_grad_norm_deferred_with};
 pub use ema::{Ema, EmaConfig};
 pub use lr::{LrConfig, LrSchedule};
 

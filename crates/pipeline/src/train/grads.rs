@@ -8,6 +8,8 @@
 //! traffic. Autograd only ever adds, so for every other network the update zeroes them, as
 //! before.
 
+use difflab_models::GradSquares;
+
 use crate::network::Network;
 use crate::optim::AdamW;
 
@@ -28,21 +30,24 @@ pub(crate) struct GradBuffers {
 impl GradBuffers {
     /// Backpropagate one micro-batch's `loss` divided by `divisor` into the gradients: the
     /// taped MLP overwrites stale gradients and adds to current ones; autograd adds, after
-    /// `optimizer` zeroed stale ones.
+    /// `optimizer` zeroed stale ones. With `last` (the step's last micro-batch) returns what
+    /// the taped pass recorded of the gradients' sums of squares, for clipping.
     pub(crate) fn backward(
         &mut self,
         loss: MicroBatchLoss,
         network: &Network,
         divisor: f64,
         optimizer: &mut AdamW,
-    ) {
+        last: bool,
+    ) -> GradSquares {
         self.taped = loss.is_taped();
         let overwrite = self.stale && self.taped;
         if self.stale && !self.taped {
             optimizer.zero_grad();
         }
-        loss.backward(network, divisor, !overwrite);
+        let squares = loss.backward(network, divisor, !overwrite, last);
         self.stale = false;
+        squares
     }
 
     /// Whether the update after this step's backward passes must zero the gradients: not when
@@ -71,7 +76,7 @@ mod tests {
     use tch::{Device, Kind, Tensor, nn};
 
     use super::*;
-    use crate::optim::OptimizerConfig;
+    use crate::optim::{OptimizerConfig, clip_grad_norm_deferred, clip_grad_norm_deferred_with};
     use crate::train::{build_process, micro_batch_loss};
 
     /// Stale gradients (what an update left for the taped MLP) are overwritten by its next
@@ -132,30 +137,48 @@ mod tests {
         // Into zeroed gradients: seed 11, then seed 11 and 12 added (two micro-batches), and
         // the autograd pass.
         let mut fresh = GradBuffers::default();
-        fresh.backward(taped_loss(11), &network, 2.0, &mut optimizer);
+        let none = fresh.backward(taped_loss(11), &network, 2.0, &mut optimizer, false);
+        assert!(none.is_empty(), "sums only for the last micro-batch");
         let one = grads();
-        fresh.backward(taped_loss(12), &network, 2.0, &mut optimizer);
+        let squares = fresh.backward(taped_loss(12), &network, 2.0, &mut optimizer, true);
         let two = grads();
+        // The last micro-batch's sums give the clipping pass's own norm and factor, bit for bit.
+        assert_eq!(
+            squares.len(),
+            7,
+            "the weight gradients split by rows (all on one thread at this width): all but the \
+             output layer's"
+        );
+        let (with, without) = (
+            clip_grad_norm_deferred_with(&vs, 0.01, &squares),
+            clip_grad_norm_deferred(&vs, 0.01),
+        );
+        assert_eq!(
+            (with.0.to_bits(), with.1.to_bits()),
+            (without.0.to_bits(), without.1.to_bits())
+        );
+        assert!(with.1 < 1.0, "a factor that clips");
         fresh.discard(&mut optimizer);
-        fresh.backward(autograd_loss(), &network, 1.0, &mut optimizer);
+        let none = fresh.backward(autograd_loss(), &network, 1.0, &mut optimizer, true);
+        assert!(none.is_empty(), "autograd records none");
         let autograd = grads();
 
         // A step's passes, an update that leaves the gradients (the taped MLP's), then the
         // same two micro-batches: the first overwrites, the second adds.
         let mut buffers = GradBuffers::default();
-        buffers.backward(taped_loss(5), &network, 1.0, &mut optimizer);
+        buffers.backward(taped_loss(5), &network, 1.0, &mut optimizer, true);
         assert!(
             !buffers.zero_in_update(),
             "the taped MLP's update leaves them"
         );
         buffers.updated();
-        buffers.backward(taped_loss(11), &network, 2.0, &mut optimizer);
+        buffers.backward(taped_loss(11), &network, 2.0, &mut optimizer, false);
         assert_same(&grads(), &one, "overwritten");
-        buffers.backward(taped_loss(12), &network, 2.0, &mut optimizer);
+        buffers.backward(taped_loss(12), &network, 2.0, &mut optimizer, true);
         assert_same(&grads(), &two, "then added");
         // Left stale again, then an autograd pass: zeroed first.
         buffers.updated();
-        buffers.backward(autograd_loss(), &network, 1.0, &mut optimizer);
+        buffers.backward(autograd_loss(), &network, 1.0, &mut optimizer, true);
         assert_same(&grads(), &autograd, "zeroed before autograd");
         assert!(buffers.zero_in_update(), "autograd's update zeroes them");
     }

@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use difflab_models::{MlpTape, ModelError, UNetConfig};
+use difflab_models::{GradSquares, MlpTape, ModelError, UNetConfig};
 use difflab_samplers::{Conditioning, GlobalSeedNoise, SampleError, generator_lock};
 use difflab_schedulers::{Degradation, ForwardProcess, NoiseSchedule, Prediction, ScheduleError};
 use serde_json::json;
@@ -28,7 +28,7 @@ use crate::config::to_yaml;
 use crate::data::{Batch, DataCursor, DataError, DataLoader, Dataset, open_dataset};
 use crate::images::{grid_columns, save_grid};
 use crate::logging::{EventWriter, LogError, TrainProgress};
-use crate::optim::{AdamW, Ema, clip_grad_norm_deferred};
+use crate::optim::{AdamW, Ema, clip_grad_norm_deferred_with};
 use crate::{ExperimentConfig, ModelConfig, Network, NetworkDenoiser};
 
 /// Why training stopped with an error. Nothing already on disk is overwritten by a failed run.
@@ -522,6 +522,7 @@ pub fn train_with_evaluator(
             .lr_at(training.optimizer.lr, step, training.steps);
         let mut loss_sum = 0.0;
         let mut finite = true;
+        let mut squares = GradSquares::default();
         for micro in 0..training.grad_accum {
             let batch = loader.next_batch()?;
             let _rng = generator_lock();
@@ -539,13 +540,16 @@ pub fn train_with_evaluator(
             finite &= value.is_finite();
             loss_sum += value;
             if finite {
-                grads.backward(loss, &network, training.grad_accum as f64, &mut optimizer);
+                // The last micro-batch completes the gradients: their sums for clipping.
+                let last = micro + 1 == training.grad_accum;
+                let divisor = training.grad_accum as f64;
+                squares = grads.backward(loss, &network, divisor, &mut optimizer, last);
             }
         }
         let loss_value = loss_sum / training.grad_accum as f64;
         // The clipping factor, where it is left to the optimizer's pass (see `apply_update`).
         let (grad_norm, grad_scale) = if finite {
-            clip_grad_norm_deferred(&vs, training.grad_clip)
+            clip_grad_norm_deferred_with(&vs, training.grad_clip, &squares)
         } else {
             (f64::NAN, 1.0)
         };
@@ -757,22 +761,36 @@ impl MicroBatchLoss {
     /// Backpropagate `loss / divisor` into the network's gradients: the MLP's hand-written
     /// pass from the loss's written-out output gradient when the forward pass was taped
     /// (adding to the gradients with `accumulate`, replacing them without), autograd
-    /// otherwise (which always adds: `accumulate` must be set). Training loops call it
-    /// through [`GradBuffers::backward`].
-    pub(crate) fn backward(self, network: &Network, divisor: f64, accumulate: bool) {
+    /// otherwise (which always adds: `accumulate` must be set). With `sum_squares` the taped
+    /// pass also returns the gradients' sums of squares for clipping (empty otherwise; see
+    /// [`difflab_models::GradSquares`]). Training loops call it through
+    /// [`GradBuffers::backward`].
+    pub(crate) fn backward(
+        self,
+        network: &Network,
+        divisor: f64,
+        accumulate: bool,
+        sum_squares: bool,
+    ) -> GradSquares {
         match (self.taped, network) {
             (Some((grad, tape)), Network::Mlp(mlp)) if divisor == 1.0 => {
-                mlp.backward(tape, &grad, accumulate)
+                mlp.backward(tape, &grad, accumulate, sum_squares)
             }
             (Some((grad, tape)), Network::Mlp(mlp)) => {
-                mlp.backward(tape, &(grad / divisor), accumulate)
+                mlp.backward(tape, &(grad / divisor), accumulate, sum_squares)
             }
             (Some(_), _) => unreachable!("only the MLP records a tape"),
             (None, _) if !accumulate => {
                 panic!("autograd adds to the gradients: zero them first (GradBuffers)")
             }
-            (None, _) if divisor == 1.0 => self.loss.backward(),
-            (None, _) => (self.loss / divisor).backward(),
+            (None, _) if divisor == 1.0 => {
+                self.loss.backward();
+                GradSquares::default()
+            }
+            (None, _) => {
+                (self.loss / divisor).backward();
+                GradSquares::default()
+            }
         }
     }
 }
