@@ -15,10 +15,10 @@ use serde::Serialize;
 use tch::{Device, Kind, Tensor, nn};
 
 use crate::data::Batch;
-use crate::optim::{AdamW, Ema, clip_grad_norm_deferred_with};
+use crate::optim::clip_grad_norm_deferred_with;
 use crate::train::{
-    Autocast, GradBuffers, TrainError, Update, apply_update, build_process, lay_out_for_training,
-    micro_batch_loss, mix,
+    Autocast, TrainError, Update, Updater, build_process, lay_out_for_training, micro_batch_loss,
+    mix,
 };
 use crate::{ExperimentConfig, ModelConfig, Network, NetworkDenoiser};
 
@@ -223,9 +223,7 @@ pub fn bench_training(
     let _ema_network = Network::build(&ema_vs.root(), &config.model)?;
     drop(rng);
     lay_out_for_training(config, &vs, &ema_vs);
-    let mut ema = Ema::new(&vs, &ema_vs, &training.ema)?;
-    let mut optimizer = AdamW::new(&vs, &training.optimizer);
-    let mut grads = GradBuffers::default();
+    let mut updater = Updater::new(&vs, &ema_vs, training)?;
     let null_class = match &config.model {
         ModelConfig::Unet(u) if u.null_class => u.num_classes,
         _ => None,
@@ -256,7 +254,7 @@ pub fn bench_training(
             // The trainer reads the loss (for NaN checks and logging) every step.
             let _value = loss.loss.double_value(&[]);
             clock.lap(0);
-            let squares = grads.backward(loss, &network, 1.0, &mut optimizer, true);
+            let squares = updater.backward(loss, &network, 1.0, true);
             clock.lap(1);
             squares
         };
@@ -267,14 +265,7 @@ pub fn bench_training(
             step: step + 1,
             grad_scale,
         };
-        apply_update(
-            &mut optimizer,
-            &mut ema,
-            &vs,
-            &mut ema_vs,
-            &mut grads,
-            update,
-        );
+        updater.apply(&vs, &mut ema_vs, update);
         clock.lap(3);
         if step as usize >= settings.warmup {
             let dt = start.elapsed().as_secs_f64();
@@ -357,6 +348,7 @@ pub fn bench_sampling(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::train::ToyStep;
 
     fn tiny_config() -> ExperimentConfig {
         crate::config::parse_config(
@@ -371,43 +363,16 @@ mod tests {
     /// backward reaches every parameter, scaled by the divisor as autograd scales it.
     #[test]
     fn the_mlp_trains_through_its_taped_backward() {
-        let config = crate::config::parse_config(
-            "name: toy
-data:
-  kind: toy2d
-model:
-  kind: mlp
-  hidden: 16
-  layers: 2
-",
-            std::path::Path::new("toy.yaml"),
-            &[],
-        )
-        .expect("config");
-        let device = Device::Cpu;
-        let schedule: NoiseSchedule = config.schedule.build().expect("schedule");
-        let (process, loss_kind) = build_process(&config, &schedule, device).expect("process");
-        let vs = nn::VarStore::new(device);
-        let network = Network::build(&vs.root(), &config.model).expect("network");
-        let batch = synthetic_batch(&config, 6, 8);
+        let toy = ToyStep::new();
         let grads_after = |divisor: f64| {
-            for (_, mut v) in vs.variables() {
+            for (_, mut v) in toy.vs.variables() {
                 v.zero_grad();
             }
-            let _rng = generator_lock();
-            tch::manual_seed(11);
-            let loss =
-                micro_batch_loss(&batch, &network, &process, &config, loss_kind, None, device);
+            let loss = toy.loss(11);
             assert!(loss.is_taped(), "the MLP takes the hand-written backward");
             let value = loss.loss.double_value(&[]);
-            loss.backward(&network, divisor, true, false);
-            let mut grads: Vec<(String, Tensor)> = vs
-                .variables()
-                .into_iter()
-                .map(|(name, v)| (name, v.grad().copy()))
-                .collect();
-            grads.sort_by(|a, b| a.0.cmp(&b.0));
-            (value, grads)
+            loss.backward(&toy.network, divisor, true, false);
+            (value, toy.grads())
         };
         let (loss_1, whole) = grads_after(1.0);
         let (loss_4, quarter) = grads_after(4.0);
@@ -428,6 +393,8 @@ model:
             );
         }
 
+        let device = Device::Cpu;
+        let schedule: NoiseSchedule = toy.config.schedule.build().expect("schedule");
         let unet_config = tiny_config();
         let vs = nn::VarStore::new(device);
         let unet = Network::build(&vs.root(), &unet_config.model).expect("unet");

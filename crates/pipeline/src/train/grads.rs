@@ -71,39 +71,24 @@ impl GradBuffers {
 
 #[cfg(test)]
 mod tests {
-    use difflab_samplers::generator_lock;
-    use difflab_schedulers::NoiseSchedule;
-    use tch::{Device, Kind, Tensor, nn};
+    use tch::{Kind, Tensor};
 
     use super::*;
     use crate::optim::{OptimizerConfig, clip_grad_norm_deferred, clip_grad_norm_deferred_with};
-    use crate::train::{build_process, micro_batch_loss};
+    use crate::train::ToyStep;
 
     /// Stale gradients (what an update left for the taped MLP) are overwritten by its next
     /// backward pass and added to by the micro-batches after it; before an autograd pass they
     /// are zeroed. Each gives the bits of the same passes into zeroed gradients.
     #[test]
     fn stale_gradients_are_overwritten_or_zeroed_first() {
-        let config = crate::config::parse_config(
-            "name: toy\ndata:\n  kind: toy2d\nmodel:\n  kind: mlp\n  hidden: 16\n  layers: 2\n",
-            std::path::Path::new("toy.yaml"),
-            &[],
-        )
-        .expect("config");
-        let device = Device::Cpu;
-        let schedule: NoiseSchedule = config.schedule.build().expect("schedule");
-        let (process, loss_kind) = build_process(&config, &schedule, device).expect("process");
-        let vs = nn::VarStore::new(device);
-        let network = Network::build(&vs.root(), &config.model).expect("network");
-        let Network::Mlp(mlp) = &network else {
+        let toy = ToyStep::new();
+        let (vs, network) = (&toy.vs, &toy.network);
+        let Network::Mlp(mlp) = network else {
             panic!("an MLP")
         };
-        let batch = crate::bench::synthetic_batch(&config, 6, 8);
         let taped_loss = |seed: i64| {
-            let _rng = generator_lock();
-            tch::manual_seed(seed);
-            let loss =
-                micro_batch_loss(&batch, &network, &process, &config, loss_kind, None, device);
+            let loss = toy.loss(seed);
             assert!(loss.is_taped());
             loss
         };
@@ -113,15 +98,7 @@ mod tests {
         );
         let autograd_loss =
             || MicroBatchLoss::through_autograd(mlp.forward(&x, &t).square().mean(Kind::Float));
-        let grads = || {
-            let mut all: Vec<(String, Tensor)> = vs
-                .variables()
-                .into_iter()
-                .map(|(name, v)| (name, v.grad().copy()))
-                .collect();
-            all.sort_by(|a, b| a.0.cmp(&b.0));
-            all
-        };
+        let grads = || toy.grads();
         let assert_same = |got: &[(String, Tensor)], want: &[(String, Tensor)], what: &str| {
             assert_eq!(
                 got.len(),
@@ -132,15 +109,15 @@ mod tests {
                 assert!(g.equal(w), "{what}: {name}");
             }
         };
-        let mut optimizer = AdamW::new(&vs, &OptimizerConfig::default());
+        let mut optimizer = AdamW::new(vs, &OptimizerConfig::default());
 
         // Into zeroed gradients: seed 11, then seed 11 and 12 added (two micro-batches), and
         // the autograd pass.
         let mut fresh = GradBuffers::default();
-        let none = fresh.backward(taped_loss(11), &network, 2.0, &mut optimizer, false);
+        let none = fresh.backward(taped_loss(11), network, 2.0, &mut optimizer, false);
         assert!(none.is_empty(), "sums only for the last micro-batch");
         let one = grads();
-        let squares = fresh.backward(taped_loss(12), &network, 2.0, &mut optimizer, true);
+        let squares = fresh.backward(taped_loss(12), network, 2.0, &mut optimizer, true);
         let two = grads();
         // The last micro-batch's sums give the clipping pass's own norm and factor, bit for bit.
         assert_eq!(
@@ -150,8 +127,8 @@ mod tests {
              output layer's"
         );
         let (with, without) = (
-            clip_grad_norm_deferred_with(&vs, 0.01, &squares),
-            clip_grad_norm_deferred(&vs, 0.01),
+            clip_grad_norm_deferred_with(vs, 0.01, &squares),
+            clip_grad_norm_deferred(vs, 0.01),
         );
         assert_eq!(
             (with.0.to_bits(), with.1.to_bits()),
@@ -159,26 +136,26 @@ mod tests {
         );
         assert!(with.1 < 1.0, "a factor that clips");
         fresh.discard(&mut optimizer);
-        let none = fresh.backward(autograd_loss(), &network, 1.0, &mut optimizer, true);
+        let none = fresh.backward(autograd_loss(), network, 1.0, &mut optimizer, true);
         assert!(none.is_empty(), "autograd records none");
         let autograd = grads();
 
         // A step's passes, an update that leaves the gradients (the taped MLP's), then the
         // same two micro-batches: the first overwrites, the second adds.
         let mut buffers = GradBuffers::default();
-        buffers.backward(taped_loss(5), &network, 1.0, &mut optimizer, true);
+        buffers.backward(taped_loss(5), network, 1.0, &mut optimizer, true);
         assert!(
             !buffers.zero_in_update(),
             "the taped MLP's update leaves them"
         );
         buffers.updated();
-        buffers.backward(taped_loss(11), &network, 2.0, &mut optimizer, false);
+        buffers.backward(taped_loss(11), network, 2.0, &mut optimizer, false);
         assert_same(&grads(), &one, "overwritten");
-        buffers.backward(taped_loss(12), &network, 2.0, &mut optimizer, true);
+        buffers.backward(taped_loss(12), network, 2.0, &mut optimizer, true);
         assert_same(&grads(), &two, "then added");
         // Left stale again, then an autograd pass: zeroed first.
         buffers.updated();
-        buffers.backward(autograd_loss(), &network, 1.0, &mut optimizer, true);
+        buffers.backward(autograd_loss(), network, 1.0, &mut optimizer, true);
         assert_same(&grads(), &autograd, "zeroed before autograd");
         assert!(buffers.zero_in_update(), "autograd's update zeroes them");
     }

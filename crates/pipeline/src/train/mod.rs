@@ -6,7 +6,10 @@ mod memory_format;
 mod objective;
 mod precision;
 mod run_dir;
+#[cfg(test)]
+mod toy_step;
 mod trainer;
+mod update;
 
 pub use config::{LoggingConfig, NanPolicy, ProcessConfig, TrainingConfig};
 pub(crate) use grads::GradBuffers;
@@ -17,9 +20,10 @@ pub use objective::{
 };
 pub use precision::{Autocast, Precision};
 pub use run_dir::{RunDir, resolve_checkpoint};
+#[cfg(test)]
+pub(crate) use toy_step::ToyStep;
 pub use trainer::{
     CheckpointEvaluator, TrainError, TrainOptions, TrainOutcome, train, train_with_evaluator,
 };
-pub(crate) use trainer::{
-    Update, apply_update, build_process, lay_out_for_training, micro_batch_loss, mix,
-};
+pub(crate) use trainer::{build_process, lay_out_for_training, micro_batch_loss, mix};
+pub(crate) use update::{Update, Updater};

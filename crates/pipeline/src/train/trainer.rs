@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use tch::{Device, Kind, Tensor, nn};
 
 use super::{
-    Autocast, GaussianLossInputs, GradBuffers, LossKind, NanPolicy, ProcessConfig, RunDir,
+    Autocast, GaussianLossInputs, LossKind, NanPolicy, ProcessConfig, RunDir, Update, Updater,
     cold_loss, gaussian_loss, store_to_channels_last, to_channels_last,
 };
 use crate::cascade::{area_downsample, augment_at_level, augment_lowres};
@@ -28,7 +28,7 @@ use crate::config::to_yaml;
 use crate::data::{Batch, DataCursor, DataError, DataLoader, Dataset, open_dataset};
 use crate::images::{grid_columns, save_grid};
 use crate::logging::{EventWriter, LogError, TrainProgress};
-use crate::optim::{AdamW, Ema, clip_grad_norm_deferred_with};
+use crate::optim::{AdamW, clip_grad_norm_deferred_with};
 use crate::{ExperimentConfig, ModelConfig, Network, NetworkDenoiser};
 
 /// Why training stopped with an error. Nothing already on disk is overwritten by a failed run.
@@ -406,9 +406,7 @@ pub fn train_with_evaluator(
         let dir = super::resolve_checkpoint(init)?;
         load_weights(&mut vs, &dir.join("model.safetensors"))?;
     }
-    let mut ema = Ema::new(&vs, &ema_vs, &training.ema)?;
-    let mut optimizer = AdamW::new(&vs, &training.optimizer);
-    let mut grads = GradBuffers::default();
+    let mut updater = Updater::new(&vs, &ema_vs, training)?;
     if let Some(dir) = &resume_from {
         let state = read_state(dir)?;
         let found = state["model_fingerprint"]
@@ -424,7 +422,7 @@ pub fn train_with_evaluator(
         }
         load_weights(&mut vs, &dir.join("model.safetensors"))?;
         load_weights(&mut ema_vs, &dir.join("ema.safetensors"))?;
-        load_optimizer(&mut optimizer, dir)?;
+        load_optimizer(&mut updater.optimizer, dir)?;
         start_step = state["step"].as_u64().unwrap_or(0);
         let cursor: DataCursor =
             serde_json::from_value(state["data_cursor"].clone()).map_err(|e| {
@@ -543,11 +541,11 @@ pub fn train_with_evaluator(
                 // The last micro-batch completes the gradients: their sums for clipping.
                 let last = micro + 1 == training.grad_accum;
                 let divisor = training.grad_accum as f64;
-                squares = grads.backward(loss, &network, divisor, &mut optimizer, last);
+                squares = updater.backward(loss, &network, divisor, last);
             }
         }
         let loss_value = loss_sum / training.grad_accum as f64;
-        // The clipping factor, where it is left to the optimizer's pass (see `apply_update`).
+        // The clipping factor, where it is left to the optimizer's pass (see `Updater::apply`).
         let (grad_norm, grad_scale) = if finite {
             clip_grad_norm_deferred_with(&vs, training.grad_clip, &squares)
         } else {
@@ -564,7 +562,7 @@ pub fn train_with_evaluator(
                     });
                 }
                 NanPolicy::Skip => {
-                    grads.discard(&mut optimizer);
+                    updater.discard();
                     skipped += 1;
                     progress.message(&format!(
                         "step {}: non-finite {what}, batch skipped ({skipped} so far)",
@@ -578,14 +576,7 @@ pub fn train_with_evaluator(
                 step: step + 1,
                 grad_scale,
             };
-            apply_update(
-                &mut optimizer,
-                &mut ema,
-                &vs,
-                &mut ema_vs,
-                &mut grads,
-                update,
-            );
+            updater.apply(&vs, &mut ema_vs, update);
             last_loss = loss_value;
         }
         step += 1;
@@ -602,7 +593,12 @@ pub fn train_with_evaluator(
         let last = step == training.steps || interrupted;
         if step.is_multiple_of(training.checkpoint_every) || last {
             last_checkpoint = Some(write_checkpoint(
-                step, &loader, &optimizer, &vs, &ema_vs, last_loss,
+                step,
+                &loader,
+                &updater.optimizer,
+                &vs,
+                &ema_vs,
+                last_loss,
             )?);
             let eval_every = config.logging.eval_every;
             if let (Some(eval), Some(dir)) = (evaluate.as_mut(), last_checkpoint.as_ref())
@@ -693,48 +689,6 @@ pub(crate) fn lay_out_for_training(
     }
 }
 
-/// The parameter update once a step's gradients are in: AdamW at `update.lr` with the
-/// clipping factor, the gradients zeroed (unless the next backward pass overwrites them, see
-/// [`GradBuffers`]), then the EMA.
-pub(crate) fn apply_update(
-    optimizer: &mut AdamW,
-    ema: &mut Ema,
-    vs: &nn::VarStore,
-    ema_vs: &mut nn::VarStore,
-    grads: &mut GradBuffers,
-    update: Update,
-) {
-    // The optimizer step, the clipping factor, zeroing and (at steps that average) the EMA in
-    // one pass over each parameter; the EMA's copies and untrained variables after it.
-    let weight = ema.averaging_weight(update.step);
-    let shadows = weight.map(|_| ema_vs.variables());
-    let zero = grads.zero_in_update();
-    optimizer.step_fused(
-        update.lr,
-        update.grad_scale,
-        shadows.as_ref().zip(weight),
-        zero,
-    );
-    grads.updated();
-    let averaged: std::collections::HashSet<&str> = match weight {
-        Some(_) => optimizer.names().collect(),
-        None => Default::default(),
-    };
-    ema.update_except(vs, ema_vs, update.step, &|name| averaged.contains(name));
-}
-
-/// What [`apply_update`] applies after a step's gradients are in.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Update {
-    /// The learning rate of this step.
-    pub lr: f64,
-    /// Optimizer steps completed after this one (1 after the first), for the EMA's decay.
-    pub step: u64,
-    /// The gradient clipping factor still to apply (1 for none; see
-    /// [`crate::optim::clip_grad_norm_deferred`]).
-    pub grad_scale: f32,
-}
-
 /// The loss of one micro-batch, and, for the MLP, the tape of its hand-written backward pass.
 pub(crate) struct MicroBatchLoss {
     /// The scalar loss (autograd reaches the whole network, except for a taped MLP).
@@ -764,7 +718,7 @@ impl MicroBatchLoss {
     /// otherwise (which always adds: `accumulate` must be set). With `sum_squares` the taped
     /// pass also returns the gradients' sums of squares for clipping (empty otherwise; see
     /// [`difflab_models::GradSquares`]). Training loops call it through
-    /// [`GradBuffers::backward`].
+    /// [`super::Updater::backward`].
     pub(crate) fn backward(
         self,
         network: &Network,
