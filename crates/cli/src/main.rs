@@ -50,6 +50,9 @@ enum Command {
     Eval(commands::eval::EvalArgs),
     /// Measure training and sampling throughput, FLOPs and peak memory of one model.
     Bench(commands::bench::BenchArgs),
+    /// Check that difflab's training step equals PyTorch's on the same weights and batches.
+    #[command(subcommand)]
+    Parity(commands::parity::ParityCommand),
 }
 
 fn parse_device(s: &str) -> Result<DeviceSpec, String> {
@@ -81,6 +84,7 @@ fn main() {
         ),
         Command::Eval(args) => commands::eval::run(&args, cli.device),
         Command::Bench(args) => commands::bench::run(&args, cli.device),
+        Command::Parity(command) => commands::parity::run(&command),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

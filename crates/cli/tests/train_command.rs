@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 #[test]
 fn every_shipped_config_passes_config_check() {
     let mut checked = 0;
-    for entry in std::fs::read_dir(repo().join("configs")).unwrap() {
+    let configs = ["configs", "configs/quality"]
+        .iter()
+        .flat_map(|d| std::fs::read_dir(repo().join(d)).unwrap());
+    for entry in configs {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "yaml") {
             let out = difflab(&["config", "check", path.to_str().unwrap()]);
@@ -25,8 +28,8 @@ fn every_shipped_config_passes_config_check() {
         }
     }
     assert!(
-        checked >= 6,
-        "quickstart, fashion-mnist, toy2d, cold-blur, anime, anime-sr"
+        checked >= 8,
+        "quickstart, fashion-mnist, toy2d, cold-blur, anime, anime-sr, the quality recipes"
     );
 }
 
@@ -116,6 +119,19 @@ fn a_tiny_quickstart_trains_and_writes_its_run_directory() {
     let again = difflab(&args);
     assert_eq!(again.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&again.stderr).contains("--resume"));
+    // A run branched from this one's weights says where it started.
+    let branch = out_dir.join("branch");
+    let mut branch_args = args.clone();
+    branch_args[4] = branch.to_str().unwrap();
+    let latest = out_dir.join("checkpoints/latest");
+    branch_args.extend(["--init", latest.to_str().unwrap()]);
+    let branched = difflab(&branch_args);
+    let said = String::from_utf8_lossy(&branched.stderr);
+    assert!(branched.status.success(), "{said}");
+    assert!(
+        said.contains("from weights") && !said.contains("from scratch"),
+        "{said}"
+    );
     std::fs::remove_dir_all(out_dir).unwrap();
 }
 

@@ -41,6 +41,15 @@ pub fn format_table(report: &EvalReport) -> String {
             .unwrap_or_else(|| format!("{:>12}", "-"));
         out += &format!("{name:<18} {value:>12.5} {floor}\n");
     }
+    for (label, key) in [
+        ("samples per class", "class_histogram"),
+        ("floor per class", "floor_class_histogram"),
+    ] {
+        if let Some(counts) = report.details[key].as_array() {
+            let counts: Vec<String> = counts.iter().map(ToString::to_string).collect();
+            out += &format!("{label:<18} {}\n", counts.join(" "));
+        }
+    }
     out += &format!("({} samples)\n", report.num_samples);
     out
 }

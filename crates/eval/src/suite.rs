@@ -13,6 +13,10 @@
 //! | `precision`, `recall` (k = 3) | the same N test images | the same N test images |
 //! | `class_accuracy` | requested classes (conditional models) | the test images' labels |
 //!
+//! `details.class_histogram` counts the samples the classifier puts in each class, beside
+//! `details.floor_class_histogram` for the real floor images: a generator that collapses onto a
+//! few classes shows there even when its feature statistics look passable.
+//!
 //! With a class filter (`--class K`), every real set is restricted to class K.
 //!
 //! # Toy
@@ -178,6 +182,8 @@ pub fn evaluate_images(
         "floor_train_images": floor.features.size()[0],
         "test_stats_images": test_stats.count,
         "class_filter": options.class_filter,
+        "class_histogram": class_histogram(&generated.predictions, meta.spec.num_classes)?,
+        "floor_class_histogram": class_histogram(&floor.predictions, meta.spec.num_classes)?,
     });
     if let Some(requested) = requested {
         let hits = generated.predictions.eq_tensor(requested);
@@ -204,6 +210,14 @@ pub fn evaluate_images(
     }
     out.details = details;
     Ok(out)
+}
+
+/// How many of `predictions` (int64 class indices) fall in each of `classes` classes.
+fn class_histogram(predictions: &Tensor, classes: i64) -> Result<Vec<i64>, EvalError> {
+    let counts = predictions
+        .to_kind(Kind::Int64)
+        .bincount(None::<Tensor>, classes);
+    Vec::<i64>::try_from(&counts).map_err(EvalError::Torch)
 }
 
 fn mean(bools: &Tensor) -> f64 {

@@ -9,7 +9,7 @@ use tch::{Device, Kind, Tensor, nn, nn::Module};
 use crate::cpu_kernels::{is_contiguous_cpu_f32, records_grad};
 use crate::params::ParamCount;
 use crate::resnet::group_norm;
-use crate::{ModelError, blas};
+use crate::{ModelError, blas, init};
 
 /// Which attention (if any) a UNet level uses.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,7 +87,7 @@ impl SpatialAttention {
         }
         let heads = c.channels / c.head_dim;
         let inner = heads * c.head_dim;
-        let linear = |name: &str, i, o| nn::linear(vs / name, i, o, Default::default());
+        let linear = |name: &str, i, o| init::linear(vs / name, i, o);
         Ok(Self {
             group_norm: c
                 .norm_groups
@@ -95,10 +95,16 @@ impl SpatialAttention {
             to_q: linear("to_q", c.channels, inner),
             to_k: linear("to_k", c.channels, inner),
             to_v: linear("to_v", c.channels, inner),
-            to_out: nn::linear(vs / "to_out" / 0, inner, c.channels, Default::default()),
+            to_out: init::linear(vs / "to_out" / 0, inner, c.channels),
             heads,
             config: *config,
         })
+    }
+
+    /// Zero the output projection `to_out.0`, so the layer starts as the identity
+    /// ([`crate::InitScheme::ZeroOut`]).
+    pub fn zero_output(&self) {
+        init::zero(&self.to_out.ws, self.to_out.bs.as_ref());
     }
 
     /// Number of heads.

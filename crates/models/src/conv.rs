@@ -17,11 +17,11 @@ use std::sync::Mutex;
 
 use tch::{Device, Kind, Tensor, nn, nn::Module};
 
-use crate::blas;
 use crate::cpu_kernels::{is_contiguous_cpu_f32, records_grad};
 use crate::omp_team::{self, SyncPtr};
 use crate::params::ParamCount;
 use crate::winograd::{self, WinogradF2};
+use crate::{blas, init};
 
 /// Largest batch-1 input (elements) libtorch sends to `slow_conv2d` rather than oneDNN.
 pub const SLOW_PATH_MAX_INPUT: i64 = 20_480;
@@ -65,7 +65,8 @@ pub enum ConvPath {
 }
 
 impl Conv2d {
-    /// `c_in` → `c_out` channels, a `kernel`×`kernel` kernel, parameters under `vs`.
+    /// `c_in` → `c_out` channels, a `kernel`×`kernel` kernel, parameters under `vs` drawn as
+    /// `nn.Conv2d`'s ([`init::conv2d`]).
     pub fn new(
         vs: nn::Path,
         c_in: i64,
@@ -74,13 +75,8 @@ impl Conv2d {
         stride: i64,
         padding: i64,
     ) -> Self {
-        let config = nn::ConvConfig {
-            stride,
-            padding,
-            ..Default::default()
-        };
         Self {
-            inner: nn::conv2d(vs, c_in, c_out, kernel, config),
+            inner: init::conv2d(vs, c_in, c_out, kernel, stride, padding),
             kernel,
             stride,
             padding,
@@ -91,6 +87,11 @@ impl Conv2d {
     /// The `[out, in, k, k]` weight.
     pub fn weight(&self) -> &Tensor {
         &self.inner.ws
+    }
+
+    /// Set the weight and bias to zero ([`crate::InitScheme::ZeroOut`]).
+    pub fn zero(&self) {
+        init::zero(&self.inner.ws, self.inner.bs.as_ref());
     }
 
     /// `[B, in, H, W]` → `[B, out, H', W']`, `H' = (H + 2p − k)/s + 1`.

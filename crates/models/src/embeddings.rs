@@ -7,8 +7,8 @@
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor, nn, nn::Module};
 
-use crate::cpu_kernels;
 use crate::params::ParamCount;
+use crate::{cpu_kernels, init};
 
 /// How the sinusoidal timestep code is laid out (diffusers' `flip_sin_to_cos`, `freq_shift`).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -193,8 +193,8 @@ impl TimestepEmbedding {
     /// `in_dim` → `out_dim` → `out_dim`, parameters under `vs` (`linear_1.*`, `linear_2.*`).
     pub fn new(vs: &nn::Path, in_dim: i64, out_dim: i64) -> Self {
         Self {
-            linear_1: nn::linear(vs / "linear_1", in_dim, out_dim, Default::default()),
-            linear_2: nn::linear(vs / "linear_2", out_dim, out_dim, Default::default()),
+            linear_1: init::linear(vs / "linear_1", in_dim, out_dim),
+            linear_2: init::linear(vs / "linear_2", out_dim, out_dim),
         }
     }
 
@@ -229,7 +229,7 @@ impl ClassEmbedding {
     /// `rows` embeddings of width `dim`, parameter `weight` under `vs`.
     pub fn new(vs: &nn::Path, rows: i64, dim: i64) -> Self {
         Self {
-            embedding: nn::embedding(vs, rows, dim, Default::default()),
+            embedding: init::embedding(vs, rows, dim),
             rows,
         }
     }

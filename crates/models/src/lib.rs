@@ -15,7 +15,8 @@
 //! (its hand-written backward pass), [`conv`] (convolutions, batch-1 inference through the BLAS
 //! or [`winograd`]), [`cpu_kernels`] (SiLU at
 //! inference), [`diffusers`]
-//! (config.json and weights), [`weights`] (strict safetensors loading).
+//! (config.json and weights), [`weights`] (strict safetensors loading), [`init`] (parameters
+//! drawn as `torch.nn` draws them).
 
 pub mod attention;
 pub mod blas;
@@ -26,6 +27,7 @@ pub mod embeddings;
 mod error;
 pub mod flops;
 pub mod group_norm_silu;
+pub mod init;
 pub mod mlp;
 pub mod mlp_tape;
 pub mod omp_team;
@@ -42,6 +44,7 @@ pub use conv::Conv2d;
 pub use diffusers::{DiffusersUNetConfig, export_diffusers_unet, load_diffusers_unet};
 pub use embeddings::{ClassEmbedding, SinusoidalConfig, TimestepEmbedding, sinusoidal_embedding};
 pub use error::ModelError;
+pub use init::InitScheme;
 pub use mlp::{Activation, MlpConfig, MlpDenoiser};
 pub use mlp_tape::{GradSquares, MlpTape};
 pub use params::ParamCount;

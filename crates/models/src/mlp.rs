@@ -11,6 +11,7 @@ use tch::{Device, Kind, Tensor, nn, nn::Module};
 
 use crate::ModelError;
 use crate::embeddings::{TimestepEmbedding, sinusoidal_embedding};
+use crate::init::{self, InitScheme};
 use crate::params::ParamCount;
 use crate::unet::{ModelSummary, TimeEmbeddingConfig};
 use crate::{blas, cpu_kernels};
@@ -70,6 +71,9 @@ pub struct MlpConfig {
     pub time_embedding: TimeEmbeddingConfig,
     /// Nonlinearity: `silu` (default), `gelu` or `relu`.
     pub activation: Activation,
+    /// How the parameters start: `pytorch` (default) or `zero_out` (the output layer zero).
+    #[serde(skip_serializing_if = "InitScheme::is_default")]
+    pub init: InitScheme,
 }
 
 impl Default for MlpConfig {
@@ -80,6 +84,7 @@ impl Default for MlpConfig {
             layers: 3,
             time_embedding: TimeEmbeddingConfig::default(),
             activation: Activation::Silu,
+            init: InitScheme::Pytorch,
         }
     }
 }
@@ -145,25 +150,29 @@ impl MlpDenoiser {
     pub fn new(vs: &nn::Path, config: &MlpConfig) -> Result<Self, ModelError> {
         config.validate()?;
         let (d, hidden, temb) = (config.data_dim, config.hidden, config.time_embed_dim());
-        let linear = |vs: nn::Path, i, o| nn::linear(vs, i, o, Default::default());
-        let layers = (0..config.layers)
-            .map(|i| MlpLayer {
-                linear: linear(vs / "layers" / i / "linear", hidden, hidden),
-                time_proj: linear(vs / "layers" / i / "time_proj", temb, hidden),
-            })
-            .collect();
-        Ok(Self {
+        // Fields in the order a PyTorch module would construct them (time embedding, input,
+        // layers, output): the parity goldens build the same MLP in PyTorch under one seed.
+        let model = Self {
             time_embedding: TimestepEmbedding::new(
                 &(vs / "time_embedding"),
                 config.sinusoid_dim(),
                 temb,
             ),
-            input: linear(vs / "input", d, hidden),
-            layers,
-            output: linear(vs / "output", hidden, d),
+            input: init::linear(vs / "input", d, hidden),
+            layers: (0..config.layers)
+                .map(|i| MlpLayer {
+                    linear: init::linear(vs / "layers" / i / "linear", hidden, hidden),
+                    time_proj: init::linear(vs / "layers" / i / "time_proj", temb, hidden),
+                })
+                .collect(),
+            output: init::linear(vs / "output", hidden, d),
             config: config.clone(),
             device: vs.device(),
-        })
+        };
+        if config.init == InitScheme::ZeroOut {
+            init::zero(&model.output.ws, model.output.bs.as_ref());
+        }
+        Ok(model)
     }
 
     /// The configuration this model was built from.

@@ -4,12 +4,12 @@
 use serde::{Deserialize, Serialize};
 use tch::{Tensor, nn, nn::Module};
 
-use crate::blas;
 use crate::conv::Conv2d;
 use crate::cpu_kernels::silu;
 use crate::group_norm_silu::{ChannelTerms, group_norm_silu};
 use crate::params::ParamCount;
 use crate::upsample::upsample_nearest2x;
+use crate::{blas, init};
 
 /// How a residual block reads the time (and class) embedding `e`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,11 +89,7 @@ pub struct ResnetBlock2D {
 }
 
 pub(crate) fn group_norm(vs: nn::Path, groups: i64, channels: i64, eps: f64) -> nn::GroupNorm {
-    let config = nn::GroupNormConfig {
-        eps,
-        ..Default::default()
-    };
-    nn::group_norm(vs, groups, channels, config)
+    init::group_norm(vs, groups, channels, eps)
 }
 
 pub(crate) fn conv3x3(vs: nn::Path, c_in: i64, c_out: i64, stride: i64, padding: i64) -> Conv2d {
@@ -109,22 +105,23 @@ impl ResnetBlock2D {
             TimeConditioning::Add => c.out_channels,
             TimeConditioning::ScaleShift => 2 * c.out_channels,
         };
-        let conv_shortcut = (c.in_channels != c.out_channels)
-            .then(|| Conv2d::new(vs / "conv_shortcut", c.in_channels, c.out_channels, 1, 1, 0));
+        // Fields in diffusers' construction order: the same draws under the same seed.
         Self {
             norm1: group_norm(vs / "norm1", c.groups, c.in_channels, c.eps),
             conv1: conv3x3(vs / "conv1", c.in_channels, c.out_channels, 1, 1),
-            time_emb_proj: nn::linear(
-                vs / "time_emb_proj",
-                c.temb_channels,
-                proj_out,
-                Default::default(),
-            ),
+            time_emb_proj: init::linear(vs / "time_emb_proj", c.temb_channels, proj_out),
             norm2: group_norm(vs / "norm2", c.groups, c.out_channels, c.eps),
             conv2: conv3x3(vs / "conv2", c.out_channels, c.out_channels, 1, 1),
-            conv_shortcut,
+            conv_shortcut: (c.in_channels != c.out_channels)
+                .then(|| Conv2d::new(vs / "conv_shortcut", c.in_channels, c.out_channels, 1, 1, 0)),
             config: *config,
         }
+    }
+
+    /// Zero `conv2`, the residual branch's last layer, so the block starts as its shortcut
+    /// ([`crate::InitScheme::ZeroOut`]).
+    pub fn zero_branch_output(&self) {
+        self.conv2.zero();
     }
 
     /// The block's configuration.

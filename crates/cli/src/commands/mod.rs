@@ -6,6 +6,7 @@ pub mod ensemble;
 pub mod eval;
 pub mod export;
 pub mod model;
+pub mod parity;
 pub mod sample;
 pub mod schedule;
 pub mod sweep;

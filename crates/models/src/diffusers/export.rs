@@ -42,6 +42,8 @@ const MAPPED_KEYS: &[&str] = &[
     "downsample_padding",
     "mid_block_scale_factor",
     "learned_variance",
+    // How the weights started: no part of the architecture.
+    "init",
 ];
 
 /// The `time_embedding` keys that are mapped (`max_period` and `sinusoid_dim` only at the

@@ -103,6 +103,20 @@ impl ParamCount for Downsampler {
     }
 }
 
+impl Downsampler {
+    fn zero_branch_output(&self) {
+        if let Self::Resnet(block) = self {
+            block.zero_branch_output();
+        }
+    }
+}
+
+/// Zero the last layer of every residual branch of a block's resnets and attentions.
+fn zero_branch_outputs(resnets: &[ResnetBlock2D], attentions: &[SpatialAttention]) {
+    resnets.iter().for_each(ResnetBlock2D::zero_branch_output);
+    attentions.iter().for_each(SpatialAttention::zero_output);
+}
+
 /// The layer that doubles the resolution at the end of a decoder level.
 #[derive(Debug)]
 pub enum Upsampler {
@@ -186,20 +200,25 @@ impl BlockCommon {
     }
 }
 
-fn attentions(
+/// `resnets.i` followed by `attentions.i` (when `kind` has attention) for each `i` of
+/// `resnets`, created in that interleaved order as diffusers' `Attn*Block2D` construct them (the
+/// same draws under the same seed); `resnets` gives each block's config.
+fn resnets_and_attentions(
     vs: &nn::Path,
     common: &BlockCommon,
-    count: usize,
+    resnets: impl IntoIterator<Item = ResnetConfig>,
     channels: i64,
     kind: AttentionKind,
-) -> Result<Vec<SpatialAttention>, ModelError> {
-    if !kind.is_some() {
-        return Ok(Vec::new());
-    }
+) -> Result<(Vec<ResnetBlock2D>, Vec<SpatialAttention>), ModelError> {
     let cfg = common.attention(channels, kind, Some(common.groups), 1.0);
-    (0..count)
-        .map(|i| SpatialAttention::new(&(vs / "attentions" / i), &cfg))
-        .collect()
+    let (mut blocks, mut attentions) = (Vec::new(), Vec::new());
+    for (i, resnet) in resnets.into_iter().enumerate() {
+        blocks.push(ResnetBlock2D::new(&(vs / "resnets" / i), &resnet));
+        if kind.is_some() {
+            attentions.push(SpatialAttention::new(&(vs / "attentions" / i), &cfg)?);
+        }
+    }
+    Ok((blocks, attentions))
 }
 
 /// One encoder level: `layers` × (resnet, optional attention), then an optional [`Downsampler`].
@@ -222,18 +241,15 @@ impl DownBlock {
         attention: AttentionKind,
         downsample_padding: Option<i64>,
     ) -> Result<Self, ModelError> {
-        let resnets = (0..layers)
-            .map(|i| {
-                let c_in = if i == 0 { in_channels } else { out_channels };
-                ResnetBlock2D::new(
-                    &(vs / "resnets" / i),
-                    &common.resnet(c_in, out_channels, 1.0),
-                )
-            })
-            .collect();
+        let configs = (0..layers).map(|i| {
+            let c_in = if i == 0 { in_channels } else { out_channels };
+            common.resnet(c_in, out_channels, 1.0)
+        });
+        let (resnets, attentions) =
+            resnets_and_attentions(vs, common, configs, out_channels, attention)?;
         Ok(Self {
             resnets,
-            attentions: attentions(vs, common, layers, out_channels, attention)?,
+            attentions,
             downsampler: downsample_padding.map(|p| {
                 let vs = &(vs / "downsamplers" / 0);
                 match common.resample {
@@ -273,6 +289,16 @@ impl DownBlock {
     }
 }
 
+impl DownBlock {
+    /// [`crate::InitScheme::ZeroOut`] for this level.
+    pub(crate) fn zero_branch_outputs(&self) {
+        zero_branch_outputs(&self.resnets, &self.attentions);
+        if let Some(down) = &self.downsampler {
+            down.zero_branch_output();
+        }
+    }
+}
+
 impl ParamCount for DownBlock {
     fn param_count(&self) -> i64 {
         self.resnets.param_count() + self.attentions.param_count() + self.downsampler.param_count()
@@ -296,10 +322,9 @@ impl MidBlock {
         attention_norm_groups: Option<i64>,
         output_scale_factor: f64,
     ) -> Result<Self, ModelError> {
+        // resnets.0, attentions.0, resnets.1: diffusers' `UNetMidBlock2D` construction order.
         let cfg = common.resnet(channels, channels, output_scale_factor);
-        let resnets = (0..2)
-            .map(|i| ResnetBlock2D::new(&(vs / "resnets" / i), &cfg))
-            .collect();
+        let first = ResnetBlock2D::new(&(vs / "resnets" / 0), &cfg);
         let attention = if attention.is_some() {
             let cfg = common.attention(
                 channels,
@@ -311,7 +336,11 @@ impl MidBlock {
         } else {
             None
         };
-        Ok(Self { resnets, attention })
+        let second = ResnetBlock2D::new(&(vs / "resnets" / 1), &cfg);
+        Ok(Self {
+            resnets: vec![first, second],
+            attention,
+        })
     }
 
     /// `[B, C, h, w]` → `[B, C, h, w]`.
@@ -321,6 +350,13 @@ impl MidBlock {
             h = attn.forward(&h);
         }
         self.resnets[1].forward(&h, temb, train)
+    }
+}
+
+impl MidBlock {
+    /// [`crate::InitScheme::ZeroOut`] for the middle block.
+    pub(crate) fn zero_branch_outputs(&self) {
+        zero_branch_outputs(&self.resnets, self.attention.as_slice());
     }
 }
 
@@ -351,21 +387,15 @@ impl UpBlock {
         attention: AttentionKind,
         upsample: bool,
     ) -> Result<Self, ModelError> {
-        let resnets = skip_channels
-            .iter()
-            .enumerate()
-            .map(|(i, &skip)| {
-                let c_in = if i == 0 { prev_channels } else { out_channels };
-                ResnetBlock2D::new(
-                    &(vs / "resnets" / i),
-                    &common.resnet(c_in + skip, out_channels, 1.0),
-                )
-            })
-            .collect();
-        let layers = skip_channels.len();
+        let configs = skip_channels.iter().enumerate().map(|(i, &skip)| {
+            let c_in = if i == 0 { prev_channels } else { out_channels };
+            common.resnet(c_in + skip, out_channels, 1.0)
+        });
+        let (resnets, attentions) =
+            resnets_and_attentions(vs, common, configs, out_channels, attention)?;
         Ok(Self {
             resnets,
-            attentions: attentions(vs, common, layers, out_channels, attention)?,
+            attentions,
             upsampler: upsample.then(|| {
                 let vs = &(vs / "upsamplers" / 0);
                 match common.resample {
@@ -406,6 +436,16 @@ impl UpBlock {
         match &self.upsampler {
             Some(up) => up.forward(&h, temb, train),
             None => h,
+        }
+    }
+}
+
+impl UpBlock {
+    /// [`crate::InitScheme::ZeroOut`] for this level.
+    pub(crate) fn zero_branch_outputs(&self) {
+        zero_branch_outputs(&self.resnets, &self.attentions);
+        if let Some(Upsampler::Resnet(block)) = &self.upsampler {
+            block.zero_branch_output();
         }
     }
 }

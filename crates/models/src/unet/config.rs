@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use super::blocks::Resample;
 use crate::embeddings::SinusoidalConfig;
+use crate::init::InitScheme;
 use crate::{AttentionKind, ModelError, TimeConditioning};
 
 /// The sinusoidal code and MLP that embed the timestep.
@@ -195,6 +196,11 @@ pub struct UNetConfig {
     /// How resolution changes between levels: `conv` (default) or `resnet` (BigGAN-style
     /// residual blocks that resample inside).
     pub resample: Resample,
+    /// How the parameters start: `pytorch` (default; `torch.nn`'s defaults, the draws of
+    /// diffusers' `UNet2DModel` under the same seed) or `zero_out` (ADM/EDM: every residual
+    /// branch's last layer and the output layer zero). See [`InitScheme`].
+    #[serde(skip_serializing_if = "InitScheme::is_default")]
+    pub init: InitScheme,
 }
 
 impl Default for UNetConfig {
@@ -229,6 +235,7 @@ impl Default for UNetConfig {
             self_condition: false,
             lowres_noise_level: None,
             resample: Resample::Conv,
+            init: InitScheme::Pytorch,
         }
     }
 }

@@ -10,7 +10,7 @@ use crate::cpu_kernels;
 use crate::embeddings::{ClassEmbedding, TimestepEmbedding, sinusoidal_embedding};
 use crate::params::ParamCount;
 use crate::resnet::{conv3x3, group_norm};
-use crate::{ModelError, UNetConfig};
+use crate::{InitScheme, ModelError, UNetConfig};
 
 /// A UNet denoiser `f(x_t, t, y)` (Ronneberger et al. 2015 as adapted by Ho et al. 2020),
 /// configured by [`UNetConfig`]. Its parameter names equal diffusers' `UNet2DModel`
@@ -52,6 +52,20 @@ impl UNet {
         let c0 = channels[0];
         let temb = config.time_embed_dim()?;
         let layers = config.layers_per_block;
+        // Modules in diffusers' `UNet2DModel.__init__` order (embeddings, encoder, middle,
+        // decoder, output): the same draws as diffusers under the same seed.
+        let conv_in = conv3x3(vs / "conv_in", config.conv_in_channels(), c0, 1, 1);
+        let time_embedding =
+            TimestepEmbedding::new(&(vs / "time_embedding"), config.sinusoid_dim()?, temb);
+        let class_embedding = config
+            .class_rows()
+            .map(|rows| ClassEmbedding::new(&(vs / "class_embedding"), rows, temb));
+        let label_embedding = config
+            .label_dim
+            .map(|d| TimestepEmbedding::new(&(vs / "label_embedding"), d, temb));
+        let lowres_noise_embedding = config
+            .noise_level_sinusoid_dim()?
+            .map(|d| TimestepEmbedding::new(&(vs / "lowres_noise_embedding"), d, temb));
         let common = BlockCommon {
             temb_channels: temb,
             groups: config.norm_num_groups,
@@ -116,28 +130,15 @@ impl UNet {
             prev = channels[level];
         }
 
-        let class_embedding = config
-            .class_rows()
-            .map(|rows| ClassEmbedding::new(&(vs / "class_embedding"), rows, temb));
-        let label_embedding = config
-            .label_dim
-            .map(|d| TimestepEmbedding::new(&(vs / "label_embedding"), d, temb));
-        let lowres_noise_embedding = config
-            .noise_level_sinusoid_dim()?
-            .map(|d| TimestepEmbedding::new(&(vs / "lowres_noise_embedding"), d, temb));
         let context_gains = match config.context_dim {
             Some(d) => (0..levels)
                 .map(|i| ContextGain::new(&(vs / "context_gains" / i), d, channels[levels - 1 - i]))
                 .collect(),
             None => Vec::new(),
         };
-        Ok(Self {
-            conv_in: conv3x3(vs / "conv_in", config.conv_in_channels(), c0, 1, 1),
-            time_embedding: TimestepEmbedding::new(
-                &(vs / "time_embedding"),
-                config.sinusoid_dim()?,
-                temb,
-            ),
+        let model = Self {
+            conv_in,
+            time_embedding,
             class_embedding,
             label_embedding,
             lowres_noise_embedding,
@@ -155,7 +156,24 @@ impl UNet {
             config: config.clone(),
             channels,
             device: vs.device(),
-        })
+        };
+        if config.init == InitScheme::ZeroOut {
+            model.zero_out();
+        }
+        Ok(model)
+    }
+
+    /// [`InitScheme::ZeroOut`]: zero every residual branch's last layer (resnet `conv2`,
+    /// attention `to_out.0`, also in resampling blocks) and `conv_out`.
+    fn zero_out(&self) {
+        for block in &self.down_blocks {
+            block.zero_branch_outputs();
+        }
+        self.mid_block.zero_branch_outputs();
+        for block in &self.up_blocks {
+            block.zero_branch_outputs();
+        }
+        self.conv_out.zero();
     }
 
     /// The configuration this model was built from.

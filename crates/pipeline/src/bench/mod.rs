@@ -15,11 +15,7 @@ use serde::Serialize;
 use tch::{Device, Kind, Tensor, nn};
 
 use crate::data::Batch;
-use crate::optim::clip_grad_norm_deferred_with;
-use crate::train::{
-    Autocast, TrainError, Update, Updater, build_process, lay_out_for_training, micro_batch_loss,
-    mix,
-};
+use crate::train::{Autocast, Engine, Learner, StepEvent, TrainError, mix};
 use crate::{ExperimentConfig, ModelConfig, Network, NetworkDenoiser};
 
 /// What to measure and how much.
@@ -212,23 +208,7 @@ pub fn bench_training(
     settings: &BenchSettings,
 ) -> Result<TrainFigures, TrainError> {
     let device = settings.device;
-    let training = &config.training;
-    let schedule: NoiseSchedule = config.schedule.build()?;
-    let (process, loss_kind) = build_process(config, &schedule, device)?;
-    let rng = generator_lock();
-    tch::manual_seed(mix(config.seed, u64::MAX) as i64);
-    let vs = nn::VarStore::new(device);
-    let network = Network::build(&vs.root(), &config.model)?;
-    let mut ema_vs = nn::VarStore::new(device);
-    let _ema_network = Network::build(&ema_vs.root(), &config.model)?;
-    drop(rng);
-    lay_out_for_training(config, &vs, &ema_vs);
-    let mut updater = Updater::new(&vs, &ema_vs, training)?;
-    let null_class = match &config.model {
-        ModelConfig::Unet(u) if u.null_class => u.num_classes,
-        _ => None,
-    };
-    let bf16 = training.precision.uses_bf16(device);
+    let mut learner = Learner::new(config, device, Engine::Auto)?;
     let batch = synthetic_batch(config, settings.batch, settings.resolution);
 
     let mut times = Vec::with_capacity(settings.train_steps);
@@ -239,34 +219,17 @@ pub fn bench_training(
         sync(device);
         let start = Instant::now();
         let mut clock = PhaseClock::new(device, start);
-        let lr = training
-            .lr_schedule
-            .lr_at(training.optimizer.lr, step, training.steps);
-        let squares = {
-            let _rng = generator_lock();
-            tch::manual_seed(mix(config.seed, step) as i64);
-            let loss = {
-                let _autocast = bf16.then(|| Autocast::bf16(device));
-                micro_batch_loss(
-                    &batch, &network, &process, config, loss_kind, null_class, device,
-                )
-            };
-            // The trainer reads the loss (for NaN checks and logging) every step.
-            let _value = loss.loss.double_value(&[]);
-            clock.lap(0);
-            let squares = updater.backward(loss, &network, 1.0, true);
-            clock.lap(1);
-            squares
-        };
-        let (_norm, grad_scale) = clip_grad_norm_deferred_with(&vs, training.grad_clip, &squares);
-        clock.lap(2);
-        let update = Update {
-            lr,
-            step: step + 1,
-            grad_scale,
-        };
-        updater.apply(&vs, &mut ema_vs, update);
-        clock.lap(3);
+        learner.step(
+            step,
+            &mut || Ok(batch.shallow_clone()),
+            &mut |event| match event {
+                StepEvent::Loss => clock.lap(0),
+                StepEvent::Backward => clock.lap(1),
+                StepEvent::Clipped => clock.lap(2),
+                StepEvent::Updated => clock.lap(3),
+                StepEvent::Inputs(_) | StepEvent::Gradients(_) => {}
+            },
+        )?;
         if step as usize >= settings.warmup {
             let dt = start.elapsed().as_secs_f64();
             timed += dt;
@@ -348,7 +311,6 @@ pub fn bench_sampling(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::train::ToyStep;
 
     fn tiny_config() -> ExperimentConfig {
         crate::config::parse_config(
@@ -357,60 +319,6 @@ mod tests {
             &[],
         )
         .expect("config")
-    }
-
-    /// The trainer's micro-batch loss tapes the MLP (and only the MLP) on the CPU, and its
-    /// backward reaches every parameter, scaled by the divisor as autograd scales it.
-    #[test]
-    fn the_mlp_trains_through_its_taped_backward() {
-        let toy = ToyStep::new();
-        let grads_after = |divisor: f64| {
-            for (_, mut v) in toy.vs.variables() {
-                v.zero_grad();
-            }
-            let loss = toy.loss(11);
-            assert!(loss.is_taped(), "the MLP takes the hand-written backward");
-            let value = loss.loss.double_value(&[]);
-            loss.backward(&toy.network, divisor, true, false);
-            (value, toy.grads())
-        };
-        let (loss_1, whole) = grads_after(1.0);
-        let (loss_4, quarter) = grads_after(4.0);
-        assert_eq!(loss_1, loss_4, "same seed, same loss");
-        assert_eq!(
-            whole.len(),
-            16,
-            "every weight and bias of the 8 linear layers"
-        );
-        for ((name, g1), (_, g4)) in whole.iter().zip(&quarter) {
-            assert!(
-                g1.defined() && g1.abs().sum(Kind::Float).double_value(&[]) > 0.0,
-                "{name}"
-            );
-            assert!(
-                (g4 * 4.0).allclose(g1, 1e-6, 1e-9, false),
-                "{name}: divisor 4"
-            );
-        }
-
-        let device = Device::Cpu;
-        let schedule: NoiseSchedule = toy.config.schedule.build().expect("schedule");
-        let unet_config = tiny_config();
-        let vs = nn::VarStore::new(device);
-        let unet = Network::build(&vs.root(), &unet_config.model).expect("unet");
-        let (process, loss_kind) = build_process(&unet_config, &schedule, device).expect("process");
-        let batch = synthetic_batch(&unet_config, 2, 8);
-        let _rng = generator_lock();
-        let loss = micro_batch_loss(
-            &batch,
-            &unet,
-            &process,
-            &unet_config,
-            loss_kind,
-            None,
-            device,
-        );
-        assert!(!loss.is_taped(), "a UNet trains through autograd");
     }
 
     #[test]

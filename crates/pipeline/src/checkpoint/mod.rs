@@ -15,7 +15,7 @@
 //! ```
 
 mod dir;
-mod safetensors;
+pub(crate) mod safetensors;
 
 use std::path::{Path, PathBuf};
 

@@ -76,6 +76,19 @@ pub struct Batch {
     pub cond_image: Option<Tensor>,
 }
 
+impl Batch {
+    /// A copy sharing storage.
+    pub fn shallow_clone(&self) -> Self {
+        let c = |t: &Option<Tensor>| t.as_ref().map(Tensor::shallow_clone);
+        Self {
+            x: self.x.shallow_clone(),
+            class_labels: c(&self.class_labels),
+            label_vector: c(&self.label_vector),
+            cond_image: c(&self.cond_image),
+        }
+    }
+}
+
 /// The order of epoch `epoch`: a permutation of `0..len` from `ChaCha8Rng` keyed by
 /// `(seed, epoch)` (Fisher–Yates from the last element down, unbiased bounded draws).
 pub fn epoch_permutation(len: usize, seed: u64, epoch: u64) -> Vec<usize> {

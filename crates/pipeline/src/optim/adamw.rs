@@ -117,6 +117,9 @@ pub struct AdamW {
     config: OptimizerConfig,
     params: Vec<ParamState>,
     steps: i64,
+    /// Whether dense f32 CPU parameters take difflab's fused pass (`fused_cpu.rs`) rather than
+    /// libtorch's operations.
+    kernels: bool,
 }
 
 /// Where an error found in in-memory state (not a file) says it was found.
@@ -146,7 +149,15 @@ impl AdamW {
             config: config.clone(),
             params,
             steps: 0,
+            kernels: true,
         }
+    }
+
+    /// This optimizer stepping in libtorch's operations only (PyTorch's single-tensor
+    /// sequence), never difflab's fused pass.
+    pub fn without_kernels(mut self) -> Self {
+        self.kernels = false;
+        self
     }
 
     /// The hyper-parameters.
@@ -164,11 +175,6 @@ impl AdamW {
     /// is undefined (never reached by a backward pass) are skipped, their moments and step
     /// count unchanged. Gradients are read, never modified.
     pub fn step(&mut self, lr: f64) {
-        self.step_with(lr, Kernel::FusedWhereApplicable);
-    }
-
-    /// [`AdamW::step`] with a choice of kernel (tests compare the two).
-    pub(crate) fn step_with(&mut self, lr: f64, kernel: Kernel) {
         let _guard = tch::no_grad_guard();
         let config = self.config.clone();
         self.steps += 1;
@@ -179,7 +185,7 @@ impl AdamW {
             }
             p.step += 1;
             let scalars = step_scalars(&config, lr, p.step);
-            let fused = kernel == Kernel::FusedWhereApplicable
+            let fused = self.kernels
                 && fused_cpu::adam_step(
                     &p.var,
                     &grad,
@@ -258,7 +264,7 @@ impl AdamW {
                 }
             }
             if let (Some((shadow, weight)), false) = (shadow, averaged) {
-                super::ema::average_into(shadow, &p.var, weight);
+                super::ema::average_into(shadow, &p.var, weight, true);
             }
         }
     }
@@ -267,7 +273,7 @@ impl AdamW {
     pub fn zero_grad(&mut self) {
         for p in &mut self.params {
             // One pass of difflab's fill for a dense f32 CPU gradient, else libtorch's.
-            if !fused_cpu::zero_in_place(&p.var.grad()) {
+            if !(self.kernels && fused_cpu::zero_in_place(&p.var.grad())) {
                 p.var.zero_grad();
             }
         }
@@ -397,17 +403,6 @@ impl AdamW {
     }
 }
 
-/// Which implementation [`AdamW::step_with`] uses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Kernel {
-    /// One fused Rust pass per parameter for dense f32 CPU tensors (any layout)
-    /// ([`fused_cpu::adam_step`]), libtorch tensor operations for the rest.
-    FusedWhereApplicable,
-    /// libtorch tensor operations only (PyTorch's single-tensor sequence).
-    #[cfg(test)]
-    TensorOps,
-}
-
 /// The step's scalars as f32, the way libtorch rounds a double operand of an f32 operation.
 fn step_scalars(config: &OptimizerConfig, lr: f64, step: i64) -> fused_cpu::AdamScalars {
     let [beta1, beta2] = config.betas;
@@ -520,7 +515,7 @@ mod tests {
         }
         let mut opts = [
             AdamW::new(&stores[0], config),
-            AdamW::new(&stores[1], config),
+            AdamW::new(&stores[1], config).without_kernels(),
         ];
         for step in 0..steps {
             for (i, shape) in shapes.iter().enumerate() {
@@ -538,8 +533,8 @@ mod tests {
                 }
             }
             let lr = 1e-3 * (1.0 + step as f64);
-            opts[0].step_with(lr, Kernel::FusedWhereApplicable);
-            opts[1].step_with(lr, Kernel::TensorOps);
+            opts[0].step(lr);
+            opts[1].step(lr);
         }
         // Moments and parameters: equal except where MKL's vectorised `sqrt` (the tensor path)
         // and the IEEE square root (the fused kernel) round `√v` differently, which moves
@@ -664,7 +659,7 @@ mod tests {
             let shadows = ema_b.variables();
             tch::no_grad(|| {
                 for (name, v) in vs_b.variables() {
-                    super::super::ema::average_into(&shadows[&name], &v, weight);
+                    super::super::ema::average_into(&shadows[&name], &v, weight, true);
                 }
             });
         }

@@ -18,12 +18,16 @@ use super::fused_cpu;
 /// With `max_norm <= 0` or infinite nothing is clipped (the norm is still returned, for
 /// logging). A non-finite norm (NaN/inf gradients) is returned as is with the gradients left
 /// untouched: the caller decides whether to skip the step. No gradients: returns 0.
+///
+/// This is PyTorch's sequence of libtorch operations, for any device and dtype;
+/// [`clip_grad_norm_deferred`] is difflab's faster pass for f32 CPU gradients.
 pub fn clip_grad_norm(vs: &VarStore, max_norm: f64) -> f64 {
     let _guard = tch::no_grad_guard();
     let grads = trainable_grads(vs);
-    let (norm, factor) = clip_deferred(&grads, max_norm, &GradSquares::default());
-    scale_all(&grads, factor);
-    norm
+    if grads.is_empty() {
+        return 0.0;
+    }
+    tensor_clip(grads, max_norm)
 }
 
 /// [`clip_grad_norm`], except that where the gradients are all dense f32 CPU tensors the
@@ -60,6 +64,7 @@ fn clip_deferred(grads: &[Tensor], max_norm: f64, known: &GradSquares) -> (f64, 
 
 /// Each gradient multiplied by `factor` in place (dense f32 CPU tensors, which a factor other
 /// than 1 implies).
+#[cfg(test)]
 fn scale_all(grads: &[Tensor], factor: f32) {
     if factor != 1.0 {
         for g in grads {

@@ -13,7 +13,7 @@ use difflab_models::GradSquares;
 use crate::network::Network;
 use crate::optim::AdamW;
 
-use super::trainer::MicroBatchLoss;
+use super::engine::Loss;
 
 /// Tracks whether the parameters' `.grad` hold the last applied step's values (left there for
 /// an overwriting backward pass) or this step's sums so far, and so whether the next backward
@@ -34,18 +34,18 @@ impl GradBuffers {
     /// the taped pass recorded of the gradients' sums of squares, for clipping.
     pub(crate) fn backward(
         &mut self,
-        loss: MicroBatchLoss,
+        loss: Loss,
         network: &Network,
         divisor: f64,
         optimizer: &mut AdamW,
         last: bool,
     ) -> GradSquares {
-        self.taped = loss.is_taped();
+        self.taped = loss.taped.is_some();
         let overwrite = self.stale && self.taped;
         if self.stale && !self.taped {
             optimizer.zero_grad();
         }
-        let squares = loss.backward(network, divisor, !overwrite, last);
+        let squares = backward(loss, network, divisor, !overwrite, last);
         self.stale = false;
         squares
     }
@@ -69,6 +69,41 @@ impl GradBuffers {
     }
 }
 
+/// Backpropagate `loss / divisor` into the network's gradients: the MLP's hand-written pass
+/// from the loss's written-out output gradient when the forward pass was taped (adding to the
+/// gradients with `accumulate`, replacing them without), autograd otherwise (which always
+/// adds: `accumulate` must be set). With `sum_squares` the taped pass also returns the
+/// gradients' sums of squares for clipping (empty otherwise; see
+/// [`difflab_models::GradSquares`]).
+fn backward(
+    loss: Loss,
+    network: &Network,
+    divisor: f64,
+    accumulate: bool,
+    sum_squares: bool,
+) -> GradSquares {
+    match (loss.taped, network) {
+        (Some((grad, tape)), Network::Mlp(mlp)) if divisor == 1.0 => {
+            mlp.backward(tape, &grad, accumulate, sum_squares)
+        }
+        (Some((grad, tape)), Network::Mlp(mlp)) => {
+            mlp.backward(tape, &(grad / divisor), accumulate, sum_squares)
+        }
+        (Some(_), _) => unreachable!("only the MLP records a tape"),
+        (None, _) if !accumulate => {
+            panic!("autograd adds to the gradients: zero them first (GradBuffers)")
+        }
+        (None, _) if divisor == 1.0 => {
+            loss.value.backward();
+            GradSquares::default()
+        }
+        (None, _) => {
+            (loss.value / divisor).backward();
+            GradSquares::default()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use tch::{Kind, Tensor};
@@ -89,15 +124,17 @@ mod tests {
         };
         let taped_loss = |seed: i64| {
             let loss = toy.loss(seed);
-            assert!(loss.is_taped());
+            assert!(loss.taped.is_some());
             loss
         };
         let (x, t) = (
             Tensor::from_slice(&[0.3_f32, -1.0, 2.0, 0.5]).view([2, 2]),
             Tensor::from_slice(&[7_i64, 420]),
         );
-        let autograd_loss =
-            || MicroBatchLoss::through_autograd(mlp.forward(&x, &t).square().mean(Kind::Float));
+        let autograd_loss = || Loss {
+            value: mlp.forward(&x, &t).square().mean(Kind::Float),
+            taped: None,
+        };
         let grads = || toy.grads();
         let assert_same = |got: &[(String, Tensor)], want: &[(String, Tensor)], what: &str| {
             assert_eq!(

@@ -1,19 +1,33 @@
 //! Training one model (a base model, an SR stage or one expert) from an experiment config.
+//!
+//! File map: [`Learner`] (`learner.rs`: the model, its EMA and the step), [`StepInputs`]
+//! (`inputs.rs`: what a micro-batch draws), `objective.rs` (process, target, loss),
+//! `engine.rs` (the step's stages as a trait, in libtorch's operations) and `fused_engine.rs`
+//! (the same in difflab's CPU kernels), `trainer.rs` (the loop: data, logs, checkpoints,
+//! previews, evaluation), `config.rs` (the `training:` section).
 
 mod config;
+mod engine;
+mod fused_engine;
 mod grads;
+mod inputs;
+mod learner;
 mod memory_format;
 mod objective;
+pub mod parity;
 mod precision;
 mod run_dir;
 #[cfg(test)]
 mod toy_step;
 mod trainer;
-mod update;
 
 pub use config::{LoggingConfig, NanPolicy, ProcessConfig, TrainingConfig};
+pub(crate) use fused_engine::FusedCpuEngine;
 pub(crate) use grads::GradBuffers;
+pub use inputs::StepInputs;
+pub use learner::{Engine, Learner, StepEvent, StepReport, kernels_enabled};
 pub use memory_format::{MemoryFormat, store_to_channels_last, to_channels_last};
+pub(crate) use objective::Process;
 pub use objective::{
     GaussianLossInputs, LossKind, RegressionLoss, cold_loss, gaussian_loss, min_snr_weight,
     per_sample_loss,
@@ -22,8 +36,7 @@ pub use precision::{Autocast, Precision};
 pub use run_dir::{RunDir, resolve_checkpoint};
 #[cfg(test)]
 pub(crate) use toy_step::ToyStep;
+pub(crate) use trainer::mix;
 pub use trainer::{
     CheckpointEvaluator, TrainError, TrainOptions, TrainOutcome, train, train_with_evaluator,
 };
-pub(crate) use trainer::{build_process, lay_out_for_training, micro_batch_loss, mix};
-pub(crate) use update::{Update, Updater};

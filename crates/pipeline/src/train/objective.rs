@@ -1,9 +1,150 @@
-//! The training loss of one batch: draw timesteps and noise, corrupt, predict, compare.
+//! What training minimises: the corruption process, the regression target, the elementwise
+//! loss and its per-sample weighting ([`Objective`]), and the loss of one micro-batch's
+//! [`StepInputs`].
 
 use difflab_models::cpu_kernels::is_contiguous_cpu_f32;
-use difflab_schedulers::{Degradation, ForwardProcess, Prediction};
+use difflab_schedulers::{Degradation, ForwardProcess, NoiseSchedule, Prediction};
 use serde::{Deserialize, Serialize};
-use tch::{Kind, Reduction, Tensor};
+use tch::{Device, Kind, Reduction, Tensor};
+
+use super::{ProcessConfig, StepInputs, TrainError, to_channels_last};
+use crate::{ExperimentConfig, Network};
+
+/// The corruption process, built once.
+pub(crate) enum Process {
+    /// Gaussian diffusion: `x_t = √ᾱ_t x₀ + √(1−ᾱ_t) ε`, `t` uniform in `timesteps`.
+    Gaussian {
+        forward: ForwardProcess,
+        timesteps: (i64, i64),
+    },
+    /// Cold diffusion: `x_t = D(x₀, t)`, `t` uniform in `levels`.
+    Cold {
+        degradation: Box<dyn Degradation>,
+        levels: (i64, i64),
+    },
+}
+
+impl Process {
+    /// The half-open range `[lo, hi)` training draws `t` from.
+    pub(crate) fn levels(&self) -> (i64, i64) {
+        match self {
+            Self::Gaussian { timesteps, .. } => *timesteps,
+            Self::Cold { levels, .. } => *levels,
+        }
+    }
+}
+
+/// What a training step minimises: `process` corrupts x₀ into x_t, the network predicts
+/// `prediction` (ε, x₀ or v), and `loss` compares, weighted per sample by Min-SNR-γ when set.
+pub(crate) struct Objective {
+    /// The corruption process.
+    pub process: Process,
+    /// What the network predicts.
+    pub prediction: Prediction,
+    /// The elementwise loss.
+    pub loss: LossKind,
+    /// Min-SNR-γ weighting (Gaussian only).
+    pub min_snr_gamma: Option<f64>,
+    /// Feed the network channels-last inputs (`training.memory_format`).
+    channels_last: bool,
+}
+
+impl Objective {
+    /// The objective `config` trains, on `device`; the error names the inconsistent key.
+    pub(crate) fn new(
+        config: &ExperimentConfig,
+        schedule: &NoiseSchedule,
+        device: Device,
+    ) -> Result<Self, TrainError> {
+        let training = &config.training;
+        let process = match &config.process {
+            ProcessConfig::Gaussian => {
+                let t = schedule.alphas_cumprod.len() as i64;
+                let (lo, hi) = match training.timestep_range {
+                    Some([lo, hi]) if hi as i64 <= t => (lo as i64, hi as i64),
+                    Some([lo, hi]) => {
+                        return Err(TrainError::Config(format!(
+                            "invalid training.timestep_range = [{lo}, {hi}): must lie in [0, {t}] (schedule.timesteps)"
+                        )));
+                    }
+                    None => (0, t),
+                };
+                Process::Gaussian {
+                    forward: ForwardProcess::new(schedule, device),
+                    timesteps: (lo, hi),
+                }
+            }
+            ProcessConfig::Cold { degradation } => {
+                if config.objective != Prediction::X0 {
+                    return Err(TrainError::Config(format!(
+                        "process.kind: cold trains a restoration network: set objective: x0 (got {:?})",
+                        config.objective
+                    )));
+                }
+                let degradation = degradation.build(schedule, device)?;
+                let n = degradation.num_steps();
+                let (lo, hi) = match training.timestep_range {
+                    Some([lo, hi]) => ((lo as i64).max(1), (hi as i64).min(n + 1)),
+                    None => (1, n + 1),
+                };
+                Process::Cold {
+                    degradation,
+                    levels: (lo, hi),
+                }
+            }
+        };
+        let loss = training.loss.unwrap_or(match process {
+            Process::Gaussian { .. } => LossKind::Mse,
+            Process::Cold { .. } => LossKind::L1,
+        });
+        Ok(Self {
+            process,
+            prediction: config.objective,
+            loss,
+            min_snr_gamma: training.min_snr_gamma,
+            channels_last: training.memory_format.channels_last_for(&config.model),
+        })
+    }
+
+    /// The loss terms of `inputs`, the prediction made by `model(x_t, t)`.
+    pub(crate) fn terms(
+        &self,
+        inputs: &StepInputs,
+        model: impl FnOnce(&Tensor, &Tensor) -> Tensor,
+    ) -> RegressionLoss {
+        match &self.process {
+            Process::Gaussian { forward, .. } => {
+                let gaussian = GaussianLossInputs {
+                    x0: &inputs.x0,
+                    t: &inputs.t,
+                    noise: &inputs.noise,
+                };
+                let gamma = self.min_snr_gamma;
+                gaussian_loss(&gaussian, forward, self.prediction, self.loss, gamma, model)
+            }
+            Process::Cold { degradation, .. } => cold_loss(
+                &inputs.x0,
+                &inputs.t,
+                &inputs.noise,
+                degradation.as_ref(),
+                self.loss,
+                model,
+            ),
+        }
+    }
+
+    /// The loss terms of `inputs` with `network`'s training forward pass (dropout on, inputs
+    /// channels-last when configured).
+    pub(crate) fn network_terms(&self, network: &Network, inputs: &StepInputs) -> RegressionLoss {
+        self.terms(inputs, |x_t, t| {
+            if self.channels_last {
+                network.forward_cond(&to_channels_last(x_t), t, &inputs.cond, true)
+            } else {
+                network.forward_cond(x_t, t, &inputs.cond, true)
+            }
+        })
+    }
+}
 
 /// Elementwise loss between prediction and target.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -5,16 +5,16 @@ use difflab_samplers::generator_lock;
 use difflab_schedulers::NoiseSchedule;
 use tch::{Device, Tensor, nn};
 
-use super::trainer::{MicroBatchLoss, Process};
-use super::{LossKind, build_process, micro_batch_loss};
+use super::engine::{Loss, StepEngine};
+use super::objective::Objective;
+use super::{FusedCpuEngine, StepInputs};
 use crate::data::Batch;
 use crate::{ExperimentConfig, Network};
 
-/// The toy's config, noising process, variables, network and batch.
+/// The toy's config, objective, variables, network and batch.
 pub(crate) struct ToyStep {
     pub config: ExperimentConfig,
-    pub process: Process,
-    pub loss_kind: LossKind,
+    pub objective: Objective,
     pub vs: nn::VarStore,
     pub network: Network,
     pub batch: Batch,
@@ -29,33 +29,37 @@ impl ToyStep {
         )
         .expect("config");
         let schedule: NoiseSchedule = config.schedule.build().expect("schedule");
-        let (process, loss_kind) = build_process(&config, &schedule, Device::Cpu).expect("process");
+        let objective = Objective::new(&config, &schedule, Device::Cpu).expect("objective");
         let vs = nn::VarStore::new(Device::Cpu);
         let network = Network::build(&vs.root(), &config.model).expect("network");
         let batch = crate::bench::synthetic_batch(&config, 6, 8);
         Self {
             config,
-            process,
-            loss_kind,
+            objective,
             vs,
             network,
             batch,
         }
     }
 
-    /// The trainer's loss of the batch, with libtorch's generator seeded with `seed`.
-    pub(crate) fn loss(&self, seed: i64) -> MicroBatchLoss {
-        let _rng = generator_lock();
-        tch::manual_seed(seed);
-        micro_batch_loss(
-            &self.batch,
-            &self.network,
-            &self.process,
-            &self.config,
-            self.loss_kind,
-            None,
-            Device::Cpu,
-        )
+    /// The fused engine's loss of the batch (the MLP's taped pass), with libtorch's generator
+    /// seeded with `seed`.
+    pub(crate) fn loss(&self, seed: i64) -> Loss {
+        let inputs = {
+            let _rng = generator_lock();
+            tch::manual_seed(seed);
+            StepInputs::draw(
+                &self.batch,
+                &self.objective.process,
+                &self.config,
+                Device::Cpu,
+            )
+        };
+        let ema = nn::VarStore::new(Device::Cpu);
+        let _ema_network = Network::build(&ema.root(), &self.config.model).expect("network");
+        let mut engine =
+            FusedCpuEngine::new(&self.vs, &ema, &self.config.training, true).expect("engine");
+        engine.loss(&self.network, &self.objective, &inputs)
     }
 
     /// A copy of every variable's gradient, in name order.

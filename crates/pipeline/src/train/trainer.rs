@@ -9,26 +9,20 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use difflab_models::{GradSquares, MlpTape, ModelError, UNetConfig};
-use difflab_samplers::{Conditioning, GlobalSeedNoise, SampleError, generator_lock};
-use difflab_schedulers::{Degradation, ForwardProcess, NoiseSchedule, Prediction, ScheduleError};
+use difflab_models::{ModelError, UNetConfig};
+use difflab_samplers::{Conditioning, GlobalSeedNoise, SampleError};
+use difflab_schedulers::{NoiseSchedule, ScheduleError};
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use tch::{Device, Kind, Tensor, nn};
+use tch::{Device, Kind, Tensor};
 
-use super::{
-    Autocast, GaussianLossInputs, LossKind, NanPolicy, ProcessConfig, RunDir, Update, Updater,
-    cold_loss, gaussian_loss, store_to_channels_last, to_channels_last,
-};
-use crate::cascade::{area_downsample, augment_at_level, augment_lowres};
-use crate::checkpoint::{
-    CheckpointContents, CheckpointError, load_optimizer, load_weights, read_state,
-};
+use super::{Engine, Learner, NanPolicy, Process, ProcessConfig, RunDir};
+use crate::cascade::{area_downsample, augment_at_level};
+use crate::checkpoint::{CheckpointContents, CheckpointError, read_state};
 use crate::config::to_yaml;
-use crate::data::{Batch, DataCursor, DataError, DataLoader, Dataset, open_dataset};
+use crate::data::{DataCursor, DataError, DataLoader, Dataset, open_dataset};
 use crate::images::{grid_columns, save_grid};
 use crate::logging::{EventWriter, LogError, TrainProgress};
-use crate::optim::{AdamW, clip_grad_norm_deferred_with};
 use crate::{ExperimentConfig, ModelConfig, Network, NetworkDenoiser};
 
 /// Why training stopped with an error. Nothing already on disk is overwritten by a failed run.
@@ -155,18 +149,6 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
     }
 }
 
-/// The corruption process, built once.
-pub(crate) enum Process {
-    Gaussian {
-        forward: ForwardProcess,
-        timesteps: (i64, i64),
-    },
-    Cold {
-        degradation: Box<dyn Degradation>,
-        levels: (i64, i64),
-    },
-}
-
 /// Check that the data fits the model, before anything is written.
 fn check_data_fits_model(data: &dyn Dataset, config: &ExperimentConfig) -> Result<(), TrainError> {
     let shape = data.shape();
@@ -278,56 +260,6 @@ fn check_unet_inputs(
     Ok(())
 }
 
-/// The corruption process and loss of `config`, on `device`.
-pub(crate) fn build_process(
-    config: &ExperimentConfig,
-    schedule: &NoiseSchedule,
-    device: Device,
-) -> Result<(Process, LossKind), TrainError> {
-    let training = &config.training;
-    let process = match &config.process {
-        ProcessConfig::Gaussian => {
-            let t = schedule.alphas_cumprod.len() as i64;
-            let (lo, hi) = match training.timestep_range {
-                Some([lo, hi]) if hi as i64 <= t => (lo as i64, hi as i64),
-                Some([lo, hi]) => {
-                    return Err(TrainError::Config(format!(
-                        "invalid training.timestep_range = [{lo}, {hi}): must lie in [0, {t}] (schedule.timesteps)"
-                    )));
-                }
-                None => (0, t),
-            };
-            Process::Gaussian {
-                forward: ForwardProcess::new(schedule, device),
-                timesteps: (lo, hi),
-            }
-        }
-        ProcessConfig::Cold { degradation } => {
-            if config.objective != Prediction::X0 {
-                return Err(TrainError::Config(format!(
-                    "process.kind: cold trains a restoration network: set objective: x0 (got {:?})",
-                    config.objective
-                )));
-            }
-            let degradation = degradation.build(schedule, device)?;
-            let n = degradation.num_steps();
-            let (lo, hi) = match training.timestep_range {
-                Some([lo, hi]) => ((lo as i64).max(1), (hi as i64).min(n + 1)),
-                None => (1, n + 1),
-            };
-            Process::Cold {
-                degradation,
-                levels: (lo, hi),
-            }
-        }
-    };
-    let loss_kind = training.loss.unwrap_or(match process {
-        Process::Gaussian { .. } => LossKind::Mse,
-        Process::Cold { .. } => LossKind::L1,
-    });
-    Ok((process, loss_kind))
-}
-
 /// Train `config` as described by `options`. `stop` is polled after every step (set it from a
 /// Ctrl-C handler): the run then writes a checkpoint and returns with `interrupted = true`.
 pub fn train(
@@ -387,26 +319,17 @@ pub fn train_with_evaluator(
 
     let device = options.device;
     let schedule: NoiseSchedule = config.schedule.build()?;
-    let (process, loss_kind) = build_process(config, &schedule, device)?;
-
-    // Model, EMA copy, optimizer — initialised from the seed, holding libtorch's global
-    // generator so that another thread's draws cannot land between the seed and the weights.
-    let rng = generator_lock();
-    tch::manual_seed(mix(config.seed, u64::MAX) as i64);
-    let mut vs = nn::VarStore::new(device);
-    let network = Network::build(&vs.root(), &config.model)?;
-    let mut ema_vs = nn::VarStore::new(device);
-    let ema_network = Network::build(&ema_vs.root(), &config.model)?;
-    drop(rng);
-    lay_out_for_training(config, &vs, &ema_vs);
+    // Model, EMA copy, optimizer and objective, initialised from the seed.
+    let mut learner = Learner::new(config, device, Engine::Auto)?;
     let fingerprint = model_fingerprint(&config.model);
 
     let mut start_step = 0u64;
+    let mut init_from = None;
     if let Some(init) = &options.init {
         let dir = super::resolve_checkpoint(init)?;
-        load_weights(&mut vs, &dir.join("model.safetensors"))?;
+        learner.load_weights(&dir.join("model.safetensors"))?;
+        init_from = Some(dir);
     }
-    let mut updater = Updater::new(&vs, &ema_vs, training)?;
     if let Some(dir) = &resume_from {
         let state = read_state(dir)?;
         let found = state["model_fingerprint"]
@@ -420,9 +343,7 @@ pub fn train_with_evaluator(
                 expected: fingerprint,
             });
         }
-        load_weights(&mut vs, &dir.join("model.safetensors"))?;
-        load_weights(&mut ema_vs, &dir.join("ema.safetensors"))?;
-        load_optimizer(&mut updater.optimizer, dir)?;
+        learner.restore(dir)?;
         start_step = state["step"].as_u64().unwrap_or(0);
         let cursor: DataCursor =
             serde_json::from_value(state["data_cursor"].clone()).map_err(|e| {
@@ -460,23 +381,19 @@ pub fn train_with_evaluator(
         )?;
     }
 
-    let null_class = match &config.model {
-        ModelConfig::Unet(u) if u.null_class => u.num_classes,
-        _ => None,
-    };
     let checkpoints = run.checkpoints();
     let bf16 = training.precision.uses_bf16(device);
     let mut progress = TrainProgress::new(training.steps, start_step, config.logging.log_every);
+    let start = match (&init_from, start_step) {
+        (_, s) if s > 0 => format!("resuming at step {s}"),
+        (Some(dir), _) => format!("from weights {}", dir.display()),
+        (None, _) => "from scratch".into(),
+    };
     progress.message(&format!(
-        "training {} ({} parameters) on {} — {} on {:?}{}",
+        "training {} ({} parameters) on {} — {start} on {:?}{}",
         config.name,
-        network.num_parameters(),
+        learner.network().num_parameters(),
         dataset.describe(),
-        if start_step > 0 {
-            format!("resuming at step {start_step}")
-        } else {
-            "from scratch".into()
-        },
         device,
         if bf16 { ", bf16 autocast" } else { "" }
     ));
@@ -487,12 +404,7 @@ pub fn train_with_evaluator(
     let mut preview = None;
     let mut step = start_step;
     let mut interrupted = false;
-    let write_checkpoint = |step: u64,
-                            loader: &DataLoader,
-                            optimizer: &AdamW,
-                            vs: &nn::VarStore,
-                            ema_vs: &nn::VarStore,
-                            loss: f64| {
+    let write_checkpoint = |step: u64, loader: &DataLoader, learner: &Learner, loss: f64| {
         let state = json!({
             "step": step,
             "data_cursor": loader.cursor(),
@@ -505,9 +417,9 @@ pub fn train_with_evaluator(
         checkpoints.write(
             &CheckpointContents {
                 step,
-                model: vs,
-                ema: Some(ema_vs),
-                optimizer,
+                model: learner.vars(),
+                ema: Some(learner.ema_vars()),
+                optimizer: learner.optimizer(),
                 state,
             },
             training.keep_last,
@@ -515,44 +427,9 @@ pub fn train_with_evaluator(
     };
 
     while step < training.steps {
-        let lr = training
-            .lr_schedule
-            .lr_at(training.optimizer.lr, step, training.steps);
-        let mut loss_sum = 0.0;
-        let mut finite = true;
-        let mut squares = GradSquares::default();
-        for micro in 0..training.grad_accum {
-            let batch = loader.next_batch()?;
-            let _rng = generator_lock();
-            tch::manual_seed(mix(
-                config.seed,
-                step * training.grad_accum as u64 + micro as u64,
-            ) as i64);
-            let loss = {
-                let _autocast = bf16.then(|| Autocast::bf16(device));
-                micro_batch_loss(
-                    &batch, &network, &process, config, loss_kind, null_class, device,
-                )
-            };
-            let value = loss.loss.double_value(&[]);
-            finite &= value.is_finite();
-            loss_sum += value;
-            if finite {
-                // The last micro-batch completes the gradients: their sums for clipping.
-                let last = micro + 1 == training.grad_accum;
-                let divisor = training.grad_accum as f64;
-                squares = updater.backward(loss, &network, divisor, last);
-            }
-        }
-        let loss_value = loss_sum / training.grad_accum as f64;
-        // The clipping factor, where it is left to the optimizer's pass (see `Updater::apply`).
-        let (grad_norm, grad_scale) = if finite {
-            clip_grad_norm_deferred_with(&vs, training.grad_clip, &squares)
-        } else {
-            (f64::NAN, 1.0)
-        };
-        if !finite || !grad_norm.is_finite() {
-            let what = if finite { "gradient norm" } else { "loss" };
+        let report = learner.step(step, &mut || Ok(loader.next_batch()?), &mut |_| {})?;
+        let (loss_value, lr, grad_norm) = (report.loss, report.lr, report.grad_norm);
+        if let Some(what) = report.non_finite {
             match training.on_nan {
                 NanPolicy::Stop => {
                     progress.finish();
@@ -562,7 +439,6 @@ pub fn train_with_evaluator(
                     });
                 }
                 NanPolicy::Skip => {
-                    updater.discard();
                     skipped += 1;
                     progress.message(&format!(
                         "step {}: non-finite {what}, batch skipped ({skipped} so far)",
@@ -571,12 +447,6 @@ pub fn train_with_evaluator(
                 }
             }
         } else {
-            let update = Update {
-                lr,
-                step: step + 1,
-                grad_scale,
-            };
-            updater.apply(&vs, &mut ema_vs, update);
             last_loss = loss_value;
         }
         step += 1;
@@ -592,14 +462,7 @@ pub fn train_with_evaluator(
         interrupted = stop.load(Ordering::SeqCst) && step < training.steps;
         let last = step == training.steps || interrupted;
         if step.is_multiple_of(training.checkpoint_every) || last {
-            last_checkpoint = Some(write_checkpoint(
-                step,
-                &loader,
-                &updater.optimizer,
-                &vs,
-                &ema_vs,
-                last_loss,
-            )?);
+            last_checkpoint = Some(write_checkpoint(step, &loader, &learner, last_loss)?);
             let eval_every = config.logging.eval_every;
             if let (Some(eval), Some(dir)) = (evaluate.as_mut(), last_checkpoint.as_ref())
                 && eval_every > 0
@@ -623,8 +486,8 @@ pub fn train_with_evaluator(
         let preview_due = training.sample_every > 0 && step.is_multiple_of(training.sample_every);
         if preview_due || (last && !interrupted) {
             let path = match write_preview(
-                &ema_network,
-                &process,
+                learner.ema_network(),
+                learner.process(),
                 config,
                 &schedule,
                 &dataset,
@@ -670,194 +533,6 @@ pub fn train_with_evaluator(
         skipped_batches: skipped + loader.skipped() as u64,
         preview,
     })
-}
-
-/// Put the model's and the EMA model's weights in the layout `training.memory_format` asks for
-/// (see [`super::memory_format`]); call before the optimizer is built.
-pub(crate) fn lay_out_for_training(
-    config: &ExperimentConfig,
-    vs: &nn::VarStore,
-    ema_vs: &nn::VarStore,
-) {
-    if config
-        .training
-        .memory_format
-        .channels_last_for(&config.model)
-    {
-        store_to_channels_last(vs);
-        store_to_channels_last(ema_vs);
-    }
-}
-
-/// The loss of one micro-batch, and, for the MLP, the tape of its hand-written backward pass.
-pub(crate) struct MicroBatchLoss {
-    /// The scalar loss (autograd reaches the whole network, except for a taped MLP).
-    pub loss: Tensor,
-    /// For the MLP that ran without an autograd graph ([`difflab_models::MlpTape`]): the
-    /// loss's gradient with respect to the output, written out
-    /// ([`super::RegressionLoss::value_and_grad`]),
-    /// and the tape.
-    taped: Option<(Tensor, MlpTape)>,
-}
-
-impl MicroBatchLoss {
-    /// A loss that backpropagates through autograd (for tests of the training loop's parts).
-    #[cfg(test)]
-    pub(crate) fn through_autograd(loss: Tensor) -> Self {
-        Self { loss, taped: None }
-    }
-
-    /// Whether the network ran without an autograd graph (the MLP's taped forward pass).
-    pub(crate) fn is_taped(&self) -> bool {
-        self.taped.is_some()
-    }
-
-    /// Backpropagate `loss / divisor` into the network's gradients: the MLP's hand-written
-    /// pass from the loss's written-out output gradient when the forward pass was taped
-    /// (adding to the gradients with `accumulate`, replacing them without), autograd
-    /// otherwise (which always adds: `accumulate` must be set). With `sum_squares` the taped
-    /// pass also returns the gradients' sums of squares for clipping (empty otherwise; see
-    /// [`difflab_models::GradSquares`]). Training loops call it through
-    /// [`super::Updater::backward`].
-    pub(crate) fn backward(
-        self,
-        network: &Network,
-        divisor: f64,
-        accumulate: bool,
-        sum_squares: bool,
-    ) -> GradSquares {
-        match (self.taped, network) {
-            (Some((grad, tape)), Network::Mlp(mlp)) if divisor == 1.0 => {
-                mlp.backward(tape, &grad, accumulate, sum_squares)
-            }
-            (Some((grad, tape)), Network::Mlp(mlp)) => {
-                mlp.backward(tape, &(grad / divisor), accumulate, sum_squares)
-            }
-            (Some(_), _) => unreachable!("only the MLP records a tape"),
-            (None, _) if !accumulate => {
-                panic!("autograd adds to the gradients: zero them first (GradBuffers)")
-            }
-            (None, _) if divisor == 1.0 => {
-                self.loss.backward();
-                GradSquares::default()
-            }
-            (None, _) => {
-                (self.loss / divisor).backward();
-                GradSquares::default()
-            }
-        }
-    }
-}
-
-/// The loss of one micro-batch; all randomness from the (already seeded) global generator.
-/// The MLP runs its hand-written backward pass ([`difflab_models::MlpTape`]) when it trains in
-/// f32 on the CPU without autocast; every other network, autograd.
-pub(crate) fn micro_batch_loss(
-    batch: &Batch,
-    network: &Network,
-    process: &Process,
-    config: &ExperimentConfig,
-    loss_kind: LossKind,
-    null_class: Option<i64>,
-    device: Device,
-) -> MicroBatchLoss {
-    let training = &config.training;
-    let x0 = batch.x.to_device(device);
-    let b = x0.size()[0];
-    let opts = (Kind::Float, device);
-    // Label dropout for classifier-free guidance: the same mask drops every label route.
-    let drop =
-        (training.label_dropout > 0.0).then(|| Tensor::rand([b], opts).lt(training.label_dropout));
-    let class_labels = batch.class_labels.as_ref().map(|l| {
-        let l = l.to_device(device);
-        match (&drop, null_class) {
-            (Some(mask), Some(null)) => l.where_self(&mask.logical_not(), &l.full_like(null)),
-            _ => l,
-        }
-    });
-    let label_vector = batch.label_vector.as_ref().map(|v| {
-        let v = v.to_device(device);
-        match &drop {
-            Some(mask) => &v * mask.logical_not().to_kind(Kind::Float).unsqueeze(1),
-            None => v,
-        }
-    });
-    let mut cond = Conditioning {
-        class_labels,
-        label_vector,
-        image: batch.cond_image.as_ref().map(|c| c.to_device(device)),
-        context: None,
-        noise_level: None,
-    };
-    if let (ModelConfig::SrUnet(_), Some(r)) = (&config.model, config.data.lowres) {
-        // Noise-conditioning augmentation: a fresh level per image in [0, train_max].
-        let lowres = area_downsample(&x0, r);
-        let level = Tensor::rand([b], opts) * training.lowres_noise.train_max;
-        cond.image = Some(augment_lowres(&lowres, &level, &lowres.randn_like()));
-        cond.noise_level = Some(level);
-    }
-    let mut noise = x0.randn_like();
-    if training.offset_noise > 0.0 && x0.dim() == 4 {
-        let s = x0.size();
-        noise += Tensor::randn([s[0], s[1], 1, 1], opts) * training.offset_noise;
-    }
-    let channels_last = training.memory_format.channels_last_for(&config.model);
-    let tape_mlp = device == Device::Cpu && !training.precision.uses_bf16(device);
-    let mut tape = None;
-    let model = |x_t: &Tensor, t: &Tensor| {
-        if let (Network::Mlp(mlp), true) = (network, tape_mlp)
-            && let Ok(Some((output, recorded))) = mlp.forward_taped(x_t, t)
-        {
-            tape = Some(recorded);
-            return output;
-        }
-        if channels_last {
-            network.forward_cond(&to_channels_last(x_t), t, &cond, true)
-        } else {
-            network.forward_cond(x_t, t, &cond, true)
-        }
-    };
-    let terms = match process {
-        Process::Gaussian {
-            forward,
-            timesteps: (lo, hi),
-        } => {
-            let t = Tensor::randint_low(*lo, *hi, [b], (Kind::Int64, device));
-            let inputs = GaussianLossInputs {
-                x0: &x0,
-                t: &t,
-                noise: &noise,
-            };
-            gaussian_loss(
-                &inputs,
-                forward,
-                config.objective,
-                loss_kind,
-                training.min_snr_gamma,
-                model,
-            )
-        }
-        Process::Cold {
-            degradation,
-            levels: (lo, hi),
-        } => {
-            let t = Tensor::randint_low(*lo, *hi, [b], (Kind::Int64, device));
-            cold_loss(&x0, &t, &noise, degradation.as_ref(), loss_kind, model)
-        }
-    };
-    match tape {
-        Some(tape) => {
-            let (loss, grad) = terms.value_and_grad(1.0);
-            MicroBatchLoss {
-                loss,
-                taped: Some((grad, tape)),
-            }
-        }
-        None => MicroBatchLoss {
-            loss: terms.value(),
-            taped: None,
-        },
-    }
 }
 
 /// Sample a preview grid from the EMA network with fixed noise (the same images at every
