@@ -424,6 +424,17 @@ pub fn check(dir: &Path, options: &CheckOptions) -> Result<ParityReport, ParityE
     let config = load_config(&config_path, &options.overrides)
         .map_err(|e| invalid(&config_path, e.to_string()))?;
     let mut learner = Learner::new(&config, Device::Cpu, options.engine)?;
+    // What difflab draws from the seed now, against what it recorded (which PyTorch checked).
+    let init = read_named(&dir.join(INIT))?;
+    let drawn_now = snapshot(learner.vars(), "")
+        .into_iter()
+        .map(|(name, t)| match init.get(&name) {
+            Some(recorded) if recorded.size() == t.size() => {
+                (&t - recorded).abs().max().double_value(&[])
+            }
+            _ => f64::INFINITY,
+        })
+        .fold(0.0, f64::max);
     learner.load_weights(&dir.join(INIT))?;
     let inputs_path = dir.join(INPUTS);
     let named = read_named(&inputs_path)?;
@@ -445,7 +456,6 @@ pub fn check(dir: &Path, options: &CheckOptions) -> Result<ParityReport, ParityE
     let ours: HashMap<String, Tensor> = trajectory.tensors.into_iter().collect();
     let torch_path = dir.join(TORCH);
     let reference = read_named(&torch_path)?;
-    let init = read_named(&dir.join(INIT))?;
     let t = options.tolerances;
     let get = |name: &str| {
         reference
@@ -476,12 +486,18 @@ pub fn check(dir: &Path, options: &CheckOptions) -> Result<ParityReport, ParityE
     let mut rows = Vec::new();
     if let Some(diff) = reference.get("init_max_abs_diff") {
         rows.push(ParityRow {
-            quantity: "initial weights vs torch.manual_seed(seed)",
+            quantity: "recorded initial weights vs torch.manual_seed(seed)",
             worst: diff.double_value(&[0]),
             at: "largest absolute difference".into(),
             tolerance: 0.0,
         });
     }
+    rows.push(ParityRow {
+        quantity: "initial weights difflab draws now vs recorded",
+        worst: drawn_now,
+        at: "largest absolute difference".into(),
+        tolerance: 0.0,
+    });
     rows.extend([
         worst_step("loss", &ours["loss"], get("loss")?, t.loss),
         worst_step("grad_norm", &ours["grad_norm"], get("grad_norm")?, t.loss),
