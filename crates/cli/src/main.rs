@@ -1,4 +1,5 @@
 //! `difflab`: train, sample and inspect diffusion models.
+#![forbid(unsafe_code)]
 
 mod commands;
 

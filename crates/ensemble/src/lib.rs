@@ -4,6 +4,7 @@
 //! The ensemble is just another denoiser: samplers, guidance and cascades use it unchanged.
 //! Routing is per sample, so a batch whose samples sit at different timesteps (training-style
 //! batches, or samplers that mix levels) reaches the right expert for each sample.
+#![forbid(unsafe_code)]
 
 use difflab_samplers::{Conditioning, Denoiser};
 use difflab_schedulers::Prediction;

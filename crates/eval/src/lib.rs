@@ -9,6 +9,7 @@
 //!
 //! One file per concept: the metric formulas know nothing about networks or datasets; the
 //! [`suite`] composes them.
+#![forbid(unsafe_code)]
 
 pub mod classifier;
 mod error;

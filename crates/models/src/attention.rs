@@ -4,12 +4,12 @@
 //! O(N²·d) in the number of positions N.
 
 use serde::{Deserialize, Serialize};
-use tch::{Device, Kind, Tensor, nn, nn::Module};
+use tch::{Tensor, nn, nn::Module};
 
-use crate::cpu_kernels::{is_contiguous_cpu_f32, records_grad};
+use crate::ops::{self, AttentionProjections};
 use crate::params::ParamCount;
 use crate::resnet::group_norm;
-use crate::{ModelError, blas, init};
+use crate::{ModelError, init};
 
 /// Which attention (if any) a UNet level uses.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,39 +112,42 @@ impl SpatialAttention {
         self.heads
     }
 
-    /// `[B, C, H, W]` → `[B, C, H, W]`.
+    /// `[B, C, H, W]` → `[B, C, H, W]`: `(x + to_out(attn(to_q(n), to_k(n), to_v(n)))) / r`
+    /// on the tokens of `n = GroupNorm(x)`.
     ///
     /// # Panics
     /// If `x` is not 4-D with `channels` channels (the UNet checks its inputs in `f_forward`).
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        if let Some(out) = self.forward_one_image(x) {
-            return out;
-        }
-        self.forward_libtorch(x)
+        let out = ops::self_attention(
+            self.projections(),
+            x,
+            |x| self.normalise(x),
+            |q, k, v| self.attend(q, k, v),
+        );
+        self.rescale(out)
     }
 
     /// [`SpatialAttention::forward`] through libtorch's operations whatever the input (the
-    /// autograd path, and the reference of the tests).
+    /// reference of the tests).
     pub fn forward_libtorch(&self, x: &Tensor) -> Tensor {
-        let (b, c, h, w) = x.size4().expect("SpatialAttention expects [B, C, H, W]");
-        let n = h * w;
-        let tokens = self.normalise(x).reshape([b, c, n]).transpose(1, 2);
-        let d = self.config.head_dim;
-        let split = |t: Tensor| t.reshape([b, n, self.heads, d]).transpose(1, 2);
-        let q = split(self.to_q.forward(&tokens));
-        let k = split(self.to_k.forward(&tokens));
-        let v = split(self.to_v.forward(&tokens));
-        let out = self.attend(&q, &k, &v);
-        let out = out.transpose(1, 2).reshape([b, n, self.heads * d]);
-        let out = self
-            .to_out
-            .forward(&out)
-            .transpose(1, 2)
-            .reshape([b, c, h, w]);
-        // `x` first: the sum takes the layout of its first operand, and `out` (a transposed
-        // view) is laid out channels-last. With `out + x` every layer after the attention ran
-        // on channels-last tensors, and each convolution re-laid out its weights per call.
-        self.rescale(x + out)
+        let out = ops::self_attention_libtorch(
+            self.projections(),
+            x,
+            |x| self.normalise(x),
+            |q, k, v| self.attend(q, k, v),
+        );
+        self.rescale(out)
+    }
+
+    fn projections(&self) -> AttentionProjections<'_> {
+        AttentionProjections {
+            to_q: &self.to_q,
+            to_k: &self.to_k,
+            to_v: &self.to_v,
+            to_out: &self.to_out,
+            heads: self.heads,
+            head_dim: self.config.head_dim,
+        }
     }
 
     /// The input GroupNorm (or `x` itself without one).
@@ -179,51 +182,6 @@ impl SpatialAttention {
         } else {
             out / self.config.rescale_output_factor
         }
-    }
-}
-
-impl SpatialAttention {
-    /// The attention of one image at inference on the CPU with every projection one BLAS
-    /// call: `q`, `k`, `v` read the normalised map `[C, N]` as its transpose (no token copy),
-    /// and the output projection is computed transposed, `Wₒ·attnᵀ`, straight into an NCHW
-    /// output that already holds `x` and the bias (no transposed view, no separate residual
-    /// addition). `None` where this does not apply: a batch, autograd recording, other devices,
-    /// kinds or layouts, a projection without bias, no BLAS.
-    fn forward_one_image(&self, x: &Tensor) -> Option<Tensor> {
-        let size = x.size();
-        let layers = [&self.to_q, &self.to_k, &self.to_v, &self.to_out];
-        let params = layers.iter().flat_map(|l| [Some(&l.ws), l.bs.as_ref()]);
-        let applies = size.len() == 4
-            && size[0] == 1
-            && is_contiguous_cpu_f32(x)
-            && params.clone().all(|p| p.is_some_and(is_contiguous_cpu_f32))
-            && !records_grad(std::iter::once(x).chain(params.flatten()))
-            && blas::direct();
-        if !applies {
-            return None;
-        }
-        let (c, n) = (size[1], size[2] * size[3]);
-        let (heads, d) = (self.heads, self.config.head_dim);
-        let inner = heads * d;
-        let normed = self.normalise(x).contiguous().view([c, n]);
-        let project = |layer: &nn::Linear| {
-            let out = Tensor::empty([n, inner], (Kind::Float, Device::Cpu));
-            blas::broadcast_rows(&out, &[layer.bs.as_ref()]);
-            blas::gemm(&out, &normed, true, &layer.ws, true, true);
-            out.view([1, n, heads, d]).transpose(1, 2)
-        };
-        let (q, k, v) = (
-            project(&self.to_q),
-            project(&self.to_k),
-            project(&self.to_v),
-        );
-        let attended = self.attend(&q, &k, &v).transpose(1, 2).reshape([n, inner]);
-        let out = Tensor::empty([1, c, size[2], size[3]], (Kind::Float, Device::Cpu));
-        let out_rows = out.view([c, n]);
-        let bias = self.to_out.bs.as_ref().expect("checked above");
-        blas::broadcast_columns(&out_rows, bias, Some(x));
-        blas::gemm(&out_rows, &self.to_out.ws, false, &attended, true, true);
-        Some(self.rescale(out))
     }
 }
 
@@ -294,15 +252,13 @@ mod tests {
             };
             let attention = SpatialAttention::new(&vs.root(), &cfg).unwrap();
             let x = Tensor::randn([1, channels, 5, 4], f);
-            assert!(attention.forward_one_image(&x).is_none(), "grad mode is on");
             let _guard = tch::no_grad_guard();
-            let ours = attention.forward_one_image(&x).expect("applies");
+            let ours = attention.forward(&x);
             let reference = attention.forward_libtorch(&x);
             let err = (&ours - &reference).abs().max().double_value(&[]);
             assert!(err < 1e-5, "{channels}/{head_dim}: {err}");
             assert!(ours.is_contiguous(), "NCHW output");
             let batch = Tensor::cat(&[&x, &x], 0);
-            assert!(attention.forward_one_image(&batch).is_none());
             assert!(attention.forward(&batch).get(1).allclose(
                 &reference.get(0),
                 1e-5,

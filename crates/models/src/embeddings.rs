@@ -5,10 +5,10 @@
 //! embedding row added to that vector (Dhariwal & Nichol 2021, §4).
 
 use serde::{Deserialize, Serialize};
-use tch::{Device, Kind, Tensor, nn, nn::Module};
+use tch::{Kind, Tensor, nn, nn::Module};
 
 use crate::params::ParamCount;
-use crate::{cpu_kernels, init};
+use crate::{init, ops};
 
 /// How the sinusoidal timestep code is laid out (diffusers' `flip_sin_to_cos`, `freq_shift`).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -54,13 +54,44 @@ pub fn sinusoidal_embedding(t: &Tensor, dim: i64, config: &SinusoidalConfig) -> 
     } else {
         t.shallow_clone()
     };
-    tabulated_code(&t, dim, config).unwrap_or_else(|| computed_code(&t, dim, config))
+    // With `half` a multiple of 32 every element goes through libtorch's vectorised `sin` and
+    // `cos` (a remainder of fewer than 32 elements would take its scalar loop, which can differ
+    // in the last bit), so a table of every integer timestep's code holds the bits computing
+    // each code alone gives, and integer timesteps may be copied from it.
+    let half = dim / 2;
+    if half > 0 && half % 32 == 0 && t.kind() == Kind::Int64 {
+        let key = (
+            "sinusoid-table",
+            [
+                dim as u64,
+                u64::from(config.flip_sin_to_cos),
+                config.freq_shift.to_bits(),
+                config.max_period.to_bits(),
+            ],
+        );
+        return ops::tabulated(&t, key, dim, |t| code(t, dim, config));
+    }
+    code(&t, dim, config)
 }
 
-/// [`sinusoidal_embedding`] of `t` (already narrowed when shared) as libtorch computes it.
-fn computed_code(t: &Tensor, dim: i64, config: &SinusoidalConfig) -> Tensor {
+/// The code of [`sinusoidal_embedding`] as libtorch computes it.
+fn code(t: &Tensor, dim: i64, config: &SinusoidalConfig) -> Tensor {
     let half = dim / 2;
-    let freqs = frequencies(half, config, t.device());
+    let key = (
+        "sinusoid-frequencies",
+        [
+            half as u64,
+            config.max_period.to_bits(),
+            config.freq_shift.to_bits(),
+            ops::device_code(t.device()),
+        ],
+    );
+    let freqs = ops::memoized(key, || {
+        let exponent = Tensor::arange(half, (Kind::Float, t.device())) * (-config.max_period.ln());
+        (exponent / (half as f64 - config.freq_shift))
+            .exp()
+            .unsqueeze(0)
+    });
     let args = t.to_kind(Kind::Float).unsqueeze(1) * freqs;
     let (sin, cos) = (args.sin(), args.cos());
     let emb = if config.flip_sin_to_cos {
@@ -73,110 +104,6 @@ fn computed_code(t: &Tensor, dim: i64, config: &SinusoidalConfig) -> Tensor {
     } else {
         emb
     }
-}
-
-/// Most rows a table of [`tabulated_code`] grows to (integer timesteps `0..2¹⁴`).
-const TABLE_MAX_ROWS: i64 = 1 << 14;
-
-/// The codes of integer timesteps on the CPU, copied row by row from a table of the codes of
-/// every timestep up to the largest seen, which [`computed_code`] fills once per thread, width
-/// and layout: one copy per row instead of five libtorch operations per call (a visible share
-/// of a small model's training step). The table holds the same bits the direct computation
-/// gives, because with `half` a multiple of 32 every element of both goes through libtorch's
-/// vectorised `sin`/`cos` (a remainder of fewer than 32 elements would take its scalar loop,
-/// which can differ in the last bit); other widths, other devices and kinds, and timesteps
-/// outside `0..2¹⁴` are computed directly (`None`).
-fn tabulated_code(t: &Tensor, dim: i64, config: &SinusoidalConfig) -> Option<Tensor> {
-    let half = dim / 2;
-    let applies = half > 0
-        && half % 32 == 0
-        && t.device() == Device::Cpu
-        && t.kind() == Kind::Int64
-        && t.dim() == 1;
-    if !applies {
-        return None;
-    }
-    let steps = Vec::<i64>::try_from(t.contiguous()).ok()?;
-    let (&lo, &hi) = (steps.iter().min()?, steps.iter().max()?);
-    if lo < 0 || hi >= TABLE_MAX_ROWS {
-        return None;
-    }
-    type Key = (i64, bool, u64, u64);
-    thread_local! {
-        static TABLES: std::cell::RefCell<Vec<(Key, Tensor)>> = const {
-            std::cell::RefCell::new(Vec::new())
-        };
-    }
-    let key = (
-        dim,
-        config.flip_sin_to_cos,
-        config.freq_shift.to_bits(),
-        config.max_period.to_bits(),
-    );
-    TABLES.with_borrow_mut(|tables| {
-        let at = match tables.iter().position(|(k, _)| *k == key) {
-            Some(at) => at,
-            None => {
-                tables.push((key, Tensor::empty([0, dim], (Kind::Float, Device::Cpu))));
-                tables.len() - 1
-            }
-        };
-        let table = &mut tables[at].1;
-        if table.size()[0] <= hi {
-            let rows = ((hi + 1) as u64).next_power_of_two() as i64;
-            let rows = rows.clamp(1024, TABLE_MAX_ROWS);
-            let _guard = tch::no_grad_guard();
-            let all = Tensor::arange(rows, (Kind::Int64, Device::Cpu));
-            *table = computed_code(&all, dim, config).contiguous();
-        }
-        let width = dim as usize;
-        let out = Tensor::empty([steps.len() as i64, dim], (Kind::Float, Device::Cpu));
-        // SAFETY: `table` is a contiguous f32 CPU matrix of at least `hi + 1` rows of `width`
-        // (built just above), `out` a fresh one of `steps.len()` rows; every step is in
-        // `0..=hi` (checked).
-        let (src, dst) = unsafe {
-            (
-                std::slice::from_raw_parts(table.data_ptr() as *const f32, table.numel()),
-                std::slice::from_raw_parts_mut(out.data_ptr() as *mut f32, out.numel()),
-            )
-        };
-        for (row, &step) in dst.chunks_exact_mut(width).zip(&steps) {
-            let from = step as usize * width;
-            row.copy_from_slice(&src[from..from + width]);
-        }
-        Some(out)
-    })
-}
-
-/// The frequencies `f_i = exp(−ln(P)·i / (half − s))` as a `[1, half]` float32 row, computed
-/// by libtorch once per thread, size, layout and device and then reused: every denoiser call
-/// embeds its timesteps, and the five operations that make the row cost more than the
-/// embedding of a small batch itself.
-fn frequencies(half: i64, config: &SinusoidalConfig, device: Device) -> Tensor {
-    type Key = (i64, u64, u64, Device);
-    thread_local! {
-        static CACHE: std::cell::RefCell<Vec<(Key, Tensor)>> = const {
-            std::cell::RefCell::new(Vec::new())
-        };
-    }
-    let key = (
-        half,
-        config.max_period.to_bits(),
-        config.freq_shift.to_bits(),
-        device,
-    );
-    CACHE.with_borrow_mut(|cache| {
-        if let Some((_, freqs)) = cache.iter().find(|(k, _)| *k == key) {
-            return freqs.shallow_clone();
-        }
-        let _guard = tch::no_grad_guard();
-        let exponent = Tensor::arange(half, (Kind::Float, device)) * (-config.max_period.ln());
-        let freqs = (exponent / (half as f64 - config.freq_shift))
-            .exp()
-            .unsqueeze(0);
-        cache.push((key, freqs.shallow_clone()));
-        freqs
-    })
 }
 
 /// The timestep MLP: `linear_2(SiLU(linear_1(code)))`, mapping the sinusoidal code to the
@@ -199,6 +126,7 @@ impl TimestepEmbedding {
     }
 
     /// The two layers, `(linear_1, linear_2)` (for hand-written backward passes).
+    #[cfg(feature = "kernels")]
     pub(crate) fn linears(&self) -> (&nn::Linear, &nn::Linear) {
         (&self.linear_1, &self.linear_2)
     }
@@ -206,7 +134,7 @@ impl TimestepEmbedding {
     /// `[B, in_dim]` → `[B, out_dim]`.
     pub fn forward(&self, code: &Tensor) -> Tensor {
         self.linear_2
-            .forward(&cpu_kernels::silu_owned(self.linear_1.forward(code)))
+            .forward(&ops::silu_owned(self.linear_1.forward(code)))
     }
 }
 
@@ -312,9 +240,10 @@ mod tests {
         }
     }
 
-    /// Codes copied from the table are the bits the direct computation gives, for batches of
-    /// every size (the direct path's tail handling depends on the element count), both
-    /// layouts, odd widths, and a table that grows; what it does not cover is computed.
+    /// Codes copied from the table (where difflab's kernels are on) are the bits the direct
+    /// computation gives, for batches of every size (the direct path's tail handling depends on
+    /// the element count), both layouts, odd widths, a table that grows, and timesteps the
+    /// table does not hold.
     #[test]
     fn tabulated_codes_equal_the_computed_ones_bit_for_bit() {
         let bits = |t: &Tensor| -> Vec<u32> {
@@ -324,37 +253,22 @@ mod tests {
                 .map(|x| x.to_bits())
                 .collect()
         };
-        for (dim, flip) in [(256, true), (64, false), (65, true)] {
+        for (dim, flip) in [(256, true), (64, false), (65, true), (48, true)] {
             let cfg = SinusoidalConfig {
                 flip_sin_to_cos: flip,
                 ..SinusoidalConfig::default()
             };
-            for batch in [1_i64, 7, 25, 1000] {
-                let t = Tensor::randint(1000, [batch], (Kind::Int64, Device::Cpu));
-                let table = tabulated_code(&t, dim, &cfg).expect("tabulated");
-                assert_eq!(
-                    bits(&table),
-                    bits(&computed_code(&t, dim, &cfg)),
-                    "{dim} {batch}"
-                );
+            for batch in [2_i64, 7, 25, 1000] {
+                let t = Tensor::randint(1000, [batch], (Kind::Int64, tch::Device::Cpu));
+                let got = sinusoidal_embedding(&t, dim, &cfg);
+                assert_eq!(bits(&got), bits(&code(&t, dim, &cfg)), "{dim} {batch}");
             }
-            let late = Tensor::from_slice(&[5_000_i64, 3, 16_383]);
-            let table = tabulated_code(&late, dim, &cfg).expect("grown table");
-            assert_eq!(
-                bits(&table),
-                bits(&computed_code(&late, dim, &cfg)),
-                "grown"
-            );
+            for steps in [&[5_000_i64, 3, 16_383][..], &[16_384, 2], &[-1, 4]] {
+                let t = Tensor::from_slice(steps);
+                let got = sinusoidal_embedding(&t, dim, &cfg);
+                assert_eq!(bits(&got), bits(&code(&t, dim, &cfg)), "{steps:?}");
+            }
         }
-        let cfg = SinusoidalConfig::default();
-        let t = Tensor::from_slice(&[3_i64, 9]);
-        assert!(
-            tabulated_code(&t, 48, &cfg).is_none(),
-            "half not a multiple of 32"
-        );
-        assert!(tabulated_code(&Tensor::from_slice(&[-1_i64]), 64, &cfg).is_none());
-        assert!(tabulated_code(&Tensor::from_slice(&[16_384_i64]), 64, &cfg).is_none());
-        assert!(tabulated_code(&t.to_kind(Kind::Float), 64, &cfg).is_none());
     }
 
     #[test]

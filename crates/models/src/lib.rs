@@ -11,42 +11,38 @@
 //!
 //! File map: [`embeddings`] (sinusoidal code, time MLP, class table), [`resnet`] (residual
 //! block), [`attention`] (spatial self-attention), [`unet`] (config, inputs, blocks, model,
-//! summary), [`sr_unet`] (super-resolution wrapper), [`mlp`] (vector denoiser) and [`mlp_tape`]
-//! (its hand-written backward pass), [`conv`] (convolutions, batch-1 inference through the BLAS
-//! or [`winograd`]), [`cpu_kernels`] (SiLU at
-//! inference), [`diffusers`]
-//! (config.json and weights), [`weights`] (strict safetensors loading), [`init`] (parameters
-//! drawn as `torch.nn` draws them).
+//! summary), [`sr_unet`] (super-resolution wrapper), [`mlp`] (vector denoiser, and with the
+//! `kernels` feature its hand-written training pass), [`ops`] (the operations the blocks are
+//! written in: libtorch, or difflab's kernels where they apply), [`diffusers`] (config.json
+//! and weights), [`weights`] (strict safetensors loading), [`init`] (parameters drawn as
+//! `torch.nn` draws them).
+#![forbid(unsafe_code)]
 
 pub mod attention;
-pub mod blas;
-pub mod conv;
-pub mod cpu_kernels;
 pub mod diffusers;
 pub mod embeddings;
 mod error;
 pub mod flops;
-pub mod group_norm_silu;
 pub mod init;
 pub mod mlp;
-pub mod mlp_tape;
-pub mod omp_team;
+#[cfg(feature = "kernels")]
+mod mlp_taped;
+pub mod ops;
 pub mod params;
 pub mod resnet;
 pub mod sr_unet;
 pub mod unet;
-pub mod upsample;
 pub mod weights;
-pub mod winograd;
 
 pub use attention::{AttentionConfig, AttentionKind, SpatialAttention};
-pub use conv::Conv2d;
+#[cfg(feature = "kernels")]
+pub use difflab_kernels::mlp_tape::{GradSquares, MlpTape};
 pub use diffusers::{DiffusersUNetConfig, export_diffusers_unet, load_diffusers_unet};
 pub use embeddings::{ClassEmbedding, SinusoidalConfig, TimestepEmbedding, sinusoidal_embedding};
 pub use error::ModelError;
 pub use init::InitScheme;
 pub use mlp::{Activation, MlpConfig, MlpDenoiser};
-pub use mlp_tape::{GradSquares, MlpTape};
+pub use ops::Conv2d;
 pub use params::ParamCount;
 pub use resnet::{Resampling, ResnetBlock2D, ResnetConfig, TimeConditioning};
 pub use sr_unet::{LowresUpsample, SrUNet, SrUNetConfig};

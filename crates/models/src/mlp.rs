@@ -12,9 +12,9 @@ use tch::{Device, Kind, Tensor, nn, nn::Module};
 use crate::ModelError;
 use crate::embeddings::{TimestepEmbedding, sinusoidal_embedding};
 use crate::init::{self, InitScheme};
+use crate::ops;
 use crate::params::ParamCount;
 use crate::unet::{ModelSummary, TimeEmbeddingConfig};
-use crate::{blas, cpu_kernels};
 
 /// The nonlinearity of the [`MlpDenoiser`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,19 +33,17 @@ impl Activation {
     /// Apply the nonlinearity elementwise.
     pub fn apply(self, x: &Tensor) -> Tensor {
         match self {
-            Self::Silu => cpu_kernels::silu(x),
+            Self::Silu => ops::silu(x),
             Self::Gelu => x.gelu("none"),
             Self::Relu => x.relu(),
         }
     }
 
     /// [`Activation::apply`] to a fresh tensor nothing else refers to, in place where that
-    /// needs no autograd record. SiLU goes through [`cpu_kernels::silu_owned`], whose cost does
-    /// not depend on the input: nothing normalises an MLP's pre-activations, and those of an
-    /// untrained or diverging model run far out of the range where libtorch's kernel is fast.
+    /// needs no autograd record ([`ops::silu_owned`] for SiLU).
     pub fn apply_owned(self, x: Tensor) -> Tensor {
         match self {
-            Self::Silu => cpu_kernels::silu_owned(x),
+            Self::Silu => ops::silu_owned(x),
             Self::Gelu => x.gelu("none"),
             Self::Relu if x.requires_grad() => x.relu(),
             Self::Relu => {
@@ -271,38 +269,15 @@ impl MlpDenoiser {
         let emb = act.apply(&emb);
         let mut h = self.input.forward(x);
         record("input", &h);
-        // Without autograd, each layer is one matrix product onto its two biases summed first
-        // (one row when every example shares `t`) and an in-place activation: the same sum,
-        // one pass and one allocation instead of three of each.
-        let fused = !(emb.requires_grad() || h.requires_grad());
         for (i, layer) in self.layers.iter().enumerate() {
             let time = layer.time_proj.forward(&emb);
-            h = match (&layer.linear.bs, fused) {
-                // SiLU on the CPU with a shared `t`: the product alone through the BLAS, then the
-                // biases added row by row inside the SiLU pass (no broadcast copy of them).
-                (Some(bias), true) if act == Activation::Silu && shared_row_on_cpu(&time, &h) => {
-                    let pre = Tensor::empty(
-                        [h.size()[0], layer.linear.ws.size()[0]],
-                        (Kind::Float, Device::Cpu),
-                    );
-                    blas::gemm(&pre, &h, false, &layer.linear.ws, true, false);
-                    cpu_kernels::silu_with_row_bias_owned(pre, &(time + bias))
-                }
-                (Some(bias), true) => {
-                    act.apply_owned((time + bias).addmm(&h, &layer.linear.ws.tr()))
-                }
-                _ => act.apply_owned(layer.linear.forward(&h) + time),
-            };
+            h = ops::linear_act(&layer.linear, &h, &time, act == Activation::Silu, |z| {
+                act.apply_owned(z)
+            });
             record(&format!("layers.{i}"), &h);
         }
         h = self.output.forward(&h);
         record("output", &h);
         h
     }
-}
-
-/// Whether a layer's time term is one row shared by the whole f32 CPU batch `h`.
-fn shared_row_on_cpu(time: &Tensor, h: &Tensor) -> bool {
-    let on_cpu = |t: &Tensor| t.device() == Device::Cpu && t.kind() == Kind::Float;
-    time.size()[0] == 1 && h.size()[0] > 1 && on_cpu(time) && on_cpu(h)
 }

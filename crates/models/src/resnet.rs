@@ -2,14 +2,11 @@
 //! time embedding injected either by addition or by adaptive group normalisation.
 
 use serde::{Deserialize, Serialize};
-use tch::{Tensor, nn, nn::Module};
+use tch::{Tensor, nn};
 
-use crate::conv::Conv2d;
-use crate::cpu_kernels::silu;
-use crate::group_norm_silu::{ChannelTerms, group_norm_silu};
+use crate::init;
+use crate::ops::{self, Conv2d, Modulation};
 use crate::params::ParamCount;
-use crate::upsample::upsample_nearest2x;
-use crate::{blas, init};
 
 /// How a residual block reads the time (and class) embedding `e`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,7 +40,7 @@ impl Resampling {
     pub fn apply(self, x: &Tensor) -> Tensor {
         match self {
             Self::None => x.shallow_clone(),
-            Self::Up => upsample_nearest2x(x),
+            Self::Up => ops::upsample_nearest2x(x),
             Self::Down => x.avg_pool2d([2, 2], [2, 2], [0, 0], false, true, None),
         }
     }
@@ -132,44 +129,38 @@ impl ResnetBlock2D {
     /// `x`: `[B, in, H, W]`, `temb`: `[B, temb_channels]` → `[B, out, H, W]`.
     /// With [`Resampling::Up`]/[`Resampling::Down`] the output is `2H × 2W`/`H/2 × W/2`.
     pub fn forward(&self, x: &Tensor, temb: &Tensor, train: bool) -> Tensor {
-        let resampling = self.config.resampling;
-        let eps = self.config.eps;
-        let plain = ChannelTerms::default();
-        let h = resampling.apply(&group_norm_silu(x, &self.norm1, eps, plain));
-        let x = &resampling.apply(x);
+        let c = &self.config;
+        let h = ops::group_norm_silu(x, &self.norm1, c.eps, Modulation::default());
+        let (h, x) = (c.resampling.apply(&h), c.resampling.apply(x));
         let h = self.conv1.forward(&h);
-        let activated = silu(temb);
-        let e = blas::linear_inference(&activated, &self.time_emb_proj)
-            .unwrap_or_else(|| self.time_emb_proj.forward(&activated))
+        let e = ops::linear(&self.time_emb_proj, &ops::silu(temb))
             .unsqueeze(-1)
             .unsqueeze(-1);
-        let h = match self.config.conditioning {
-            TimeConditioning::Add => {
-                let terms = ChannelTerms {
-                    offset: Some(&e),
-                    ..plain
-                };
-                group_norm_silu(&h, &self.norm2, eps, terms)
-            }
+        let halves;
+        let modulation = match c.conditioning {
+            TimeConditioning::Add => Modulation {
+                offset: Some(&e),
+                ..Modulation::default()
+            },
             TimeConditioning::ScaleShift => {
-                let parts = e.chunk(2, 1);
-                let terms = ChannelTerms {
-                    scale: Some(&parts[0]),
-                    shift: Some(&parts[1]),
-                    ..plain
-                };
-                group_norm_silu(&h, &self.norm2, eps, terms)
+                halves = e.chunk(2, 1);
+                Modulation {
+                    scale: Some(&halves[0]),
+                    shift: Some(&halves[1]),
+                    ..Modulation::default()
+                }
             }
         };
-        let h = h.dropout(self.config.dropout, train);
-        let out = match &self.conv_shortcut {
-            Some(conv) => self.conv2.forward_plus(&h, &conv.forward(x)),
-            None => self.conv2.forward_plus(&h, x),
+        let h = ops::group_norm_silu(&h, &self.norm2, c.eps, modulation).dropout(c.dropout, train);
+        let shortcut = match &self.conv_shortcut {
+            Some(conv) => conv.forward(&x),
+            None => x,
         };
-        if self.config.output_scale_factor == 1.0 {
+        let out = self.conv2.forward_add(&h, &shortcut);
+        if c.output_scale_factor == 1.0 {
             out
         } else {
-            out / self.config.output_scale_factor
+            out / c.output_scale_factor
         }
     }
 }

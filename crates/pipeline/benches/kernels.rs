@@ -19,9 +19,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use difflab_models::conv::ConvPath;
-use difflab_models::cpu_kernels::silu_in_slice;
-use difflab_models::group_norm_silu::{self, ChannelTerms};
+use difflab_kernels::conv::ConvPath;
+use difflab_kernels::cpu::{silu_in_slice, silu_owned};
+use difflab_kernels::group_norm_silu::{self, Modulation};
 use difflab_models::{AttentionConfig, AttentionKind, Conv2d, SpatialAttention};
 use difflab_pipeline::bench::{BenchSettings, bench_training};
 use difflab_pipeline::config::parse_config;
@@ -148,12 +148,16 @@ fn attention_and_group_norm(quick: bool) {
         let vs = nn::VarStore::new(Device::Cpu);
         let norm = nn::group_norm(vs.root(), 8, c, Default::default());
         let x = Tensor::randn([b, c, hw, hw], (Kind::Float, Device::Cpu));
-        let plain = ChannelTerms::default();
+        let plain = Modulation::default();
+        let composed = || silu_owned(nn::Module::forward(&norm, &x));
         let (composed_s, fused_s) = interleaved_medians(
             5,
             reps * 4,
-            || drop(group_norm_silu::composed(&x, &norm, plain)),
-            || drop(group_norm_silu::group_norm_silu(&x, &norm, 1e-5, plain)),
+            || drop(composed()),
+            || {
+                let fused = group_norm_silu::group_norm_silu(&x, &norm, 1e-5, plain);
+                drop(fused.unwrap_or_else(composed))
+            },
         );
         println!(
             "| [{b}, {c}, {hw}, {hw}] | {:.1} | {:.1} | {:.2}x |",
@@ -165,9 +169,9 @@ fn attention_and_group_norm(quick: bool) {
     println!();
 }
 
-/// SiLU at inference: difflab's kernel (`difflab_models::cpu_kernels`, on a plain slice) against
+/// SiLU at inference: difflab's kernel (`difflab_kernels::cpu`, on a plain slice) against
 /// libtorch's `silu` (SLEEF `expf`); both split over libtorch's OpenMP threads from 2 × 32768
-/// elements on (difflab's through `difflab_models::omp_team`), for inputs in the usual range (standard deviation 4) and far out of it (1000, the
+/// elements on (difflab's through `difflab_kernels::omp_team`), for inputs in the usual range (standard deviation 4) and far out of it (1000, the
 /// activations of an untrained MLP's diverging samples).
 fn silu_kernel(quick: bool) {
     println!("## SiLU at inference (no grad)\n");
@@ -241,18 +245,21 @@ fn batch1_convolutions(quick: bool) {
         let vs = nn::VarStore::new(Device::Cpu);
         let conv = Conv2d::new(vs.root(), c, out, k, stride, k / 2);
         let x = Tensor::randn([1, c, hw, hw], (Kind::Float, Device::Cpu));
-        let path = match conv.path_for(&x) {
+        let kernel = conv.kernel();
+        let path = match kernel.path_for(&x) {
             ConvPath::Libtorch => "libtorch",
             ConvPath::Im2colGemm => "im2col+BLAS",
             ConvPath::Winograd => "Winograd",
         };
-        let winograd = conv.forward_with(&x, ConvPath::Winograd).is_some();
+        let winograd = kernel.forward_with(&x, ConvPath::Winograd, None).is_some();
         let mut fs: Vec<Box<dyn FnMut()>> = vec![
-            Box::new(|| drop(conv.forward_libtorch(&x))),
-            Box::new(|| drop(conv.forward_with(&x, ConvPath::Im2colGemm))),
+            Box::new(|| drop(kernel.libtorch(&x))),
+            Box::new(|| drop(kernel.forward_with(&x, ConvPath::Im2colGemm, None))),
         ];
         if winograd {
-            fs.push(Box::new(|| drop(conv.forward_with(&x, ConvPath::Winograd))));
+            fs.push(Box::new(|| {
+                drop(kernel.forward_with(&x, ConvPath::Winograd, None))
+            }));
         }
         let mut refs: Vec<&mut dyn FnMut()> = fs
             .iter_mut()

@@ -1,6 +1,7 @@
 //! The composition layer: the only crate that knows about schedules, samplers and models at
 //! once: configs, datasets, the trainer, checkpoints, logging, image output and the runtime
 //! device choice.
+#![forbid(unsafe_code)]
 
 pub mod allocator;
 pub mod bench;

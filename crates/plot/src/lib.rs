@@ -19,6 +19,7 @@
 //! fig.save_png("both.png")?;
 //! # Ok::<(), difflab_plot::PlotError>(())
 //! ```
+#![forbid(unsafe_code)]
 
 mod canvas;
 mod chart;

@@ -5,6 +5,7 @@
 //! (through ᾱ values it copies at construction) and what the denoiser predicts. Each sampler is
 //! one file whose loop body is the paper's update, with single-step functions (`ddim_step`,
 //! `ddpm_step`, `cold_step`) exposed for tests and for users who drive the loop themselves.
+#![forbid(unsafe_code)]
 
 mod cold;
 mod conditioning;

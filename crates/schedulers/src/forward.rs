@@ -77,90 +77,25 @@ impl ForwardProcess {
         t: &Tensor,
         noise: &Tensor,
     ) -> (Tensor, Tensor) {
-        if let Some(both) = self.q_sample_and_target_cpu(prediction, x0, t, noise) {
-            return both;
+        #[cfg(feature = "kernels")]
+        if difflab_kernels::enabled()
+            && let Some((x_t, v)) = difflab_kernels::q_sample::q_sample_and_velocity(
+                x0,
+                t,
+                noise,
+                &self.sqrt_alpha_bar,
+                &self.sqrt_one_minus_alpha_bar,
+                prediction == Prediction::V,
+            )
+        {
+            let target = v.unwrap_or_else(|| match prediction {
+                Prediction::X0 => x0.shallow_clone(),
+                _ => noise.shallow_clone(),
+            });
+            return (x_t, target);
         }
         let (a, s) = self.coefficients(t, x0);
         (x0 * &a + noise * &s, prediction.target(x0, noise, &a, &s))
-    }
-
-    /// [`ForwardProcess::q_sample_and_target`] as one pass over contiguous f32 CPU tensors (no
-    /// autograd record, int64 `t` in range): the same f32 products and sums in the same order as
-    /// the tensor operations, so the same bits, without their seven dispatches and temporaries
-    /// (a visible share of a small model's training step). `None` where it does not apply.
-    fn q_sample_and_target_cpu(
-        &self,
-        prediction: Prediction,
-        x0: &Tensor,
-        t: &Tensor,
-        noise: &Tensor,
-    ) -> Option<(Tensor, Tensor)> {
-        let plain = |x: &Tensor| {
-            x.device() == Device::Cpu
-                && x.kind() == Kind::Float
-                && x.is_contiguous()
-                && !x.requires_grad()
-        };
-        let applies = self.alpha_bar.device() == Device::Cpu
-            && plain(x0)
-            && plain(noise)
-            && x0.dim() >= 1
-            && x0.size() == noise.size()
-            && t.kind() == Kind::Int64
-            && t.device() == Device::Cpu
-            && t.size() == [x0.size()[0]];
-        if !applies {
-            return None;
-        }
-        let steps = Vec::<i64>::try_from(t.contiguous()).ok()?;
-        let table_len = self.num_train_timesteps();
-        let (n, batch) = (x0.numel(), steps.len());
-        if batch == 0 || n == 0 || steps.iter().any(|&s| !(0..table_len).contains(&s)) {
-            return None;
-        }
-        let per_sample = n / batch;
-        let x_t = x0.empty_like();
-        let target = match prediction {
-            Prediction::V => Some(x0.empty_like()),
-            Prediction::Eps | Prediction::X0 => None,
-        };
-        // SAFETY: `x0` and `noise` are contiguous f32 CPU tensors of `n` elements (checked),
-        // `x_t` and `target` fresh ones; the tables are contiguous f32 CPU vectors of
-        // `table_len` elements (made so in `new`); the slices live only in this function.
-        let (x, e, out, a_table, s_table) = unsafe {
-            (
-                std::slice::from_raw_parts(x0.data_ptr() as *const f32, n),
-                std::slice::from_raw_parts(noise.data_ptr() as *const f32, n),
-                std::slice::from_raw_parts_mut(x_t.data_ptr() as *mut f32, n),
-                std::slice::from_raw_parts(
-                    self.sqrt_alpha_bar.data_ptr() as *const f32,
-                    table_len as usize,
-                ),
-                std::slice::from_raw_parts(
-                    self.sqrt_one_minus_alpha_bar.data_ptr() as *const f32,
-                    table_len as usize,
-                ),
-            )
-        };
-        // SAFETY: as above, for the fresh `target`.
-        let mut v = target
-            .as_ref()
-            .map(|v| unsafe { std::slice::from_raw_parts_mut(v.data_ptr() as *mut f32, n) });
-        for (i, &step) in steps.iter().enumerate() {
-            let (a, s) = (a_table[step as usize], s_table[step as usize]);
-            let range = i * per_sample..(i + 1) * per_sample;
-            for j in range {
-                out[j] = x[j] * a + e[j] * s;
-                if let Some(v) = v.as_mut() {
-                    v[j] = a * e[j] - s * x[j];
-                }
-            }
-        }
-        let target = target.unwrap_or_else(|| match prediction {
-            Prediction::X0 => x0.shallow_clone(),
-            _ => noise.shallow_clone(),
-        });
-        Some((x_t, target))
     }
 
     /// The velocity v = √ᾱ_t ε − √(1−ᾱ_t) x₀ (Salimans & Ho 2022).
@@ -193,8 +128,9 @@ mod tests {
     use super::*;
     use crate::ScheduleConfig;
 
-    /// The one-pass CPU path gives the same bits as the tensor operations, for every
-    /// prediction, on images and on vectors; out-of-range steps and other layouts fall back.
+    /// `q_sample_and_target` (through difflab's one-pass kernel where it is compiled in) gives
+    /// the same bits as the tensor operations, for every prediction, on images and on vectors,
+    /// and for inputs the kernel does not take (steps out of range, other layouts).
     #[test]
     fn one_pass_matches_the_tensor_operations_bit_for_bit() {
         let schedule = ScheduleConfig::default().build().expect("schedule");
@@ -205,30 +141,20 @@ mod tests {
             let x0 = Tensor::randn(&shape[..], f);
             let noise = Tensor::randn(&shape[..], f);
             let t = Tensor::randint(1000, [shape[0]], (Kind::Int64, Device::Cpu));
+            let strided = (x0.transpose(0, -1), noise.transpose(0, -1));
+            let t_strided = Tensor::zeros([strided.0.size()[0]], (Kind::Int64, Device::Cpu));
             for prediction in [Prediction::Eps, Prediction::X0, Prediction::V] {
-                let (x_t, target) = fp
-                    .q_sample_and_target_cpu(prediction, &x0, &t, &noise)
-                    .expect("applies");
-                let (a, s) = fp.coefficients(&t, &x0);
-                assert!(
-                    x_t.equal(&(&x0 * &a + &noise * &s)),
-                    "{prediction:?} {shape:?}"
-                );
-                let want = prediction.target(&x0, &noise, &a, &s);
-                assert!(target.equal(&want), "{prediction:?} {shape:?}");
+                for (x0, noise, t) in [(&x0, &noise, &t), (&strided.0, &strided.1, &t_strided)] {
+                    let (x_t, target) = fp.q_sample_and_target(prediction, x0, t, noise);
+                    let (a, s) = fp.coefficients(t, x0);
+                    assert!(
+                        x_t.equal(&(x0 * &a + noise * &s)),
+                        "{prediction:?} {shape:?}"
+                    );
+                    let want = prediction.target(x0, noise, &a, &s);
+                    assert!(target.equal(&want), "{prediction:?} {shape:?}");
+                }
             }
-            let late = Tensor::full([shape[0]], 1000, (Kind::Int64, Device::Cpu));
-            assert!(
-                fp.q_sample_and_target_cpu(Prediction::Eps, &x0, &late, &noise)
-                    .is_none()
-            );
-            let strided = x0.transpose(0, -1);
-            let other = noise.transpose(0, -1);
-            let t_other = Tensor::zeros([strided.size()[0]], (Kind::Int64, Device::Cpu));
-            assert!(
-                fp.q_sample_and_target_cpu(Prediction::Eps, &strided, &t_other, &other)
-                    .is_none()
-            );
         }
     }
 }

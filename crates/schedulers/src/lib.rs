@@ -9,6 +9,7 @@
 //! - [`degradation`]: cold-diffusion degradation operators D(x₀, t).
 //!
 //! Tables are computed in f64; the network-facing tensors are f32.
+#![forbid(unsafe_code)]
 
 pub mod beta_schedule;
 mod coef;

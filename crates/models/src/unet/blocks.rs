@@ -8,10 +8,9 @@ use serde::{Deserialize, Serialize};
 use tch::{Tensor, nn, nn::Module};
 
 use crate::attention::{AttentionConfig, SpatialAttention};
-use crate::conv::Conv2d;
+use crate::ops::{self, Conv2d};
 use crate::params::ParamCount;
 use crate::resnet::{Resampling, ResnetBlock2D, ResnetConfig, conv3x3};
-use crate::upsample::upsample_nearest2x;
 use crate::{AttentionKind, ModelError};
 
 /// How the UNet changes resolution between levels.
@@ -71,7 +70,7 @@ impl Upsample {
 
     /// `[B, C, H, W]` → `[B, C, 2H, 2W]`.
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        self.conv.forward(&upsample_nearest2x(x))
+        self.conv.forward(&ops::upsample_nearest2x(x))
     }
 }
 

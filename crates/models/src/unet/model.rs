@@ -5,9 +5,8 @@ use tch::{Device, Kind, Tensor, nn, nn::Module};
 use super::blocks::{BlockCommon, ContextGain, DownBlock, MidBlock, UpBlock};
 use super::inputs::{Checked, UNetInputs, check};
 use super::summary::ModelSummary;
-use crate::conv::Conv2d;
-use crate::cpu_kernels;
 use crate::embeddings::{ClassEmbedding, TimestepEmbedding, sinusoidal_embedding};
+use crate::ops::{self, Conv2d};
 use crate::params::ParamCount;
 use crate::resnet::{conv3x3, group_norm};
 use crate::{InitScheme, ModelError, UNetConfig};
@@ -380,7 +379,7 @@ impl UNet {
         }
         h = self.conv_norm_out.forward(&h);
         record("conv_norm_out", &h);
-        h = self.conv_out.forward(&cpu_kernels::silu(&h));
+        h = self.conv_out.forward(&ops::silu(&h));
         record("conv_out", &h);
         h
     }

@@ -79,8 +79,6 @@ pub struct Ema {
     config: EmaConfig,
     /// Variable names, sorted, with whether the model trains them.
     names: Vec<(String, bool)>,
-    /// Whether f32 CPU shadows are averaged by difflab's pass rather than libtorch's `lerp_`.
-    kernels: bool,
 }
 
 impl Ema {
@@ -133,14 +131,7 @@ impl Ema {
                 .iter()
                 .map(|(name, var)| (name.clone(), var.requires_grad()))
                 .collect(),
-            kernels: true,
         })
-    }
-
-    /// This EMA averaging with libtorch's `lerp_` only (the same bits, see [`average_into`]).
-    pub fn without_kernels(mut self) -> Self {
-        self.kernels = false;
-        self
     }
 
     /// The configuration.
@@ -218,20 +209,11 @@ impl Ema {
             let mut shadow = shadow.shallow_clone();
             if *trainable && decay > 0.0 {
                 if !averaged(name) {
-                    average_into(&shadow, var, 1.0 - decay, self.kernels);
+                    let _ = shadow.lerp_(var, 1.0 - decay);
                 }
             } else {
                 shadow.copy_(var);
             }
         }
-    }
-}
-
-/// `shadow ← lerp(shadow, var, weight)` in place: with `kernels`, one Rust pass for f32 CPU
-/// weights (bit-identical to `lerp_`, which rounds the weight to f32 for them), else libtorch's
-/// `lerp_`.
-pub(crate) fn average_into(shadow: &Tensor, var: &Tensor, weight: f64, kernels: bool) {
-    if !(kernels && super::fused_cpu::lerp_into(shadow, var, weight as f32)) {
-        let _ = shadow.shallow_clone().lerp_(var, weight);
     }
 }

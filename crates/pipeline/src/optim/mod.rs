@@ -11,18 +11,21 @@
 //! | `lr.rs`    | [`LrConfig::lr_at`]: linear warmup, then constant / cosine / step decay |
 //! | `clip.rs`  | [`clip_grad_norm`]: global L2 norm clipping                             |
 //! | `ema.rs`   | [`Ema`]: exponential moving average of the weights, with warmup         |
-//! | `fused_cpu.rs` | one-pass Rust kernels for the AdamW and EMA updates of f32 CPU tensors |
+//! | `fused.rs` | (`kernels` feature) the same updates through difflab's one-pass kernels  |
 
 mod adamw;
 mod clip;
 mod ema;
-mod fused_cpu;
+#[cfg(feature = "kernels")]
+mod fused;
 mod lr;
 
 pub(crate) use adamw::is_float;
 pub use adamw::{AdamW, OptimizerConfig, OptimizerKind};
-pub use clip::{clip_grad_norm, clip_grad_norm_deferred, clip_grad_norm_deferred_with};
+pub use clip::clip_grad_norm;
 pub use ema::{Ema, EmaConfig};
+#[cfg(feature = "kernels")]
+pub use fused::{clip_grad_norm_deferred, clip_grad_norm_deferred_with};
 pub use lr::{LrConfig, LrSchedule};
 
 /// The `Err` of a config check: `invalid <key> = <value>: <why>`.

@@ -1,9 +1,11 @@
 //! How a training step's gradients are computed and applied: one trait, [`StepEngine`], whose
 //! methods are the step's stages in order (loss → backward → clip → update and EMA), and its
 //! reference implementation in libtorch's operations, [`LibtorchEngine`]. The engine is chosen
-//! once, when a [`super::Learner`] is built: [`super::FusedCpuEngine`] on the CPU where
-//! difflab's kernels are enabled, this one everywhere else (CUDA, `DIFFLAB_KERNELS=off`).
+//! once, when a [`super::Learner`] is built: the fused CPU engine (`fused_engine.rs`, with the
+//! `kernels` feature) on the CPU where difflab's kernels are enabled, this one everywhere else
+//! (CUDA, `DIFFLAB_KERNELS=off`, a build without the feature).
 
+#[cfg(feature = "kernels")]
 use difflab_models::MlpTape;
 use tch::{Tensor, nn::VarStore};
 
@@ -17,9 +19,9 @@ use crate::optim::{AdamW, Ema, clip_grad_norm};
 pub(crate) struct Loss {
     /// The scalar loss (autograd reaches the network unless the engine recorded a tape).
     pub value: Tensor,
-    /// For a network that ran without an autograd graph (the MLP's taped pass of
-    /// [`super::FusedCpuEngine`]): the loss's gradient with respect to the output, written
-    /// out, and the tape.
+    /// For a network that ran without an autograd graph (the MLP's taped pass of the fused CPU
+    /// engine): the loss's gradient with respect to the output, written out, and the tape.
+    #[cfg(feature = "kernels")]
     pub taped: Option<(Tensor, MlpTape)>,
 }
 
@@ -85,8 +87,8 @@ impl LibtorchEngine {
         training: &TrainingConfig,
     ) -> Result<Self, CheckpointError> {
         Ok(Self {
-            optimizer: AdamW::new(vs, &training.optimizer).without_kernels(),
-            ema: Ema::new(vs, ema_vs, &training.ema)?.without_kernels(),
+            optimizer: AdamW::new(vs, &training.optimizer),
+            ema: Ema::new(vs, ema_vs, &training.ema)?,
         })
     }
 }
@@ -95,6 +97,7 @@ impl StepEngine for LibtorchEngine {
     fn loss(&mut self, network: &Network, objective: &Objective, inputs: &StepInputs) -> Loss {
         Loss {
             value: objective.network_terms(network, inputs).value(),
+            #[cfg(feature = "kernels")]
             taped: None,
         }
     }

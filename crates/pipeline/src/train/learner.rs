@@ -10,7 +10,7 @@ use tch::{Device, nn::VarStore};
 
 use super::engine::{LibtorchEngine, StepEngine, Update};
 use super::objective::{Objective, Process};
-use super::{Autocast, FusedCpuEngine, StepInputs, TrainError, store_to_channels_last};
+use super::{Autocast, StepInputs, TrainError, store_to_channels_last};
 use crate::checkpoint::{CheckpointError, load_optimizer, load_weights};
 use crate::data::Batch;
 use crate::optim::AdamW;
@@ -21,7 +21,7 @@ use crate::{ExperimentConfig, Network};
 #[serde(rename_all = "snake_case")]
 pub enum Engine {
     /// `fused_cpu` on the CPU, `libtorch` elsewhere; `DIFFLAB_KERNELS=off` in the environment
-    /// picks `libtorch` everywhere.
+    /// (or a build without the `kernels` feature) picks `libtorch` everywhere.
     #[default]
     Auto,
     /// libtorch's operations only: PyTorch's own sequence (autograd, `clip_grad_norm_`,
@@ -33,23 +33,16 @@ pub enum Engine {
 }
 
 impl Engine {
-    /// The engine `Auto` stands for on `device`.
+    /// The engine `Auto` stands for on `device`: `FusedCpu` on the CPU where difflab's kernels
+    /// are compiled in and enabled, else `Libtorch` (also what `FusedCpu` means without them).
     pub fn resolve(self, device: Device) -> Self {
+        let kernels = difflab_models::ops::kernels_enabled();
         match self {
-            Self::Auto if device == Device::Cpu && kernels_enabled() => Self::FusedCpu,
-            Self::Auto => Self::Libtorch,
-            chosen => chosen,
+            Self::Auto if device == Device::Cpu && kernels => Self::FusedCpu,
+            Self::FusedCpu if cfg!(feature = "kernels") => Self::FusedCpu,
+            _ => Self::Libtorch,
         }
     }
-}
-
-/// Whether difflab's own CPU kernels may run: not when the environment sets
-/// `DIFFLAB_KERNELS` to `off`, `0` or `false` (everything then runs in libtorch's operations).
-pub fn kernels_enabled() -> bool {
-    !matches!(
-        std::env::var("DIFFLAB_KERNELS").as_deref(),
-        Ok("off" | "0" | "false")
-    )
 }
 
 /// Where a step is, for whoever watches it (phase timers, the parity harness; a data-parallel
@@ -142,7 +135,10 @@ impl Learner {
         let bf16 = config.training.precision.uses_bf16(device);
         let training = &config.training;
         let engine: Box<dyn StepEngine> = match engine.resolve(device) {
-            Engine::FusedCpu => Box::new(FusedCpuEngine::new(&vs, &ema_vs, training, !bf16)?),
+            #[cfg(feature = "kernels")]
+            Engine::FusedCpu => {
+                Box::new(super::FusedCpuEngine::new(&vs, &ema_vs, training, !bf16)?)
+            }
             _ => Box::new(LibtorchEngine::new(&vs, &ema_vs, training)?),
         };
         Ok(Self {

@@ -8,7 +8,9 @@
 
 mod config;
 mod engine;
+#[cfg(feature = "kernels")]
 mod fused_engine;
+#[cfg(feature = "kernels")]
 mod grads;
 mod inputs;
 mod learner;
@@ -17,15 +19,17 @@ mod objective;
 pub mod parity;
 mod precision;
 mod run_dir;
-#[cfg(test)]
+#[cfg(all(test, feature = "kernels"))]
 mod toy_step;
 mod trainer;
 
 pub use config::{LoggingConfig, NanPolicy, ProcessConfig, TrainingConfig};
+#[cfg(feature = "kernels")]
 pub(crate) use fused_engine::FusedCpuEngine;
+#[cfg(feature = "kernels")]
 pub(crate) use grads::GradBuffers;
 pub use inputs::StepInputs;
-pub use learner::{Engine, Learner, StepEvent, StepReport, kernels_enabled};
+pub use learner::{Engine, Learner, StepEvent, StepReport};
 pub use memory_format::{MemoryFormat, store_to_channels_last, to_channels_last};
 pub(crate) use objective::Process;
 pub use objective::{
@@ -34,7 +38,7 @@ pub use objective::{
 };
 pub use precision::{Autocast, Precision};
 pub use run_dir::{RunDir, resolve_checkpoint};
-#[cfg(test)]
+#[cfg(all(test, feature = "kernels"))]
 pub(crate) use toy_step::ToyStep;
 pub(crate) use trainer::mix;
 pub use trainer::{

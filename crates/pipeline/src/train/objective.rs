@@ -2,7 +2,6 @@
 //! loss and its per-sample weighting ([`Objective`]), and the loss of one micro-batch's
 //! [`StepInputs`].
 
-use difflab_models::cpu_kernels::is_contiguous_cpu_f32;
 use difflab_schedulers::{Degradation, ForwardProcess, NoiseSchedule, Prediction};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Reduction, Tensor};
@@ -220,82 +219,18 @@ impl RegressionLoss {
     /// in f64, so `L` can differ from [`RegressionLoss::value`] in its last bit), else
     /// [`RegressionLoss::value`] and [`RegressionLoss::grad_pred`] in libtorch operations.
     pub fn value_and_grad(&self, scale: f64) -> (Tensor, Tensor) {
-        if let Some(both) = self.value_and_grad_f32_cpu(scale) {
+        #[cfg(feature = "kernels")]
+        if let Some(both) = difflab_kernels::loss::regression_value_and_grad(
+            &self.pred,
+            &self.target,
+            self.weights.as_ref(),
+            self.kind == LossKind::Mse,
+            scale,
+        ) {
             return both;
         }
         let _guard = tch::no_grad_guard();
         (self.value().detach(), self.grad_pred(scale))
-    }
-
-    /// [`RegressionLoss::value_and_grad`]'s own pass; `None` where it does not apply.
-    fn value_and_grad_f32_cpu(&self, scale: f64) -> Option<(Tensor, Tensor)> {
-        let (pred, target) = (&self.pred, &self.target);
-        let applies = is_contiguous_cpu_f32(pred)
-            && is_contiguous_cpu_f32(target)
-            && !pred.requires_grad()
-            && !target.requires_grad()
-            && pred.size() == target.size()
-            && pred.dim() >= 1;
-        let (n, batch) = (
-            pred.numel(),
-            pred.size().first().copied().unwrap_or(0) as usize,
-        );
-        if !applies || n == 0 || batch == 0 {
-            return None;
-        }
-        let weights: Option<Vec<f32>> = match &self.weights {
-            Some(w) if w.numel() == batch => {
-                Some(Vec::<f32>::try_from(w.detach().to_kind(Kind::Float).reshape([-1])).ok()?)
-            }
-            Some(_) => return None,
-            None => None,
-        };
-        let per_sample = n / batch;
-        let grad = pred.empty_like();
-        // SAFETY: `pred` and `target` are contiguous f32 CPU tensors of `n` elements (checked),
-        // `grad` a fresh one of the same shape; the slices live only in this function.
-        let (p, y, g) = unsafe {
-            (
-                std::slice::from_raw_parts(pred.data_ptr() as *const f32, n),
-                std::slice::from_raw_parts(target.data_ptr() as *const f32, n),
-                std::slice::from_raw_parts_mut(grad.data_ptr() as *mut f32, n),
-            )
-        };
-        let per_element = (scale / n as f64) as f32;
-        let mut total = 0.0_f64;
-        for (i, ((p, y), g)) in p
-            .chunks_exact(per_sample)
-            .zip(y.chunks_exact(per_sample))
-            .zip(g.chunks_exact_mut(per_sample))
-            .enumerate()
-        {
-            let w = weights.as_ref().map_or(1.0, |w| w[i]);
-            let mut sum = 0.0_f64;
-            for ((&p, &y), g) in p.iter().zip(y).zip(g) {
-                let d = p - y;
-                match self.kind {
-                    LossKind::Mse => {
-                        sum += f64::from(d * d);
-                        *g = d * (2.0 * per_element) * w;
-                    }
-                    LossKind::L1 => {
-                        sum += f64::from(d.abs());
-                        // `sign(d)`: 0 where the prediction is exact, as autograd's.
-                        let sign = if d > 0.0 {
-                            1.0
-                        } else if d < 0.0 {
-                            -1.0
-                        } else {
-                            d
-                        };
-                        *g = sign * per_element * w;
-                    }
-                }
-            }
-            total += f64::from(w) * sum / per_sample as f64;
-        }
-        let value = Tensor::from((total / batch as f64) as f32);
-        Some((value, grad))
     }
 
     /// `∂(scale·L)/∂pred` without autograd: `scale · w_i · 2(pred − target)/n` for squared

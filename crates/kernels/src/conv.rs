@@ -1,10 +1,10 @@
-//! The networks' 2-D convolutions: `tch`'s convolution, except at batch-1 inference on the CPU,
-//! where the shapes libtorch serves worst go through difflab's im2col and the BLAS.
+//! Batch-1 inference convolutions on the CPU: the shapes libtorch serves worst through
+//! difflab's im2col and the BLAS, or Winograd's `F(2×2, 3×3)`.
 //!
 //! For a batch-1 f32 input of at most 20480 elements and a kernel of at most 3×3, libtorch's
 //! `conv2d` skips oneDNN (`use_mkldnn` in ATen's `ConvUtils.h`) for `slow_conv2d`, whose im2col
 //! runs on one thread (its parallel loop is over the batch) before the BLAS product: at
-//! `[1, 64, 16, 16] → 64` that takes ~2x the product alone. [`Conv2d::forward`] takes those
+//! `[1, 64, 16, 16] → 64` that takes ~2x the product alone. [`ConvKernel::forward`] takes those
 //! shapes (the lower levels of a UNet sampling one image) and batch-1 1×1 convolutions (which
 //! need no im2col at all) itself: the columns written by difflab's loop on libtorch's OpenMP
 //! team ([`crate::omp_team`]), then one `sgemm_` ([`crate::blas::gemm`]) onto the bias rows.
@@ -15,13 +15,12 @@
 
 use std::sync::Mutex;
 
-use tch::{Device, Kind, Tensor, nn, nn::Module};
+use tch::{Device, Kind, Tensor, nn};
 
-use crate::cpu_kernels::{is_contiguous_cpu_f32, records_grad};
+use crate::blas;
+use crate::cpu::{is_contiguous_cpu_f32, records_grad};
 use crate::omp_team::{self, SyncPtr};
-use crate::params::ParamCount;
 use crate::winograd::{self, WinogradF2};
-use crate::{blas, init};
 
 /// Largest batch-1 input (elements) libtorch sends to `slow_conv2d` rather than oneDNN.
 pub const SLOW_PATH_MAX_INPUT: i64 = 20_480;
@@ -30,12 +29,13 @@ pub const SLOW_PATH_MAX_INPUT: i64 = 20_480;
 /// `[1, 256, 64, 64]` oneDNN is faster: 0.8x for ours).
 pub const POINTWISE_MAX_INPUT: i64 = 131_072;
 
-/// A 2-D convolution with a square kernel, equal stride and zero padding on both axes; its
-/// parameters are `weight` `[out, in, k, k]` and `bias` `[out]` under the path it was made on
-/// (the names of `tch` and diffusers).
+/// difflab's paths for one convolution layer with a square kernel, equal stride and zero
+/// padding on both axes: its weight `[out, in, k, k]` and bias `[out]` (sharing storage with
+/// the layer's variables, so updates are seen) and the Winograd transform of the weight.
 #[derive(Debug)]
-pub struct Conv2d {
-    inner: nn::Conv2D,
+pub struct ConvKernel {
+    weight: Tensor,
+    bias: Option<Tensor>,
     kernel: i64,
     stride: i64,
     padding: i64,
@@ -53,7 +53,7 @@ struct TransformedWeight {
     u: Tensor,
 }
 
-/// Which implementation [`Conv2d::forward`] uses for an input.
+/// Which implementation [`ConvKernel::forward`] uses for an input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConvPath {
     /// libtorch's `conv2d` (oneDNN, `slow_conv2d`, cuDNN, … as libtorch picks).
@@ -64,90 +64,80 @@ pub enum ConvPath {
     Winograd,
 }
 
-impl Conv2d {
-    /// `c_in` → `c_out` channels, a `kernel`×`kernel` kernel, parameters under `vs` drawn as
-    /// `nn.Conv2d`'s ([`init::conv2d`]).
-    pub fn new(
-        vs: nn::Path,
-        c_in: i64,
-        c_out: i64,
-        kernel: i64,
-        stride: i64,
-        padding: i64,
-    ) -> Self {
+impl ConvKernel {
+    /// The kernels of `layer` (weight `[out, in, k, k]`), with `stride` and `padding`.
+    pub fn new(layer: &nn::Conv2D, stride: i64, padding: i64) -> Self {
         Self {
-            inner: init::conv2d(vs, c_in, c_out, kernel, stride, padding),
-            kernel,
+            kernel: layer.ws.size()[2],
+            weight: layer.ws.shallow_clone(),
+            bias: layer.bs.as_ref().map(Tensor::shallow_clone),
             stride,
             padding,
             winograd_weight: Mutex::new(None),
         }
     }
 
-    /// The `[out, in, k, k]` weight.
-    pub fn weight(&self) -> &Tensor {
-        &self.inner.ws
-    }
-
-    /// Set the weight and bias to zero ([`crate::InitScheme::ZeroOut`]).
-    pub fn zero(&self) {
-        init::zero(&self.inner.ws, self.inner.bs.as_ref());
-    }
-
-    /// `[B, in, H, W]` → `[B, out, H', W']`, `H' = (H + 2p − k)/s + 1`.
-    pub fn forward(&self, x: &Tensor) -> Tensor {
+    /// `residual + conv(x)` (or `conv(x)`) through difflab's fastest path for `x`
+    /// ([`ConvKernel::path_for`]); `None` where that is libtorch's. On difflab's paths the
+    /// residual and the bias are written into the output first and the product accumulated
+    /// onto them, saving the separate addition.
+    pub fn forward(&self, x: &Tensor, residual: Option<&Tensor>) -> Option<Tensor> {
         match self.path_for(x) {
-            ConvPath::Libtorch => self.inner.forward(x),
-            ConvPath::Im2colGemm => self.forward_im2col(x, None),
-            ConvPath::Winograd => self.forward_winograd(x, None),
+            ConvPath::Libtorch => None,
+            path => self.forward_with(x, path, residual),
         }
     }
 
-    /// The convolution through a given path (for comparisons and tests); `None` where that
-    /// path does not apply to `x`.
-    pub fn forward_with(&self, x: &Tensor, path: ConvPath) -> Option<Tensor> {
-        match path {
-            ConvPath::Libtorch => Some(self.inner.forward(x)),
-            ConvPath::Im2colGemm => self.im2col_applies(x).then(|| self.forward_im2col(x, None)),
-            ConvPath::Winograd => self
-                .winograd_applies(x)
-                .then(|| self.forward_winograd(x, None)),
+    /// The convolution through a given path (for comparisons and tests), plus `residual`;
+    /// `None` where that path does not apply to `x` (or the residual is not the output's
+    /// shape, contiguous f32 CPU).
+    pub fn forward_with(
+        &self,
+        x: &Tensor,
+        path: ConvPath,
+        residual: Option<&Tensor>,
+    ) -> Option<Tensor> {
+        let applies = match path {
+            ConvPath::Libtorch => true,
+            ConvPath::Im2colGemm => self.im2col_applies(x),
+            ConvPath::Winograd => self.winograd_applies(x),
+        };
+        if !applies || residual.is_some_and(|r| !self.residual_fits(x, r)) {
+            return None;
         }
-    }
-
-    /// `residual + conv(x)` (the end of a resnet block). On difflab's path the residual and the
-    /// bias are written into the output first and the product accumulated onto them, saving
-    /// the separate addition; elsewhere it is that addition, `residual` first (so the sum takes
-    /// its layout).
-    pub fn forward_plus(&self, x: &Tensor, residual: &Tensor) -> Tensor {
-        let path = self.path_for(x);
-        if path != ConvPath::Libtorch {
-            let c_out = self.inner.ws.size()[0];
-            let [_, _, h, w] = x.size()[..] else {
-                unreachable!("path_for checked a 4-D input")
-            };
-            let (k, s, p) = (self.kernel, self.stride, self.padding);
-            let out_shape = [1, c_out, (h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1];
-            let fits = residual.size() == out_shape
-                && is_contiguous_cpu_f32(residual)
-                && !records_grad([residual]);
-            if fits {
-                return match path {
-                    ConvPath::Winograd => self.forward_winograd(x, Some(residual)),
-                    _ => self.forward_im2col(x, Some(residual)),
-                };
+        Some(match path {
+            ConvPath::Libtorch => {
+                let y = self.libtorch(x);
+                match residual {
+                    Some(r) => r + y,
+                    None => y,
+                }
             }
-        }
-        residual + self.forward(x)
+            ConvPath::Im2colGemm => self.forward_im2col(x, residual),
+            ConvPath::Winograd => self.forward_winograd(x, residual),
+        })
     }
 
-    /// libtorch's convolution whatever the input (for comparisons).
-    pub fn forward_libtorch(&self, x: &Tensor) -> Tensor {
-        self.inner.forward(x)
+    /// libtorch's convolution with the same weights (the reference of the tests).
+    pub fn libtorch(&self, x: &Tensor) -> Tensor {
+        let (s, p) = (self.stride, self.padding);
+        x.conv2d(&self.weight, self.bias.as_ref(), [s, s], [p, p], [1, 1], 1)
     }
 
-    /// The implementation [`Conv2d::forward`] picks for `x`: difflab's where it applies (see
-    /// [`Conv2d::forward_with`]) and was measured faster than libtorch's (`cargo bench -p
+    /// Whether `residual` is the shape of the convolution of the batch-1 input `x`, a
+    /// contiguous f32 CPU tensor that autograd need not see.
+    fn residual_fits(&self, x: &Tensor, residual: &Tensor) -> bool {
+        let c_out = self.weight.size()[0];
+        let [_, _, h, w] = x.size()[..] else {
+            return false;
+        };
+        let (k, s, p) = (self.kernel, self.stride, self.padding);
+        let out_shape = [1, c_out, (h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1];
+        residual.size() == out_shape && is_contiguous_cpu_f32(residual) && !records_grad([residual])
+    }
+
+    /// The implementation [`ConvKernel::forward`] picks for `x`: difflab's where it applies (see
+    /// [`ConvKernel::forward_with`]) and was measured faster than libtorch's (`cargo bench -p
     /// difflab-pipeline --bench kernels -- conv`, 2 threads): every input libtorch sends to
     /// `slow_conv2d` (kernel at most 3×3, at most [`SLOW_PATH_MAX_INPUT`] elements; 1.05–1.2x)
     /// and a 1×1 kernel on at most [`POINTWISE_MAX_INPUT`] elements (1.05–2.4x: no columns to
@@ -160,7 +150,7 @@ impl Conv2d {
             let [_, c, h, w] = x.size()[..] else {
                 unreachable!("winograd_applies checked a 4-D input")
             };
-            let c_out = self.inner.ws.size()[0];
+            let c_out = self.weight.size()[0];
             if WinogradF2::new([c, h, w], c_out, self.padding).pays_off() {
                 return ConvPath::Winograd;
             }
@@ -181,7 +171,7 @@ impl Conv2d {
     /// contiguous weight and bias, the BLAS reachable, and nothing autograd must record (grad
     /// mode off, or no input requiring a gradient).
     fn im2col_applies(&self, x: &Tensor) -> bool {
-        let (w, b) = (&self.inner.ws, self.inner.bs.as_ref());
+        let (w, b) = (&self.weight, self.bias.as_ref());
         x.dim() == 4
             && x.size()[0] == 1
             && !records_grad([x, w].into_iter().chain(b))
@@ -191,7 +181,7 @@ impl Conv2d {
             && blas::direct()
     }
 
-    /// Whether difflab's Winograd path can compute `x`: [`Conv2d::im2col_applies`] and a 3×3
+    /// Whether difflab's Winograd path can compute `x`: [`ConvKernel::im2col_applies`] and a 3×3
     /// kernel with stride 1.
     fn winograd_applies(&self, x: &Tensor) -> bool {
         self.kernel == 3 && self.stride == 1 && self.im2col_applies(x)
@@ -200,7 +190,7 @@ impl Conv2d {
     /// The transformed weight for the current state of the weight, computed when the weight
     /// changed since the last call.
     fn transformed_weight(&self) -> Tensor {
-        let weight = &self.inner.ws;
+        let weight = &self.weight;
         let (data, version) = (weight.data_ptr() as usize, weight.internal_version());
         let mut cached = self
             .winograd_weight
@@ -226,7 +216,7 @@ impl Conv2d {
         let [_, c, h, w] = x.size()[..] else {
             unreachable!("winograd_applies checked a 4-D input")
         };
-        let c_out = self.inner.ws.size()[0];
+        let c_out = self.weight.size()[0];
         let geometry = WinogradF2::new([c, h, w], c_out, self.padding);
         let [ho, wo] = geometry.output_size().map(|v| v as i64);
         let f32_cpu = (Kind::Float, Device::Cpu);
@@ -242,7 +232,7 @@ impl Conv2d {
             geometry.run(
                 ptr(x),
                 ptr(&u),
-                self.inner.bs.as_ref().map(ptr),
+                self.bias.as_ref().map(ptr),
                 residual.map(ptr),
                 v.data_ptr() as *mut f32,
                 m.data_ptr() as *mut f32,
@@ -252,7 +242,7 @@ impl Conv2d {
         out
     }
 
-    /// The output of one image through the columns and the BLAS (see [`Conv2d::path_for`]),
+    /// The output of one image through the columns and the BLAS (see [`ConvKernel::path_for`]),
     /// plus `residual` if given (the output's shape, contiguous f32 CPU), written into the
     /// output before the product is accumulated onto it.
     fn forward_im2col(&self, x: &Tensor, residual: Option<&Tensor>) -> Tensor {
@@ -261,10 +251,10 @@ impl Conv2d {
             unreachable!("path_for checked a 4-D input")
         };
         let (ho, wo) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
-        let c_out = self.inner.ws.size()[0];
+        let c_out = self.weight.size()[0];
         let out = Tensor::empty([1, c_out, ho, wo], (Kind::Float, Device::Cpu));
         let out_rows = out.view([c_out, ho * wo]);
-        let accumulate = match (&self.inner.bs, residual) {
+        let accumulate = match (&self.bias, residual) {
             (Some(bias), residual) => {
                 blas::broadcast_columns(&out_rows, bias, residual);
                 true
@@ -275,7 +265,7 @@ impl Conv2d {
             }
             (None, None) => false,
         };
-        let weight = self.inner.ws.view([c_out, c * k * k]);
+        let weight = self.weight.view([c_out, c * k * k]);
         if k == 1 && s == 1 && p == 0 {
             blas::gemm(
                 &out_rows,
@@ -295,12 +285,6 @@ impl Conv2d {
             blas::gemm(&out_rows, &weight, false, &cols, false, accumulate);
         }
         out
-    }
-}
-
-impl ParamCount for Conv2d {
-    fn param_count(&self) -> i64 {
-        self.inner.param_count()
     }
 }
 
@@ -421,9 +405,16 @@ fn copy_short(dst: &mut [f32], src: &[f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tch::nn;
 
     fn f32_cpu() -> (Kind, Device) {
         (Kind::Float, Device::Cpu)
+    }
+
+    /// The kernels of a fresh layer (tch's initialisation) under `vs`.
+    fn layer(vs: nn::Path, c_in: i64, c_out: i64, k: i64, s: i64, p: i64) -> ConvKernel {
+        let layer = nn::conv2d(vs, c_in, c_out, k, Default::default());
+        ConvKernel::new(&layer, s, p)
     }
 
     /// Every kernel, stride and padding the networks use (and a few they do not), against
@@ -441,12 +432,12 @@ mod tests {
             (2, 3, 5, 1, 2, 1),
         ] {
             let vs = nn::VarStore::new(Device::Cpu);
-            let conv = Conv2d::new(vs.root(), c_in, c_out, k, s, p);
+            let conv = layer(vs.root(), c_in, c_out, k, s, p);
             let x = Tensor::randn([1, c_in, size, size], f32_cpu());
             let ours = conv
-                .forward_with(&x, ConvPath::Im2colGemm)
+                .forward_with(&x, ConvPath::Im2colGemm, None)
                 .expect("applies");
-            let reference = conv.forward_libtorch(&x);
+            let reference = conv.libtorch(&x);
             assert_eq!(ours.size(), reference.size());
             let err = (&ours - &reference).abs().max().double_value(&[]);
             assert!(err < 1e-5, "k {k} s {s} p {p}: max error {err}");
@@ -471,10 +462,12 @@ mod tests {
             (24, 20, 6, 7, 1),
         ] {
             let vs = nn::VarStore::new(Device::Cpu);
-            let conv = Conv2d::new(vs.root(), c_in, c_out, 3, 1, p);
+            let conv = layer(vs.root(), c_in, c_out, 3, 1, p);
             let x = Tensor::randn([1, c_in, h, w], f32_cpu());
-            let reference = conv.forward_libtorch(&x);
-            let ours = conv.forward_with(&x, ConvPath::Winograd).expect("applies");
+            let reference = conv.libtorch(&x);
+            let ours = conv
+                .forward_with(&x, ConvPath::Winograd, None)
+                .expect("applies");
             assert_eq!(ours.size(), reference.size(), "{c_in} {h}x{w} p {p}");
             // Each output sums 9·c_in products of unit-scale terms.
             let scale = reference.abs().max().double_value(&[]).max(1.0);
@@ -500,17 +493,23 @@ mod tests {
     fn the_winograd_weight_follows_weight_updates() {
         let _guard = tch::no_grad_guard();
         let vs = nn::VarStore::new(Device::Cpu);
-        let conv = Conv2d::new(vs.root(), 4, 4, 3, 1, 1);
+        let conv = layer(vs.root(), 4, 4, 3, 1, 1);
         let x = Tensor::randn([1, 4, 6, 6], f32_cpu());
-        let before = conv.forward_with(&x, ConvPath::Winograd).expect("applies");
+        let before = conv
+            .forward_with(&x, ConvPath::Winograd, None)
+            .expect("applies");
         // An in-place update (an optimizer step, an EMA copy, a checkpoint load).
-        let mut weight = conv.weight().shallow_clone();
+        let mut weight = conv.weight.shallow_clone();
         let _ = weight.g_mul_scalar_(2.0);
-        let after = conv.forward_with(&x, ConvPath::Winograd).expect("applies");
-        assert!(after.allclose(&conv.forward_libtorch(&x), 1e-5, 1e-5, false));
+        let after = conv
+            .forward_with(&x, ConvPath::Winograd, None)
+            .expect("applies");
+        assert!(after.allclose(&conv.libtorch(&x), 1e-5, 1e-5, false));
         assert!(!after.allclose(&before, 1e-5, 1e-5, false));
         // Unchanged weights reuse the transform: the same values again.
-        let again = conv.forward_with(&x, ConvPath::Winograd).expect("applies");
+        let again = conv
+            .forward_with(&x, ConvPath::Winograd, None)
+            .expect("applies");
         assert!(again.equal(&after));
     }
 
@@ -518,17 +517,24 @@ mod tests {
     fn winograd_takes_only_3x3_stride_1_inference() {
         let vs = nn::VarStore::new(Device::Cpu);
         let x = Tensor::randn([1, 4, 8, 8], f32_cpu());
-        let conv = Conv2d::new(vs.root() / "a", 4, 4, 3, 1, 1);
+        let conv = layer(vs.root() / "a", 4, 4, 3, 1, 1);
         // Grad mode with weights requiring grad: autograd must see the convolution.
-        assert!(conv.forward_with(&x, ConvPath::Winograd).is_none());
+        assert!(conv.forward_with(&x, ConvPath::Winograd, None).is_none());
         let _guard = tch::no_grad_guard();
-        assert!(conv.forward_with(&x, ConvPath::Winograd).is_some());
-        let strided = Conv2d::new(vs.root() / "b", 4, 4, 3, 2, 1);
-        assert!(strided.forward_with(&x, ConvPath::Winograd).is_none());
-        let pointwise = Conv2d::new(vs.root() / "c", 4, 4, 1, 1, 0);
-        assert!(pointwise.forward_with(&x, ConvPath::Winograd).is_none());
+        assert!(conv.forward_with(&x, ConvPath::Winograd, None).is_some());
+        let strided = layer(vs.root() / "b", 4, 4, 3, 2, 1);
+        assert!(strided.forward_with(&x, ConvPath::Winograd, None).is_none());
+        let pointwise = layer(vs.root() / "c", 4, 4, 1, 1, 0);
+        assert!(
+            pointwise
+                .forward_with(&x, ConvPath::Winograd, None)
+                .is_none()
+        );
         let batch = Tensor::randn([2, 4, 8, 8], f32_cpu());
-        assert!(conv.forward_with(&batch, ConvPath::Winograd).is_none());
+        assert!(
+            conv.forward_with(&batch, ConvPath::Winograd, None)
+                .is_none()
+        );
     }
 
     #[test]
@@ -547,22 +553,19 @@ mod tests {
     #[test]
     fn the_residual_is_added_on_either_path() {
         let vs = nn::VarStore::new(Device::Cpu);
-        let conv = Conv2d::new(vs.root(), 8, 6, 3, 1, 1);
+        let conv = layer(vs.root(), 8, 6, 3, 1, 1);
         let x = Tensor::randn([1, 8, 10, 10], f32_cpu());
         let residual = Tensor::randn([1, 6, 10, 10], f32_cpu());
         let _guard = tch::no_grad_guard();
         assert_eq!(conv.path_for(&x), ConvPath::Im2colGemm);
-        let expected = &residual + conv.forward_libtorch(&x);
-        let err = (conv.forward_plus(&x, &residual) - &expected)
-            .abs()
-            .max()
-            .double_value(&[]);
+        let expected = &residual + conv.libtorch(&x);
+        let sum = conv.forward(&x, Some(&residual)).expect("applies");
+        let err = (sum - &expected).abs().max().double_value(&[]);
         assert!(err < 1e-5, "{err}");
-        // A batch takes libtorch's convolution and a plain addition.
+        // A batch is libtorch's (the caller adds the residual).
         let xs = Tensor::cat(&[&x, &x], 0);
         let residuals = Tensor::cat(&[&residual, &residual], 0);
-        let sum = conv.forward_plus(&xs, &residuals);
-        assert!(sum.get(1).allclose(&expected.get(0), 1e-5, 1e-5, false));
+        assert!(conv.forward(&xs, Some(&residuals)).is_none());
     }
 
     #[test]
@@ -574,33 +577,26 @@ mod tests {
             bias: false,
             ..Default::default()
         };
-        let conv = Conv2d {
-            inner: nn::conv2d(vs.root(), 3, 4, 3, config),
-            kernel: 3,
-            stride: 1,
-            padding: 1,
-            winograd_weight: Mutex::new(None),
-        };
+        let conv = ConvKernel::new(&nn::conv2d(vs.root(), 3, 4, 3, config), 1, 1);
         let x = Tensor::randn([1, 3, 6, 6], f32_cpu());
         // Twice: a reused output buffer must not carry the previous product.
         for _ in 0..2 {
             let ours = conv
-                .forward_with(&x, ConvPath::Im2colGemm)
+                .forward_with(&x, ConvPath::Im2colGemm, None)
                 .expect("applies");
-            assert!(ours.allclose(&conv.forward_libtorch(&x), 1e-5, 1e-5, false));
+            assert!(ours.allclose(&conv.libtorch(&x), 1e-5, 1e-5, false));
         }
     }
 
     #[test]
     fn autograd_batches_large_inputs_and_other_layouts_stay_on_libtorch() {
         let vs = nn::VarStore::new(Device::Cpu);
-        let conv = Conv2d::new(vs.root(), 64, 64, 3, 1, 1);
+        let conv = layer(vs.root(), 64, 64, 3, 1, 1);
         let small = Tensor::randn([1, 64, 16, 16], f32_cpu());
         // Weights require grad and grad mode is on: training.
         assert_eq!(conv.path_for(&small), ConvPath::Libtorch);
-        let out = conv.forward(&small);
         assert!(
-            out.requires_grad(),
+            conv.forward(&small, None).is_none(),
             "autograd must see the training convolution"
         );
         let _guard = tch::no_grad_guard();
@@ -614,10 +610,10 @@ mod tests {
         let large = Tensor::randn([1, 64, 32, 32], f32_cpu());
         assert_eq!(conv.path_for(&large), pick(ConvPath::Libtorch));
         // Past the channel bound, and below 8 px, never Winograd.
-        let wide = Conv2d::new(vs.root() / "wide", 128, 128, 3, 1, 1);
+        let wide = layer(vs.root() / "wide", 128, 128, 3, 1, 1);
         let wide_input = Tensor::randn([1, 128, 32, 32], f32_cpu());
         assert_eq!(wide.path_for(&wide_input), ConvPath::Libtorch);
-        let three = Conv2d::new(vs.root() / "rgb", 3, 64, 3, 1, 1);
+        let three = layer(vs.root() / "rgb", 3, 64, 3, 1, 1);
         assert_eq!(
             three.path_for(&Tensor::randn([1, 3, 32, 32], f32_cpu())),
             ConvPath::Im2colGemm
@@ -626,11 +622,14 @@ mod tests {
         assert_eq!(conv.path_for(&tiny), pick(ConvPath::Im2colGemm));
         let tinier = Tensor::randn([1, 64, 4, 4], f32_cpu());
         assert_eq!(conv.path_for(&tinier), ConvPath::Im2colGemm);
-        let strided = Conv2d::new(vs.root() / "down", 64, 64, 3, 2, 1);
+        let strided = layer(vs.root() / "down", 64, 64, 3, 2, 1);
         assert_eq!(strided.path_for(&small), ConvPath::Im2colGemm);
-        let five = Conv2d::new(vs.root() / "five", 64, 64, 5, 1, 2);
+        let five = layer(vs.root() / "five", 64, 64, 5, 1, 2);
         assert_eq!(five.path_for(&small), ConvPath::Libtorch);
-        assert!(five.forward_with(&small, ConvPath::Im2colGemm).is_some());
+        assert!(
+            five.forward_with(&small, ConvPath::Im2colGemm, None)
+                .is_some()
+        );
         let channels_last = small
             .permute([0, 2, 3, 1])
             .contiguous()
@@ -639,7 +638,7 @@ mod tests {
         let doubles = small.to_kind(Kind::Double);
         assert_eq!(conv.path_for(&doubles), ConvPath::Libtorch);
         // A 1×1 kernel needs no columns: taken up to a much larger size.
-        let pointwise = Conv2d::new(vs.root() / "pw", 64, 32, 1, 1, 0);
+        let pointwise = layer(vs.root() / "pw", 64, 32, 1, 1, 0);
         assert_eq!(pointwise.path_for(&large), ConvPath::Im2colGemm);
         let huge = Tensor::randn([1, 64, 64, 64], f32_cpu());
         assert_eq!(pointwise.path_for(&huge), ConvPath::Libtorch);

@@ -16,10 +16,8 @@
 //! (contiguous, channels-last, or any other dimension order) laid out alike; anything else
 //! (CUDA, f64, bf16, gappy views, mismatched layouts) takes the tensor-op path.
 
-use difflab_models::cpu_kernels::{
-    SUM_BLOCK, dense_cpu_f32_layout, has_avx2_fma, is_dense_cpu_f32, squares,
-};
-use difflab_models::omp_team::{self, SyncPtr};
+use crate::cpu::{SUM_BLOCK, dense_cpu_f32_layout, has_avx2_fma, is_dense_cpu_f32, squares};
+use crate::omp_team::{self, SyncPtr};
 use tch::Tensor;
 
 /// Whether every tensor is a dense f32 CPU tensor ([`is_dense_cpu_f32`]) with the sizes and
@@ -49,7 +47,7 @@ fn disjoint(tensors: &[&Tensor]) -> bool {
 /// The scalars of one Adam/AdamW step, already rounded to f32 as libtorch rounds a double
 /// scalar operand of an f32 tensor operation.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct AdamScalars {
+pub struct AdamScalars {
     /// `1 − lr·λ` (AdamW with λ > 0), multiplied into θ first.
     pub decay: Option<f32>,
     /// `λ` (Adam with λ > 0), added to the gradient as `g + θ·λ`.
@@ -72,7 +70,7 @@ pub(crate) struct AdamScalars {
 /// the training step does next anyway, done while the elements are in registers instead of
 /// in passes of their own over memory).
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Extras<'a> {
+pub struct Extras<'a> {
     /// Multiplied into the gradient before it is used (gradient clipping's factor, as
     /// `g·c` in f32, the product clipping in place would store); 1 leaves it.
     pub grad_scale: f32,
@@ -105,7 +103,7 @@ impl<'a> Extras<'a> {
 /// our own were tried first and made the 2-D toy's step 1.6x slower (libtorch's OpenMP
 /// workers spin on the other cores between operations, and a spawned thread competes with
 /// them).
-pub(crate) fn adam_step(
+pub fn adam_step(
     var: &Tensor,
     grad: &Tensor,
     exp_avg: &Tensor,
@@ -230,7 +228,7 @@ fn adam_elements<const ZERO: bool, const EMA: bool>(
 /// `θ_ema ← lerp(θ_ema, θ, w)` over one variable, now, in place, on the calling thread;
 /// `false` (touching nothing) unless both are dense f32 CPU tensors laid out alike
 /// ([`same_dense_layout`]) in disjoint memory.
-pub(crate) fn lerp_into(shadow: &Tensor, var: &Tensor, weight: f32) -> bool {
+pub fn lerp_into(shadow: &Tensor, var: &Tensor, weight: f32) -> bool {
     if !(same_dense_layout(&[shadow, var]) && disjoint(&[shadow, var])) {
         return false;
     }
@@ -287,7 +285,7 @@ fn lerp_elements(e: &mut [f32], p: &[f32], weight: f32) {
 /// summed over libtorch's OpenMP threads, then added in order: the same value for any thread
 /// count, and the value the MLP's backward pass computes for the gradients it writes,
 /// [`difflab_models::MlpDenoiser::backward`]); `None` for anything else.
-pub(crate) fn sum_of_squares(t: &Tensor) -> Option<f64> {
+pub fn sum_of_squares(t: &Tensor) -> Option<f64> {
     if !is_dense_cpu_f32(t) {
         return None;
     }
@@ -316,7 +314,7 @@ pub(crate) fn sum_of_squares(t: &Tensor) -> Option<f64> {
 /// `t ← t·factor` in place over a dense f32 CPU tensor (each product rounded to f32, as
 /// libtorch's `mul_`), split over libtorch's OpenMP threads; `false` (touching nothing) for
 /// anything else.
-pub(crate) fn scale_in_place(t: &Tensor, factor: f32) -> bool {
+pub fn scale_in_place(t: &Tensor, factor: f32) -> bool {
     if !is_dense_cpu_f32(t) {
         return false;
     }
@@ -332,7 +330,7 @@ pub(crate) fn scale_in_place(t: &Tensor, factor: f32) -> bool {
 
 /// `t ← 0` in place over a dense f32 CPU tensor that needs no autograd record, split over
 /// libtorch's OpenMP threads; `false` (touching nothing) for anything else.
-pub(crate) fn zero_in_place(t: &Tensor) -> bool {
+pub fn zero_in_place(t: &Tensor) -> bool {
     if !is_dense_cpu_f32(t) || t.requires_grad() {
         return false;
     }

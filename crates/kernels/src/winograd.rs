@@ -295,7 +295,8 @@ impl WinogradF2 {
         let _ = vectorised;
         let ld = self.row_stride();
         let (t0, tn) = (rows.start * self.tw, rows.len() * self.tw);
-        // SAFETY (whole block): see `run`; indices stay inside the lengths named there.
+        // SAFETY: `run` checked the buffers' lengths for these rows and channels, and every index
+        // below stays inside them.
         unsafe {
             self.transform_input(rows.clone(), v, buf);
             let ci = self.c_in as i64;
@@ -335,7 +336,8 @@ impl WinogradF2 {
         let (t0, tn) = (rows.start * tw, rows.len() * tw);
         let mut rows_buf = PaddedRows::new(rows.len(), half);
         let (in_plane, out_plane) = (self.plane_stride(self.c_in), self.plane_stride(self.c_out));
-        // SAFETY (whole function): see `run`; every offset stays inside the buffers' lengths.
+        // SAFETY: `run` checked the buffers' lengths and this function's AVX-512F feature; every
+        // offset below stays inside those lengths.
         unsafe {
             let input = buf.x.slice(0..self.c_in * self.h * self.w);
             for c in 0..self.c_in {
@@ -431,8 +433,8 @@ impl WinogradF2 {
     unsafe fn transform_output(&self, rows: Range<usize>, channels: Range<usize>, buf: &Buffers) {
         let (ho, wo, tw) = (self.ho, self.wo, self.tw);
         let (ld, plane) = (self.row_stride(), self.plane_stride(self.c_out));
-        // SAFETY (whole function): see `run`; every index lies inside the buffers and belongs
-        // to this thread's tiles and channels.
+        // SAFETY: `run` checked the buffers' lengths; every index below lies inside them and
+        // belongs to this thread's tiles and channels, which no other thread writes.
         unsafe {
             let m = buf.m.slice(0..self.products_len());
             for c in channels {
@@ -575,7 +577,8 @@ mod avx512 {
         let mut x = 0;
         while x < tw {
             let m = lanes(tw - x);
-            // SAFETY (whole loop): masked lanes stay within the rows and planes vouched for.
+            // SAFETY: AVX-512F is this function's target feature (checked by the caller), and the
+            // masked lanes stay within the rows and planes the caller vouched for.
             unsafe {
                 let load = |p: *const f32| _mm512_maskz_loadu_ps(m, p);
                 // (·) B on each row: tile columns e[x], o[x], e[x + 1], o[x + 1].
@@ -670,8 +673,9 @@ mod avx512 {
         while j < n {
             let masks = (lanes(n - j), lanes((n - j).saturating_sub(16)));
             let mut i = 0;
-            // SAFETY (whole loop): rows `i..i + R` and columns `j..` (masked to `n`) are inside
-            // the matrices; pointers to masked-off lanes are formed with `wrapping_add`.
+            // SAFETY: AVX-512F is this function's target feature (checked by the caller); rows
+            // `i..i + R` and columns `j..` (masked to `n`) are inside the matrices, and pointers
+            // to masked-off lanes are formed with `wrapping_add`.
             unsafe {
                 if n - j <= 16 {
                     // One vector of columns: eight rows at a time keep the FMA units busy.
@@ -750,7 +754,8 @@ mod avx512 {
         mask: __mmask16,
     ) {
         let mut acc = [_mm512_setzero_ps(); R];
-        // SAFETY (whole function): see `gemm`.
+        // SAFETY: the caller (`gemm`) holds AVX-512F and passes `R` rows and `k` columns of `a`,
+        // `k` rows of `b` and `R` rows of `c` that lie inside their matrices.
         unsafe {
             for p in 0..k {
                 let row = _mm512_maskz_loadu_ps(mask, b.wrapping_add(p * ldb));
@@ -780,7 +785,8 @@ mod avx512 {
     ) {
         let mut lo = [_mm512_setzero_ps(); R];
         let mut hi = [_mm512_setzero_ps(); R];
-        // SAFETY (whole function): see `gemm`.
+        // SAFETY: the caller (`gemm`) holds AVX-512F and passes `R` rows and `k` columns of `a`,
+        // `k` rows of `b` and `R` rows of `c` that lie inside their matrices.
         unsafe {
             for p in 0..k {
                 let row = b.wrapping_add(p * ldb);
@@ -824,7 +830,8 @@ mod avx512 {
         let mut x = 0;
         while x < tw {
             let mask = lanes(tw - x);
-            // SAFETY (whole loop): masked lanes stay inside the planes and rows vouched for.
+            // SAFETY: AVX-512F is this function's target feature (checked by the caller), and the
+            // masked lanes stay inside the planes and rows the caller vouched for.
             unsafe {
                 let p: [__m512; 16] = std::array::from_fn(|xi| {
                     _mm512_maskz_loadu_ps(mask, m.add(xi * plane_stride + x))

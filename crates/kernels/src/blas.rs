@@ -15,7 +15,7 @@ use tch::{Device, Kind, Tensor};
 
 use std::ops::Range;
 
-use crate::cpu_kernels::{is_contiguous_cpu_f32, records_grad};
+use crate::cpu::{is_contiguous_cpu_f32, records_grad};
 use crate::omp_team::{self, SyncPtr};
 
 /// Largest product (multiply-adds `m·n·k`) that [`gemm`] splits over the OpenMP team itself.

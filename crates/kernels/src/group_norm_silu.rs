@@ -6,14 +6,14 @@
 //! operations — moments, normalisation with the affine, SiLU — and each of the block's
 //! per-channel terms is one more, each reading and writing the whole activation. Here the
 //! per-channel sums come from one pass (f32 blocks of 256, f64 totals), every term folds into one
-//! per-channel `a·x + b`, and a second pass writes `SiLU(a·x + b)` with [`crate::cpu_kernels`]'
+//! per-channel `a·x + b`, and a second pass writes `SiLU(a·x + b)` with [`crate::cpu`]'
 //! SiLU while the plane is in cache; planes are split over libtorch's OpenMP team
 //! ([`crate::omp_team`]). Under autograd, or for other layouts, kinds and devices, the same
 //! function composes libtorch's operations instead.
 
-use tch::{Tensor, nn, nn::Module};
+use tch::{Tensor, nn};
 
-use crate::cpu_kernels::{self, is_contiguous_cpu_f32, records_grad, silu_owned};
+use crate::cpu::{self, is_contiguous_cpu_f32, records_grad};
 use crate::omp_team::{self, SyncPtr};
 
 /// Largest input (elements) the fused kernel takes (`cargo bench -p difflab-pipeline --bench
@@ -29,7 +29,7 @@ const GRAIN: usize = 4096;
 /// What a resnet block applies per channel around its second norm (`[B or 1, C, 1, 1]`
 /// tensors, or `[C]`).
 #[derive(Clone, Copy, Debug, Default)]
-pub struct ChannelTerms<'a> {
+pub struct Modulation<'a> {
     /// Added to the input before the norm (the time embedding, `TimeConditioning::Add`).
     pub offset: Option<&'a Tensor>,
     /// `n·(1 + scale)` after the norm (AdaGN, `TimeConditioning::ScaleShift`).
@@ -40,31 +40,30 @@ pub struct ChannelTerms<'a> {
 
 /// `SiLU(GroupNorm(x + offset)·(1 + scale) + shift)` for `x` `[B, C, …]`, with `norm`'s groups,
 /// weight and bias and epsilon `eps`; the missing terms drop out (`offset = 0`, `scale = 0`,
-/// `shift = 0`). One fused kernel for a contiguous f32 CPU `x` with an affine norm when
-/// autograd records nothing (see the module doc); else libtorch's operations in that order.
+/// `shift = 0`). One fused kernel for a contiguous f32 CPU `x` of at most
+/// [`FUSED_MAX_ELEMENTS`] with an affine norm when autograd records nothing (see the module
+/// doc); `None` otherwise.
 pub fn group_norm_silu(
     x: &Tensor,
     norm: &nn::GroupNorm,
     eps: f64,
-    terms: ChannelTerms<'_>,
-) -> Tensor {
-    match Fused::plan(x, norm, terms) {
-        Some(plan) => plan.run(x, eps),
-        None => composed(x, norm, terms),
-    }
+    terms: Modulation<'_>,
+) -> Option<Tensor> {
+    Fused::plan(x, norm, terms).map(|plan| plan.run(x, eps))
 }
 
-/// The same function as libtorch operations (the autograd path and the reference of the tests).
-pub fn composed(x: &Tensor, norm: &nn::GroupNorm, terms: ChannelTerms<'_>) -> Tensor {
+/// The same function as libtorch operations (the reference of the tests).
+#[cfg(test)]
+fn composed(x: &Tensor, norm: &nn::GroupNorm, terms: Modulation<'_>) -> Tensor {
     let normed = match terms.offset {
-        Some(offset) => norm.forward(&(x + offset)),
-        None => norm.forward(x),
+        Some(offset) => nn::Module::forward(norm, &(x + offset)),
+        None => nn::Module::forward(norm, x),
     };
     let scaled = match terms.scale {
         Some(scale) => normed * (1.0 + scale),
         None => normed,
     };
-    silu_owned(match terms.shift {
+    crate::cpu::silu_owned(match terms.shift {
         Some(shift) => scaled + shift,
         None => scaled,
     })
@@ -86,7 +85,7 @@ struct Fused<'a> {
 
 impl<'a> Fused<'a> {
     /// The operands when the fused kernel applies to these tensors.
-    fn plan(x: &Tensor, norm: &'a nn::GroupNorm, terms: ChannelTerms<'a>) -> Option<Self> {
+    fn plan(x: &Tensor, norm: &'a nn::GroupNorm, terms: Modulation<'a>) -> Option<Self> {
         let size = x.size();
         if size.len() < 2 || !is_contiguous_cpu_f32(x) || x.numel() > FUSED_MAX_ELEMENTS {
             return None;
@@ -117,12 +116,10 @@ impl<'a> Fused<'a> {
             let fits = is_contiguous_cpu_f32(t)
                 && n.is_multiple_of(channels)
                 && (rows == 1 || (rows_allowed && rows == batch));
-            // SAFETY: a contiguous f32 CPU tensor of `n` elements, borrowed for 'a.
             fits.then(|| {
-                (
-                    unsafe { std::slice::from_raw_parts(t.data_ptr() as *const f32, n) },
-                    rows,
-                )
+                // SAFETY: a contiguous f32 CPU tensor of `n` elements, borrowed for 'a.
+                let values = unsafe { std::slice::from_raw_parts(t.data_ptr() as *const f32, n) };
+                (values, rows)
             })
         };
         let (gamma, _) = vector(norm.ws.as_ref()?, false)?;
@@ -213,7 +210,7 @@ impl<'a> Fused<'a> {
                 let (a, b) = coefficients[first + i];
                 affine(o, v, a, b);
                 // SAFETY: in place over this plane's elements.
-                unsafe { cpu_kernels::silu_serial(o.as_mut_ptr(), o.as_ptr(), o.len()) };
+                unsafe { cpu::silu_serial(o.as_mut_ptr(), o.as_ptr(), o.len()) };
             }
         });
         out
@@ -224,7 +221,7 @@ impl<'a> Fused<'a> {
 /// added in f64 (so the rounding error stays that of 256-element sums at any plane size).
 fn plane_sums(values: &[f32]) -> (f64, f64) {
     #[cfg(target_arch = "x86_64")]
-    if cpu_kernels::has_avx2_fma() {
+    if cpu::has_avx2_fma() {
         // SAFETY: the CPU has AVX2 and FMA (checked).
         return unsafe { plane_sums_avx2(values) };
     }
@@ -263,7 +260,7 @@ fn plane_sums_portable(values: &[f32]) -> (f64, f64) {
 /// `out[i] = a·x[i] + b`.
 fn affine(out: &mut [f32], x: &[f32], a: f32, b: f32) {
     #[cfg(target_arch = "x86_64")]
-    if cpu_kernels::has_avx2_fma() {
+    if cpu::has_avx2_fma() {
         // SAFETY: the CPU has AVX2 and FMA (checked).
         return unsafe { affine_avx2(out, x, a, b) };
     }
@@ -321,23 +318,23 @@ mod tests {
             let per_example = Tensor::randn([b, c, 1, 1], f32_cpu());
             let shift = Tensor::randn([1, c, 1, 1], f32_cpu());
             for terms in [
-                ChannelTerms::default(),
-                ChannelTerms {
+                Modulation::default(),
+                Modulation {
                     offset: Some(&shared),
                     ..Default::default()
                 },
-                ChannelTerms {
+                Modulation {
                     offset: Some(&per_example),
                     ..Default::default()
                 },
-                ChannelTerms {
+                Modulation {
                     scale: Some(&per_example),
                     shift: Some(&shift),
                     ..Default::default()
                 },
             ] {
                 assert!(Fused::plan(&x, &norm, terms).is_some());
-                let fused = group_norm_silu(&x, &norm, 1e-5, terms);
+                let fused = group_norm_silu(&x, &norm, 1e-5, terms).expect("applies");
                 let reference = composed(&x, &norm, terms);
                 let err = max_error(&fused, &reference);
                 assert!(err < 2e-5, "[{b}, {c}, {hw}, {hw}] / {groups}: {err}");
@@ -351,17 +348,16 @@ mod tests {
         let norm = nn::group_norm(vs.root(), 2, 4, Default::default());
         let x = Tensor::randn([1, 4, 3, 3], f32_cpu());
         // Grad mode on and the norm's parameters require grad: training.
-        assert!(Fused::plan(&x, &norm, ChannelTerms::default()).is_none());
-        let y = group_norm_silu(&x, &norm, 1e-5, ChannelTerms::default());
-        assert!(y.requires_grad());
+        assert!(Fused::plan(&x, &norm, Modulation::default()).is_none());
+        assert!(group_norm_silu(&x, &norm, 1e-5, Modulation::default()).is_none());
         let _guard = tch::no_grad_guard();
-        assert!(Fused::plan(&x, &norm, ChannelTerms::default()).is_some());
+        assert!(Fused::plan(&x, &norm, Modulation::default()).is_some());
         let strided = Tensor::randn([1, 4, 3, 6], f32_cpu()).narrow(3, 0, 3);
-        assert!(Fused::plan(&strided, &norm, ChannelTerms::default()).is_none());
+        assert!(Fused::plan(&strided, &norm, Modulation::default()).is_none());
         let doubles = x.to_kind(Kind::Double);
-        assert!(Fused::plan(&doubles, &norm, ChannelTerms::default()).is_none());
+        assert!(Fused::plan(&doubles, &norm, Modulation::default()).is_none());
         let wrong_rows = Tensor::randn([3, 4, 1, 1], f32_cpu());
-        let terms = ChannelTerms {
+        let terms = Modulation {
             offset: Some(&wrong_rows),
             ..Default::default()
         };

@@ -9,7 +9,7 @@
 
 use tch::{Device, Kind, Tensor};
 
-use crate::cpu_kernels::is_contiguous_cpu_f32;
+use crate::cpu::is_contiguous_cpu_f32;
 use crate::omp_team::{self, SyncPtr};
 
 /// `[…, H, W]` → `[…, 2H, 2W]`, every input element repeated in a 2×2 block
