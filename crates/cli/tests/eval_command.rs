@@ -2,6 +2,9 @@
 //! against fresh true points; a folder of real Fashion-MNIST images scores near the floor in
 //! the shipped reference's feature space; bad requests fail clearly.
 
+#[path = "../../../tests/support/needs.rs"]
+mod needs;
+
 mod common;
 
 use common::{difflab, repo, temp_dir};
@@ -104,8 +107,7 @@ fn a_tiny_toy_run_is_sampled_and_scored() {
 
 #[test]
 fn real_images_score_near_the_floor_and_noise_scores_worse() {
-    if !Path::new("/usr/share/datasets/fashion-mnist").is_dir() {
-        eprintln!("skipping: /usr/share/datasets/fashion-mnist is absent");
+    if !needs::fashion_mnist() {
         return;
     }
     // 200 real test images as 32-px PNGs, via the pipeline's own loader and PNG writer.

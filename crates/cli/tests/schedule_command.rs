@@ -1,6 +1,9 @@
 //! `difflab schedule` end to end: the binary's JSON against the golden tables, the plot file,
 //! and the error messages users see.
 
+#[path = "../../../tests/support/needs.rs"]
+mod needs;
+
 mod common;
 
 #[path = "../../../tests/support/golden.rs"]
@@ -181,8 +184,11 @@ fn bad_input_is_reported_with_the_key_and_value() {
 #[test]
 fn binary_keeps_libtorch_cuda_linked_when_libtorch_has_it() {
     let libtorch = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.libtorch/lib");
-    if !libtorch.join("libtorch_cuda.so").exists() {
-        eprintln!("skipped: this libtorch is CPU-only");
+    // scripts/setup.sh installs PyPI's CUDA build of torch: CI has libtorch_cuda.
+    if !needs::available(
+        "a CUDA build of libtorch",
+        libtorch.join("libtorch_cuda.so").exists(),
+    ) {
         return;
     }
     let out = Command::new("ldd")

@@ -1,6 +1,10 @@
 //! The shipped Fashion-MNIST reference classifier: its recorded accuracy and hash, its accuracy
 //! on real test images, reproducible training, and classifier-FID rising with degradation.
-//! Tests that need Debian's `dataset-fashion-mnist` skip (with a message) when it is absent.
+//! Tests that need Debian's `dataset-fashion-mnist` skip (with a message) when it is absent,
+//! and fail when `CI` is set.
+
+#[path = "../../../tests/support/needs.rs"]
+mod needs;
 
 use std::path::{Path, PathBuf};
 
@@ -17,13 +21,10 @@ fn weights() -> PathBuf {
 }
 
 fn have_dataset() -> bool {
-    let ok = Path::new(DEFAULT_FASHION_MNIST_DIR).is_dir();
-    if !ok {
-        eprintln!(
-            "skipping: {DEFAULT_FASHION_MNIST_DIR} is absent (apt install dataset-fashion-mnist)"
-        );
-    }
-    ok
+    needs::available(
+        &format!("{DEFAULT_FASHION_MNIST_DIR} (apt-get install dataset-fashion-mnist)"),
+        Path::new(DEFAULT_FASHION_MNIST_DIR).is_dir(),
+    )
 }
 
 #[test]

@@ -98,7 +98,7 @@ pub fn gemm(c: &Tensor, a: &Tensor, trans_a: bool, b: &Tensor, trans_b: bool, ac
 /// region share to multiply or update their own blocks of it (a `Tensor` may not cross
 /// threads). A vector of `n` elements is a `[1, n]` matrix.
 #[derive(Clone, Copy, Debug)]
-pub struct RawMatrix {
+pub(crate) struct RawMatrix {
     ptr: SyncPtr<f32>,
     /// Number of rows.
     pub rows: i64,
@@ -156,7 +156,7 @@ impl RawMatrix {
     ///
     /// # Safety
     /// As [`RawMatrix::row`], for every element of those rows.
-    pub unsafe fn rows(&self, rows: Range<i64>) -> Option<&[f32]> {
+    pub(crate) unsafe fn rows(&self, rows: Range<i64>) -> Option<&[f32]> {
         let n = ((rows.end - rows.start) * self.cols) as usize;
         let at = (rows.start * self.ld) as usize;
         // SAFETY: the caller vouches for the rows, which are contiguous when `ld == cols`.
@@ -168,7 +168,7 @@ impl RawMatrix {
     /// # Safety
     /// `row` and `cols` lie inside the matrix, whose tensor is alive, and nothing writes them
     /// while the slice lives.
-    pub unsafe fn row(&self, row: i64, cols: Range<i64>) -> &[f32] {
+    pub(crate) unsafe fn row(&self, row: i64, cols: Range<i64>) -> &[f32] {
         let at = (row * self.ld + cols.start) as usize;
         // SAFETY: the caller vouches for the range.
         unsafe { self.ptr.slice(at..at + (cols.end - cols.start) as usize) }
@@ -179,7 +179,7 @@ impl RawMatrix {
     /// # Safety
     /// As [`RawMatrix::row`], and nothing else reads or writes them while the slice lives.
     #[allow(clippy::mut_from_ref)]
-    pub unsafe fn row_mut(&self, row: i64, cols: Range<i64>) -> &mut [f32] {
+    pub(crate) unsafe fn row_mut(&self, row: i64, cols: Range<i64>) -> &mut [f32] {
         let at = (row * self.ld + cols.start) as usize;
         // SAFETY: the caller vouches for the range.
         unsafe {
@@ -202,7 +202,7 @@ impl RawMatrix {
 /// # Panics
 /// When the BLAS is not reachable.
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn gemm_block(
+pub(crate) unsafe fn gemm_block(
     c: RawMatrix,
     a: RawMatrix,
     trans_a: bool,
@@ -262,7 +262,7 @@ pub unsafe fn gemm_block(
 ///
 /// # Panics
 /// When the BLAS is not reachable ([`direct`] is false).
-pub unsafe fn gemm_row_major(
+pub(crate) unsafe fn gemm_row_major(
     [m, n, k]: [i64; 3],
     a: *const f32,
     lda: i64,

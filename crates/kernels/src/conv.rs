@@ -344,7 +344,7 @@ impl Im2col {
     /// # Safety
     /// `x` points to [`Im2col::input_len`] readable f32, `cols` to [`Im2col::columns_len`]
     /// writable f32 that nothing else touches during the call, and the two do not overlap.
-    pub unsafe fn run(&self, x: *const f32, cols: *mut f32) {
+    pub(crate) unsafe fn run(&self, x: *const f32, cols: *mut f32) {
         let (x, cols) = (SyncPtr(x as *mut f32), SyncPtr(cols));
         let (k, s, p) = (self.k, self.s, self.p);
         let width = self.ho * self.wo;

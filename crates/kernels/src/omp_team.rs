@@ -82,7 +82,7 @@ pub fn chunk(len: usize, align: usize, index: usize, parts: usize) -> Range<usiz
 /// A pointer handed to the threads of a parallel region, each of which touches only the
 /// elements of its own range.
 #[derive(Clone, Copy, Debug)]
-pub struct SyncPtr<T>(pub *mut T);
+pub(crate) struct SyncPtr<T>(pub(crate) *mut T);
 
 // SAFETY: the ranges `for_each_chunk` hands out are disjoint, so as long as each thread keeps
 // to its own range (the contract of whoever builds one of these), no element is shared.
@@ -91,7 +91,7 @@ unsafe impl<T> Sync for SyncPtr<T> {}
 impl<T> SyncPtr<T> {
     /// The pointer (a method, so that a closure captures the whole `Sync` wrapper, not the
     /// bare field).
-    pub fn get(self) -> *mut T {
+    pub(crate) fn get(self) -> *mut T {
         self.0
     }
 
@@ -100,7 +100,7 @@ impl<T> SyncPtr<T> {
     /// # Safety
     /// The buffer holds `range.end` elements, and nothing else reads or writes `range` while
     /// the slice lives.
-    pub unsafe fn slice_mut<'a>(self, range: Range<usize>) -> &'a mut [T] {
+    pub(crate) unsafe fn slice_mut<'a>(self, range: Range<usize>) -> &'a mut [T] {
         // SAFETY: the caller vouches for the range.
         unsafe { std::slice::from_raw_parts_mut(self.0.add(range.start), range.len()) }
     }
@@ -109,7 +109,7 @@ impl<T> SyncPtr<T> {
     ///
     /// # Safety
     /// The buffer holds `range.end` elements, and nothing writes `range` while the slice lives.
-    pub unsafe fn slice<'a>(self, range: Range<usize>) -> &'a [T] {
+    pub(crate) unsafe fn slice<'a>(self, range: Range<usize>) -> &'a [T] {
         // SAFETY: the caller vouches for the range.
         unsafe { std::slice::from_raw_parts(self.0.add(range.start), range.len()) }
     }

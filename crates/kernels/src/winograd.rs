@@ -221,7 +221,7 @@ impl WinogradF2 {
     /// during the call; the written buffers overlap nothing; the BLAS is reachable
     /// ([`blas::direct`]).
     #[allow(clippy::too_many_arguments)]
-    pub unsafe fn run(
+    pub(crate) unsafe fn run(
         &self,
         x: *const f32,
         u: *const f32,

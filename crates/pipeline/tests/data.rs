@@ -1,6 +1,9 @@
 //! Datasets and the data loader: folder walking and preprocessing, CSV labels and pairs, IDX
 //! files, procedural shapes, 2-D toys, and exact, worker-independent, resumable batch order.
 
+#[path = "../../../tests/support/needs.rs"]
+mod needs;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -524,13 +527,13 @@ fn real_fashion_mnist_train_split() {
         ..DataConfig::default()
     };
     let dir = config.fashion_mnist_dir();
-    if !dir.join("train-images-idx3-ubyte.gz").exists()
-        && !dir.join("train-images-idx3-ubyte").exists()
-    {
-        println!(
-            "note: Fashion-MNIST not found in {} (apt-get install dataset-fashion-mnist); skipped",
-            dir.display()
-        );
+    let present = dir.join("train-images-idx3-ubyte.gz").exists()
+        || dir.join("train-images-idx3-ubyte").exists();
+    let what = format!(
+        "Fashion-MNIST in {} (apt-get install dataset-fashion-mnist)",
+        dir.display()
+    );
+    if !needs::available(&what, present) {
         return;
     }
     let ds = FashionMnist::open(&config).unwrap();
