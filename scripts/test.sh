@@ -11,5 +11,5 @@ cargo test --workspace --locked "$@"
 if [ $# -eq 0 ]; then
   echo "== without difflab's kernels (--no-default-features: pure libtorch)"
   cargo test --locked --no-default-features -p difflab-models -p difflab-samplers -p difflab-schedulers
-  cargo test --locked --no-default-features -p difflab-pipeline --test training_parity
+  cargo test --locked --no-default-features -p difflab-train --test training_parity
 fi

@@ -111,7 +111,7 @@ fn real_images_score_near_the_floor_and_noise_scores_worse() {
         return;
     }
     // 200 real test images as 32-px PNGs, via the pipeline's own loader and PNG writer.
-    use difflab_pipeline::data::{DataConfig, DataKind, LabelMode, Split, open_dataset};
+    use difflab_data::{DataConfig, DataKind, LabelMode, Split, open_dataset};
     let dir = temp_dir("eval-real");
     let noise_dir = temp_dir("eval-noise");
     let data = DataConfig {
@@ -126,11 +126,11 @@ fn real_images_score_near_the_floor_and_noise_scores_worse() {
     let ds = open_dataset(&data, 0).unwrap();
     let flat: Vec<f32> = (0..200).flat_map(|i| ds.get(i).unwrap().data).collect();
     let x = tch::Tensor::from_slice(&flat).view([200, 1, 32, 32]);
-    difflab_pipeline::images::save_images(&x, &dir, 0).unwrap();
+    difflab_data::images::save_images(&x, &dir, 0).unwrap();
     tch::manual_seed(0);
     let noisy =
         (&x + tch::Tensor::randn([200, 1, 32, 32], tch::kind::FLOAT_CPU) * 0.5).clamp(-1.0, 1.0);
-    difflab_pipeline::images::save_images(&noisy, &noise_dir, 0).unwrap();
+    difflab_data::images::save_images(&noisy, &noise_dir, 0).unwrap();
 
     let mut reports = Vec::new();
     for d in [&dir, &noise_dir] {

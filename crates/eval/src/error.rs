@@ -18,7 +18,7 @@ pub enum EvalError {
     },
     /// The dataset could not be opened or read.
     #[error(transparent)]
-    Data(#[from] difflab_pipeline::data::DataError),
+    Data(#[from] difflab_data::DataError),
     /// Loading weights failed.
     #[error(transparent)]
     Checkpoint(#[from] difflab_pipeline::checkpoint::CheckpointError),

@@ -2,7 +2,7 @@
 //! estimate of the squared maximum mean discrepancy with the cubic polynomial kernel
 //! `k(x, y) = (xᵀy / d + 1)³`, averaged over random subsets as in the paper's code.
 
-use difflab_pipeline::data::epoch_permutation;
+use difflab_data::epoch_permutation;
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 

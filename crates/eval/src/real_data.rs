@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use difflab_pipeline::data::{DataConfig, DataKind, Dataset, LabelMode, Split, open_dataset};
+use difflab_data::{DataConfig, DataKind, Dataset, LabelMode, Split, open_dataset};
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 

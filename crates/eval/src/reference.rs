@@ -4,7 +4,7 @@
 //! Training is deterministic: `tch::manual_seed(seed)` before the layers are created (under
 //! difflab's generator lock, so no other thread draws in between) fixes the initialisation,
 //! and epoch `e` visits the train part in the order
-//! `difflab_pipeline::data::epoch_permutation(len, seed, e)`; there is no dropout or data
+//! `difflab_data::epoch_permutation(len, seed, e)`; there is no dropout or data
 //! augmentation. Adam (lr 1e-3, cosine decay to 0 over all steps), cross-entropy, batch 128.
 //! On one machine with a fixed thread count the weights (and so their SHA-256) are identical
 //! run to run; other CPUs or BLAS builds may differ in the last bits.
@@ -19,8 +19,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use difflab_data::{DataConfig, DataKind, FASHION_MNIST_CLASSES, epoch_permutation};
 use difflab_pipeline::checkpoint::load_weights;
-use difflab_pipeline::data::{DataConfig, DataKind, FASHION_MNIST_CLASSES, epoch_permutation};
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, OptimizerConfig};
 use tch::{Device, Kind, Tensor};

@@ -26,7 +26,7 @@
 
 use std::collections::BTreeMap;
 
-use difflab_pipeline::data::{Toy2dKind, epoch_permutation, sample_toy2d_with_noise};
+use difflab_data::{Toy2dKind, epoch_permutation, sample_toy2d_with_noise};
 use serde_json::json;
 use tch::{Device, Kind, Tensor};
 

@@ -1,10 +1,10 @@
 //! Distances for the 2-D toy (`data.kind: toy2d`), measured against fresh samples of the true
-//! distribution (`difflab_pipeline::data::sample_toy2d_with_noise`): MMD with RBF kernels,
+//! distribution (`difflab_data::sample_toy2d_with_noise`): MMD with RBF kernels,
 //! the energy distance, and mode coverage.
 
 use std::f64::consts::PI;
 
-use difflab_pipeline::data::Toy2dKind;
+use difflab_data::Toy2dKind;
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
@@ -194,7 +194,7 @@ fn nearest_centre(
 }
 
 /// The parameter `u` ∈ [0, 1] of the spiral centre-curve point nearest to `(x, y)`, and the
-/// distance to it (the curve of `difflab_pipeline::data` toy2d: angle 3πu, radius
+/// distance to it (the curve of `difflab_data` toy2d: angle 3πu, radius
 /// 0.325 + 0.65u), on a 2048-segment polyline.
 fn nearest_on_spiral(x: f64, y: f64) -> (f64, f64) {
     const SEGMENTS: usize = 2048;
@@ -221,7 +221,7 @@ fn nearest_on_spiral(x: f64, y: f64) -> (f64, f64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use difflab_pipeline::data::sample_toy2d;
+    use difflab_data::sample_toy2d;
 
     fn tensor(points: &[[f32; 2]]) -> Tensor {
         let flat: Vec<f32> = points.iter().flatten().copied().collect();

@@ -8,12 +8,12 @@ mod needs;
 
 use std::path::{Path, PathBuf};
 
+use difflab_data::{DEFAULT_FASHION_MNIST_DIR, DataConfig, DataKind, LabelMode};
 use difflab_eval::real_data::{Part, RealData};
 use difflab_eval::{
     FeatureStats, ReferenceClassifier, TrainOptions, extract_features, frechet_distance,
     sha256_file, train_classifier,
 };
-use difflab_pipeline::data::{DEFAULT_FASHION_MNIST_DIR, DataConfig, DataKind, LabelMode};
 use tch::{Device, Kind, Tensor};
 
 fn weights() -> PathBuf {

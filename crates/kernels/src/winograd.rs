@@ -158,7 +158,7 @@ impl WinogradF2 {
     }
 
     /// Whether this geometry is one where difflab's Winograd path was measured faster than
-    /// libtorch's and im2col's (`cargo bench -p difflab-pipeline --bench kernels -- conv`):
+    /// libtorch's and im2col's (`cargo bench -p difflab-lab --bench kernels -- conv`):
     /// the AVX-512 kernels present, at least [`MIN_TILES_PER_ROW`] tiles per row and
     /// [`MIN_INPUT_CHANNELS`] input channels, and at most [`MAX_CHANNELS`] input plus output
     /// channels.

@@ -6,10 +6,10 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use difflab_models::diffusers::{CONFIG_FILE, DiffusersUNetConfig};
-use difflab_pipeline::bench::{
+use difflab_lab::bench::{
     BenchSettings, bench_sampling, bench_training, forward_flops, peak_rss_bytes, sgemm_gflops,
 };
+use difflab_models::diffusers::{CONFIG_FILE, DiffusersUNetConfig};
 use difflab_pipeline::config::{load_config, parse_config};
 use difflab_pipeline::{DeviceSpec, ExperimentConfig, ModelConfig, Override};
 use serde_json::json;

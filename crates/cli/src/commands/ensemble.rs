@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use difflab_pipeline::config::{load_config, to_yaml};
-use difflab_pipeline::sampling::{EnsembleManifest, ExpertEntry, WeightsKind};
-use difflab_pipeline::train::RunDir;
+use difflab_sampling::{EnsembleManifest, ExpertEntry, WeightsKind};
+use difflab_train::RunDir;
 
 /// `difflab ensemble …`.
 #[derive(Subcommand, Debug)]

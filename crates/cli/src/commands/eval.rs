@@ -8,13 +8,13 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
+use difflab_data::{DataConfig, DataKind, LabelMode};
 use difflab_eval::suite::{ImageEvalOptions, evaluate_images, evaluate_toy};
 use difflab_eval::{
     EvalReport, REFERENCE_WEIGHTS, ReferenceClassifier, TrainOptions, format_table,
     read_image_folder, read_samples_csv, save_classifier, train_classifier,
 };
 use difflab_pipeline::config::load_config;
-use difflab_pipeline::data::{DataConfig, DataKind, LabelMode};
 use difflab_pipeline::{DeviceSpec, ExperimentConfig, ModelConfig};
 use difflab_samplers::SamplerKind;
 use serde_json::json;
@@ -281,7 +281,7 @@ fn evaluate(args: &MetricsArgs, device: Option<DeviceSpec>) -> Result<()> {
             "kind": "toy2d",
             "dataset": t.dataset.name(),
             "noise": t.noise_or_default(),
-            "reference": "fresh true samples from difflab_pipeline::data::sample_toy2d_with_noise",
+            "reference": "fresh true samples from difflab_data::sample_toy2d_with_noise",
         });
         (ev, x.size()[0] as usize, network)
     } else {

@@ -1,5 +1,5 @@
 //! `difflab parity`: check that difflab trains exactly as PyTorch does (see
-//! `difflab_pipeline::train::parity` and docs/training-parity.md).
+//! `difflab_train::parity` and docs/training-parity.md).
 
 use std::path::PathBuf;
 
@@ -7,8 +7,8 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use difflab_pipeline::Override;
 use difflab_pipeline::config::load_config;
-use difflab_pipeline::train::Engine;
-use difflab_pipeline::train::parity::{CheckOptions, Tolerances, check, record};
+use difflab_train::Engine;
+use difflab_train::parity::{CheckOptions, Tolerances, check, record};
 
 use super::config::parse_override;
 

@@ -5,16 +5,16 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use difflab_data::images::{grid_columns, save_grid, save_images};
 use difflab_pipeline::DeviceSpec;
-use difflab_pipeline::cascade::{
+use difflab_samplers::{SamplerConfig, SamplerKind};
+use difflab_sampling::cascade::{
     CascadeManifest, CliStageSettings, PlannedStage, StageSpec, StageWeights, run_cascade,
 };
-use difflab_pipeline::images::{grid_columns, save_grid, save_images};
-use difflab_pipeline::sampling::{
+use difflab_sampling::{
     DiffusersModelSpec, EnsembleSpec, JobOptions, ModelInfo, NoiseMode, SamplerOverrides,
     StageModel, StageOutput, WeightsKind, load_diffusers_model, load_input_images,
 };
-use difflab_samplers::{SamplerConfig, SamplerKind};
 use difflab_schedulers::{BetaScheduleKind, Prediction, ScheduleConfig, TimestepSpacing};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
@@ -325,7 +325,7 @@ pub fn run(args: &SampleArgs, device: DeviceSpec) -> Result<()> {
                 out.join("stages").join(&names[i])
             };
             save_output(output, &dir, args.num_images)
-                .map_err(|e| difflab_pipeline::sampling::SamplingError::invalid(format!("{e:#}")))
+                .map_err(|e| difflab_sampling::SamplingError::invalid(format!("{e:#}")))
         },
     )?;
     bar.finish_and_clear();

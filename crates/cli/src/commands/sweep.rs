@@ -14,14 +14,14 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
-use difflab_pipeline::DeviceSpec;
-use difflab_pipeline::checkpoint::read_state;
-use difflab_pipeline::sweep::{
+use difflab_lab::sweep::{
     EvalJob, Plan, Point, PointState, PointStatus, ResultsTable, TrainMode, collect, error_summary,
     load_sweep, read_eval_json, read_status, shell_join, slurm_script, write_atomic, write_status,
 };
-use difflab_pipeline::train::RunDir;
+use difflab_pipeline::DeviceSpec;
+use difflab_pipeline::checkpoint::read_state;
 use difflab_plot::{Chart, Series};
+use difflab_train::RunDir;
 
 /// Environment variable naming the program run as `PROGRAM eval …` for evaluations (default:
 /// this `difflab`). Lets tests, or a site's own evaluator, stand in for `difflab eval`.
@@ -191,7 +191,7 @@ impl Runner<'_> {
                     status.step = step;
                     status.final_loss = loss.or(status.final_loss);
                 }
-                status.finished_at = Some(difflab_pipeline::sweep::status::unix_now());
+                status.finished_at = Some(difflab_lab::sweep::status::unix_now());
                 if let Err(e) = write_status(&run_dir, &status) {
                     return Outcome::Failed(e.to_string());
                 }
@@ -213,7 +213,7 @@ impl Runner<'_> {
             status.state = PointState::Failed;
             status.phase = phase;
             status.error = Some(error);
-            status.finished_at = Some(difflab_pipeline::sweep::status::unix_now());
+            status.finished_at = Some(difflab_lab::sweep::status::unix_now());
             let _ = write_status(&run_dir, &status);
             Outcome::Failed(summary)
         };
@@ -282,7 +282,7 @@ impl Runner<'_> {
         status.state = PointState::Done;
         status.phase = "done".into();
         status.error = None;
-        status.finished_at = Some(difflab_pipeline::sweep::status::unix_now());
+        status.finished_at = Some(difflab_lab::sweep::status::unix_now());
         if let Err(e) = write_status(&run_dir, &status) {
             return Outcome::Failed(e.to_string());
         }
@@ -295,7 +295,7 @@ impl Runner<'_> {
         let values: Vec<String> = point
             .values
             .iter()
-            .map(|(k, v)| format!("{k}={}", difflab_pipeline::sweep::plan::value_text(v)))
+            .map(|(k, v)| format!("{k}={}", difflab_lab::sweep::plan::value_text(v)))
             .collect();
         let mut s = format!("[{}] {}  {}\n", point.index, point.name, values.join(" "));
         let run_dir = self.plan.run_dir(point);
@@ -337,7 +337,7 @@ fn charts(table: &ResultsTable) -> Vec<(String, Chart)> {
     let steps: BTreeSet<u64> = summaries.iter().filter_map(|s| s.steps).collect();
     let mut charts = Vec::new();
     for metric in table.metric_names() {
-        let value = |s: &difflab_pipeline::sweep::Summary| {
+        let value = |s: &difflab_lab::sweep::Summary| {
             s.metrics
                 .iter()
                 .find(|(n, _, _)| *n == metric)

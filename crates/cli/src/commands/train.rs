@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::{Context, Result};
 use clap::Args;
 use difflab_pipeline::config::load_config;
-use difflab_pipeline::train::{CheckpointEvaluator, TrainOptions, train_with_evaluator};
 use difflab_pipeline::{DeviceSpec, Override};
+use difflab_train::{CheckpointEvaluator, TrainOptions, train_with_evaluator};
 
 use super::config::parse_override;
 

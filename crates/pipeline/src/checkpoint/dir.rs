@@ -7,12 +7,11 @@ use std::path::{Path, PathBuf};
 
 use tch::{Tensor, nn::VarStore};
 
+use super::is_float;
 use super::safetensors::write_safetensors;
 use super::{
     CheckpointError, EMA_FILE, KEEP_FILE, LATEST_FILE, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE,
 };
-use crate::optim::AdamW;
-use crate::optim::is_float;
 
 /// What one checkpoint holds.
 pub struct CheckpointContents<'a> {
@@ -22,8 +21,8 @@ pub struct CheckpointContents<'a> {
     pub model: &'a VarStore,
     /// The EMA copy of the model, if training keeps one.
     pub ema: Option<&'a VarStore>,
-    /// The optimizer (moments and step counts).
-    pub optimizer: &'a AdamW,
+    /// The optimizer's state as named tensors (moments and step counts).
+    pub optimizer: Vec<(String, Tensor)>,
     /// Run state saved as `state.json`: data cursor, RNG scheme, versions, config fingerprint —
     /// opaque here, except that `"step"` is set to [`CheckpointContents::step`] (a JSON object
     /// or null is expected; a different `"step"` already in it is an error).
@@ -140,12 +139,12 @@ impl CheckpointDir {
     ) -> Result<PathBuf, CheckpointError> {
         let model = sorted_variables(c.model);
         let ema = c.ema.map(sorted_variables);
-        let optimizer = c.optimizer.state_tensors();
+        let optimizer = &c.optimizer;
         check_finite("model", &model)?;
         if let Some(ema) = &ema {
             check_finite("ema", ema)?;
         }
-        check_finite("optimizer", &optimizer)?;
+        check_finite("optimizer", optimizer)?;
         let state = self.state_json(c)?;
 
         let root = &self.root;
@@ -160,7 +159,7 @@ impl CheckpointDir {
             if let Some(ema) = &ema {
                 write_safetensors(&tmp.join(EMA_FILE), ema)?;
             }
-            write_safetensors(&tmp.join(OPTIMIZER_FILE), &optimizer)?;
+            write_safetensors(&tmp.join(OPTIMIZER_FILE), optimizer)?;
             write_file(&tmp.join(STATE_FILE), &state)?;
             sync_dir(&tmp)
         })();

@@ -15,13 +15,13 @@
 //! ```
 
 mod dir;
-pub(crate) mod safetensors;
+mod run_dir;
+pub mod safetensors;
 
 use std::path::{Path, PathBuf};
 
 pub use dir::{CheckpointContents, CheckpointDir};
-
-use crate::optim::AdamW;
+pub use run_dir::{RunDir, resolve_checkpoint};
 
 /// File of the model weights inside a step directory.
 pub const MODEL_FILE: &str = "model.safetensors";
@@ -164,12 +164,20 @@ pub fn load_weights(vs: &mut tch::nn::VarStore, file: &Path) -> Result<(), Check
     })
 }
 
-/// Restore `opt` from `<dir>/optimizer.safetensors` (strict, see
-/// [`AdamW::load_state_tensors`]; errors name the file and tensor).
-pub fn load_optimizer(opt: &mut AdamW, dir: &Path) -> Result<(), CheckpointError> {
+/// The named tensors of `<dir>/optimizer.safetensors`, and the file's path (for errors).
+pub fn read_optimizer(
+    dir: &Path,
+) -> Result<(Vec<(String, tch::Tensor)>, PathBuf), CheckpointError> {
     let file = dir.join(OPTIMIZER_FILE);
-    let named = safetensors::read_safetensors(&file)?;
-    opt.load_state_from(&named, &file)
+    Ok((safetensors::read_safetensors(&file)?, file))
+}
+
+/// Whether `kind` is a floating-point dtype.
+pub fn is_float(kind: tch::Kind) -> bool {
+    matches!(
+        kind,
+        tch::Kind::Float | tch::Kind::Double | tch::Kind::Half | tch::Kind::BFloat16
+    )
 }
 
 /// Hex SHA-256 of a file, streamed: recorded next to samples so that they name the exact

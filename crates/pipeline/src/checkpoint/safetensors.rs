@@ -36,10 +36,7 @@ fn dtype_name(kind: Kind) -> Option<&'static str> {
 
 /// Write `tensors` (names unique) to `path` as safetensors and fsync the file. Tensors on a
 /// GPU are copied to the CPU first.
-pub(crate) fn write_safetensors(
-    path: &Path,
-    tensors: &[(String, Tensor)],
-) -> Result<(), CheckpointError> {
+pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<(), CheckpointError> {
     let io = |error: std::io::Error| CheckpointError::Io {
         path: path.to_path_buf(),
         error,
@@ -93,7 +90,7 @@ pub(crate) fn write_safetensors(
 }
 
 /// Read every tensor of the safetensors file at `path` (on the CPU), in file order.
-pub(crate) fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>, CheckpointError> {
+pub fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>, CheckpointError> {
     match std::fs::metadata(path) {
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
             return Err(CheckpointError::Missing {

@@ -5,9 +5,9 @@ use difflab_samplers::SamplerConfig;
 use difflab_schedulers::{Prediction, ScheduleConfig};
 use serde::{Deserialize, Serialize};
 
+use super::{LoggingConfig, ProcessConfig, TrainingConfig};
 use crate::DeviceSpec;
-use crate::data::DataConfig;
-use crate::train::{LoggingConfig, ProcessConfig, TrainingConfig};
+use difflab_data::DataConfig;
 
 /// One experiment: the data, the corruption process, the network, how to train it and how to
 /// sample from it. Every section but `name` and `model` has defaults (see `docs/training.md`).

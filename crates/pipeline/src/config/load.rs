@@ -108,7 +108,7 @@ fn validate(config: &ExperimentConfig) -> Result<(), String> {
     config.training.ema.validate()?;
     use difflab_samplers::SamplerKind;
     match (&config.process, config.sampler.kind) {
-        (crate::train::ProcessConfig::Cold { degradation }, SamplerKind::Cold) => {
+        (super::ProcessConfig::Cold { degradation }, SamplerKind::Cold) => {
             let d = degradation
                 .build(&schedule, tch::Device::Cpu)
                 .map_err(|e| e.to_string())?;
@@ -117,12 +117,12 @@ fn validate(config: &ExperimentConfig) -> Result<(), String> {
                 .build(&schedule, Some(d))
                 .map_err(|e| e.to_string())?;
         }
-        (crate::train::ProcessConfig::Cold { .. }, kind) => {
+        (super::ProcessConfig::Cold { .. }, kind) => {
             return Err(format!(
                 "process.kind: cold is sampled with sampler.kind: cold (got {kind:?})"
             ));
         }
-        (crate::train::ProcessConfig::Gaussian, SamplerKind::Cold) => {
+        (super::ProcessConfig::Gaussian, SamplerKind::Cold) => {
             return Err(
                 "sampler.kind: cold needs process.kind: cold (a degradation to invert)".into(),
             );

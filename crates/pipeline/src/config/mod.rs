@@ -4,8 +4,16 @@
 
 mod experiment;
 mod load;
+mod lowres;
+mod optim;
 mod overrides;
+mod training;
 
 pub use experiment::{ExperimentConfig, ModelConfig};
 pub use load::{ConfigError, load_config, parse_config, to_yaml};
+pub use lowres::{LowresNoiseConfig, check_sample_level};
+pub use optim::{EmaConfig, LrConfig, LrSchedule, OptimizerConfig, OptimizerKind};
 pub use overrides::{Override, apply_override};
+pub use training::{
+    LoggingConfig, LossKind, MemoryFormat, NanPolicy, Precision, ProcessConfig, TrainingConfig,
+};

@@ -1,0 +1,277 @@
+//! Cascade manifests: named stages, each a model (run, checkpoint or expert ensemble) with its
+//! own sampler settings, guidance and conditioning-noise level.
+//!
+//! ```yaml
+//! offload: true               # load each stage when it runs, free it after (one on the device)
+//! stages:
+//!   - name: base
+//!     run: runs/anime-base
+//!     sampler: {kind: ddim, steps: 50, eta: 0.0}
+//!     guidance: 1.0
+//!   - name: sr
+//!     run: runs/anime-sr      # or checkpoint: …, or ensemble: configs/experts/sr.yaml
+//!     weights: ema
+//!     sampler: {steps: 25}
+//!     noise_level: 0.2        # augmentation level of the low-resolution input
+//! ```
+//! Paths are relative to the current directory. Stages run in the order listed (or as picked
+//! by `--cascade base+sr`); each SR stage's low-resolution input must have the shape of the
+//! previous stage's output.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::manifest_file::{one_of, read_manifest};
+use crate::{
+    ClassChoice, EnsembleSpec, ModelInfo, SamplerOverrides, SamplingError, StageSettings,
+    WeightsKind,
+};
+
+/// A cascade manifest file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CascadeManifest {
+    /// The stages, lowest resolution first.
+    pub stages: Vec<StageEntry>,
+    /// Load each stage only while it runs, so one stage's weights are on the device at a time.
+    #[serde(default)]
+    pub offload: bool,
+}
+
+/// One stage of a [`CascadeManifest`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageEntry {
+    /// The name used by `--cascade` (e.g. `base`, `sr`).
+    pub name: String,
+    /// A run directory (its latest checkpoint).
+    #[serde(default)]
+    pub run: Option<PathBuf>,
+    /// A checkpoint directory.
+    #[serde(default)]
+    pub checkpoint: Option<PathBuf>,
+    /// An expert-ensemble manifest.
+    #[serde(default)]
+    pub ensemble: Option<PathBuf>,
+    /// EMA (default) or raw weights (runs and checkpoints).
+    #[serde(default)]
+    pub weights: WeightsKind,
+    /// Changes to the run's sampler settings.
+    #[serde(default)]
+    pub sampler: SamplerOverrides,
+    /// Classifier-free guidance weight (default 1: none).
+    #[serde(default)]
+    pub guidance: Option<f64>,
+    /// Class of every image (class-conditional stages; default: cycle through the classes).
+    #[serde(default)]
+    pub class: Option<i64>,
+    /// SR stages: augmentation level of the low-resolution input (default: the run's
+    /// `training.lowres_noise.sample`).
+    #[serde(default)]
+    pub noise_level: Option<f64>,
+}
+
+/// A stage's model, described (weights not loaded).
+#[derive(Clone, Debug)]
+// A handful per process: the size difference between variants does not matter.
+#[allow(clippy::large_enum_variant)]
+pub enum StageSpec {
+    /// One run or checkpoint.
+    Single(ModelInfo),
+    /// An expert ensemble.
+    Ensemble(EnsembleSpec),
+}
+
+impl StageSpec {
+    /// The stage's model description (an ensemble's shared one).
+    pub fn info(&self) -> &ModelInfo {
+        match self {
+            Self::Single(i) => i,
+            Self::Ensemble(e) => e.info(),
+        }
+    }
+}
+
+/// A stage ready to run: its model and its settings from the manifest.
+#[derive(Clone, Debug)]
+pub struct PlannedStage {
+    /// The stage name.
+    pub name: String,
+    /// Its model.
+    pub spec: StageSpec,
+    /// Sampler changes from the manifest.
+    pub sampler: SamplerOverrides,
+    /// Guidance from the manifest.
+    pub guidance: Option<f64>,
+    /// Class from the manifest.
+    pub class: Option<i64>,
+    /// Noise level from the manifest.
+    pub noise_level: Option<f64>,
+}
+
+impl PlannedStage {
+    /// A stage with the model's own settings (nothing from a manifest).
+    pub fn of(name: &str, spec: StageSpec) -> Self {
+        Self {
+            name: name.to_string(),
+            spec,
+            sampler: SamplerOverrides::default(),
+            guidance: None,
+            class: None,
+            noise_level: None,
+        }
+    }
+
+    /// Its settings with the command line's (`cli`) on top of the manifest's on top of the
+    /// run's; `--noise-level` reaches only SR stages.
+    pub fn settings(&self, cli: &CliStageSettings) -> StageSettings {
+        let info = self.spec.info();
+        StageSettings {
+            sampler: self.sampler.then(&cli.sampler).apply(&info.sampler),
+            guidance: cli.guidance.or(self.guidance).unwrap_or(1.0),
+            class: match cli.class.or(self.class) {
+                Some(k) => ClassChoice::Fixed(k),
+                None => ClassChoice::Cycle,
+            },
+            labels: cli.labels.clone(),
+            // The command line's level is for the SR stages of the cascade.
+            noise_level: match info.lowres {
+                Some(_) => cli.noise_level.or(self.noise_level),
+                None => self.noise_level,
+            },
+        }
+    }
+}
+
+/// Settings given on the command line; they apply to every stage run.
+#[derive(Clone, Debug, Default)]
+pub struct CliStageSettings {
+    /// Sampler flags.
+    pub sampler: SamplerOverrides,
+    /// `--guidance`.
+    pub guidance: Option<f64>,
+    /// `--class`.
+    pub class: Option<i64>,
+    /// `--labels`.
+    pub labels: Option<Vec<f32>>,
+    /// `--noise-level`.
+    pub noise_level: Option<f64>,
+}
+
+impl CascadeManifest {
+    /// Read a manifest file.
+    pub fn open(path: &Path) -> Result<Self, SamplingError> {
+        let manifest: Self = read_manifest(path)?;
+        if manifest.stages.is_empty() {
+            return Err(SamplingError::invalid(format!(
+                "{}: stages: the cascade has no stages",
+                path.display()
+            )));
+        }
+        for (i, s) in manifest.stages.iter().enumerate() {
+            if manifest.stages[..i].iter().any(|p| p.name == s.name) {
+                return Err(SamplingError::invalid(format!(
+                    "{}: two stages are named {:?}",
+                    path.display(),
+                    s.name
+                )));
+            }
+        }
+        Ok(manifest)
+    }
+
+    /// The stages named in `selection` (`base+sr`; `None`: all, in order), described and
+    /// checked: models exist, ensembles are valid, and resolutions chain ([`check_chain`]).
+    pub fn plan(
+        &self,
+        path: &Path,
+        selection: Option<&str>,
+    ) -> Result<Vec<PlannedStage>, SamplingError> {
+        let names: Vec<&str> = match selection {
+            Some(s) => s.split('+').map(str::trim).collect(),
+            None => self.stages.iter().map(|s| s.name.as_str()).collect(),
+        };
+        let available = || {
+            self.stages
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut planned = Vec::with_capacity(names.len());
+        for name in names {
+            let Some(entry) = self.stages.iter().find(|s| s.name == name) else {
+                return Err(SamplingError::invalid(format!(
+                    "--cascade: {}: no stage named {name:?} (stages: {})",
+                    path.display(),
+                    available()
+                )));
+            };
+            let what = format!("{}: stage {name}", path.display());
+            let (key, model) = one_of(
+                &what,
+                &[
+                    ("run", &entry.run),
+                    ("checkpoint", &entry.checkpoint),
+                    ("ensemble", &entry.ensemble),
+                ],
+            )?;
+            let spec = if key == "ensemble" {
+                StageSpec::Ensemble(EnsembleSpec::open(model)?)
+            } else {
+                StageSpec::Single(
+                    ModelInfo::from_run(model, entry.weights)
+                        .map_err(|e| SamplingError::invalid(format!("{what}: {e}")))?,
+                )
+            };
+            planned.push(PlannedStage {
+                name: name.to_string(),
+                spec,
+                sampler: entry.sampler.clone(),
+                guidance: entry.guidance,
+                class: entry.class,
+                noise_level: entry.noise_level,
+            });
+        }
+        check_chain(&planned)?;
+        Ok(planned)
+    }
+}
+
+/// Each stage after the first must be a super-resolution stage whose low-resolution input has
+/// the shape of the previous stage's output.
+pub fn check_chain(stages: &[PlannedStage]) -> Result<(), SamplingError> {
+    for pair in stages.windows(2) {
+        let (prev, next) = (&pair[0], &pair[1]);
+        let out = &prev.spec.info().shape;
+        match &next.spec.info().lowres {
+            None => {
+                return Err(SamplingError::invalid(format!(
+                    "stage {} follows stage {} but is not a super-resolution stage (model.kind: sr_unet)",
+                    next.name, prev.name
+                )));
+            }
+            Some(low) if &low.shape != out => {
+                return Err(SamplingError::invalid(format!(
+                    "stages do not chain: {} outputs {} but {} expects a {} input",
+                    prev.name,
+                    describe(out),
+                    next.name,
+                    describe(&low.shape)
+                )));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// `3×16×16`-style shape text.
+fn describe(shape: &[i64]) -> String {
+    shape
+        .iter()
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join("×")
+}

@@ -1,0 +1,412 @@
+//! One stage's sampling job: resolve its settings against the model, build the sampler and
+//! the (guided) denoiser, and run the batches with reproducible noise.
+
+use std::ops::Range;
+
+use difflab_samplers::{
+    ClassifierFreeGuidance, Conditioning, Denoiser, NoiseSource, Sampler, SamplerConfig,
+    SamplerKind, StepInfo,
+};
+use serde::Serialize;
+use tch::{Device, Kind, Tensor};
+
+use super::{JobNoise, NoiseMode, SamplingError, StageModel, Trajectory};
+use crate::cascade::augment_at_level;
+use difflab_data::open_dataset;
+use difflab_pipeline::config::ProcessConfig;
+use difflab_pipeline::config::check_sample_level;
+
+/// Which class each image is conditioned on (class-conditional models).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClassChoice {
+    /// Image `i` gets class `i mod num_classes` (a grid shows every class).
+    #[default]
+    Cycle,
+    /// Every image gets this class.
+    Fixed(i64),
+}
+
+/// A stage's settings after merging the run, the manifest and the command line.
+#[derive(Clone, Debug, Serialize)]
+pub struct StageSettings {
+    /// The sampler.
+    pub sampler: SamplerConfig,
+    /// Classifier-free guidance weight w (1 = the plain conditional model).
+    pub guidance: f64,
+    /// Class per image.
+    pub class: ClassChoice,
+    /// The label vector of every image (multi-hot models).
+    pub labels: Option<Vec<f32>>,
+    /// SR stages: the augmentation level of the low-resolution input (default: the run's
+    /// `training.lowres_noise.sample`).
+    pub noise_level: Option<f64>,
+}
+
+/// How many images, in which batches, from which seed.
+#[derive(Clone, Debug, Serialize)]
+pub struct JobOptions {
+    /// Images to generate.
+    pub num_images: usize,
+    /// Images per forward pass.
+    pub batch_size: usize,
+    /// The seed.
+    pub seed: u64,
+    /// How noise is drawn from the seed.
+    pub noise: NoiseMode,
+    /// Record a trajectory strip of the first images.
+    pub trajectory: bool,
+}
+
+/// What a stage produced.
+pub struct StageOutput {
+    /// The samples, on the CPU, `[N, ...shape]`.
+    pub samples: Tensor,
+    /// The trajectory, when asked for.
+    pub trajectory: Option<Trajectory>,
+    /// The timesteps (or cold levels) the denoiser was evaluated at.
+    pub timesteps: Vec<i64>,
+    /// The settings used, with defaults filled in (for `sample.json`).
+    pub record: serde_json::Value,
+}
+
+/// Progress of a job: `(batch index, number of batches, the step just taken)`.
+pub type OnStep<'a> = dyn FnMut(usize, usize, &StepInfo<'_>) + 'a;
+
+/// Run one stage. `input` (`[M, C, h, w]` on the CPU, in [−1, 1]) is the low-resolution image
+/// of an SR stage, the conditioning image of an image-to-image model, or the clean images a
+/// cold-diffusion run is degraded from (default: its training data); image `i` uses input
+/// `i mod M`.
+pub fn sample_stage(
+    model: &StageModel,
+    settings: &StageSettings,
+    input: Option<&Tensor>,
+    options: &JobOptions,
+    device: Device,
+    on_step: &mut OnStep<'_>,
+) -> Result<StageOutput, SamplingError> {
+    let info = model.info();
+    let plan = BatchInputs::new(model, settings, input, options.num_images, device)?;
+    let (sampler, noise_level) = (&plan.sampler, plan.noise_level);
+    let base = model.denoiser()?;
+    let denoiser: Box<dyn Denoiser + '_> = if settings.guidance == 1.0 {
+        base
+    } else {
+        if !info.conditioning.supports_guidance() {
+            return Err(SamplingError::invalid(format!(
+                "{}: guidance {} needs a conditional model trained with label dropout (null_class: true, or label vectors); this one has {:?}",
+                info.label, settings.guidance, info.conditioning
+            )));
+        }
+        let null = info.conditioning.num_classes.unwrap_or(0);
+        Box::new(ClassifierFreeGuidance::new(base, settings.guidance, null))
+    };
+    if options.num_images == 0 || options.batch_size == 0 {
+        return Err(SamplingError::invalid(
+            "the number of images and the batch size must be at least 1",
+        ));
+    }
+    let mut noise = JobNoise::new(options.noise, options.seed);
+    // One global stream: x_T of all images first, as a diffusers pipeline draws it.
+    let all_starts = match &mut noise {
+        JobNoise::Global(g) => Some(plan.start(0..options.num_images, g)?),
+        JobNoise::PerImage { .. } => None,
+    };
+    let batches = options.num_images.div_ceil(options.batch_size);
+    let mut trajectory = options
+        .trajectory
+        .then(|| Trajectory::new(4, 8, sampler.timesteps().len()));
+    let mut outputs = Vec::with_capacity(batches);
+    for b in 0..batches {
+        let first = b * options.batch_size;
+        let range = first..(first + options.batch_size).min(options.num_images);
+        let x = noise.with_batch(range.start, range.len(), |source| {
+            let cond = plan.conditioning(range.clone(), source)?;
+            let start = match &all_starts {
+                Some(all) => all.narrow(0, range.start as i64, range.len() as i64),
+                None => plan.start(range.clone(), source)?,
+            };
+            let mut step = |s: &StepInfo<'_>| {
+                if b == 0
+                    && let Some(t) = trajectory.as_mut()
+                {
+                    t.observe(s);
+                }
+                on_step(b, batches, s);
+            };
+            sampler
+                .sample(denoiser.as_ref(), start, &cond, source, &mut step)
+                .map_err(|e| {
+                    SamplingError::invalid(format!(
+                        "{}: batch {} of {batches}: {e}",
+                        info.label,
+                        b + 1
+                    ))
+                })
+        })?;
+        outputs.push(x.to_device(Device::Cpu));
+    }
+    let record = serde_json::json!({
+        "model": model.record(),
+        "prediction": info.prediction,
+        "schedule": info.schedule,
+        "process": info.process,
+        "sampler": settings.sampler,
+        "guidance": settings.guidance,
+        "class": if info.conditioning.num_classes.is_some() { serde_json::to_value(settings.class).unwrap_or_default() } else { serde_json::Value::Null },
+        "labels": settings.labels,
+        "noise_level": noise_level,
+        "timesteps": sampler.timesteps(),
+    });
+    Ok(StageOutput {
+        samples: Tensor::cat(&outputs, 0),
+        trajectory,
+        timesteps: sampler.timesteps().to_vec(),
+        record,
+    })
+}
+
+/// Everything that turns an image range into the sampler's start and conditioning.
+struct BatchInputs {
+    sampler: Box<dyn Sampler>,
+    shape: Vec<i64>,
+    device: Device,
+    class: Option<ClassChoice>,
+    num_classes: i64,
+    labels: Option<Tensor>,
+    /// SR low-resolution input or image-to-image conditioning image, `[M, ...]`.
+    cond_image: Option<Tensor>,
+    noise_level: Option<f64>,
+    /// Cold diffusion: clean images `[M, ...]` and the degradation's top level.
+    cold: Option<(Tensor, Box<dyn difflab_schedulers::Degradation>)>,
+}
+
+fn rows(x: &Tensor, range: &Range<usize>, device: Device) -> Tensor {
+    let m = x.size()[0];
+    let idx: Vec<i64> = range.clone().map(|i| i as i64 % m).collect();
+    x.index_select(0, &Tensor::from_slice(&idx))
+        .to_device(device)
+}
+
+impl BatchInputs {
+    fn new(
+        model: &StageModel,
+        settings: &StageSettings,
+        input: Option<&Tensor>,
+        num_images: usize,
+        device: Device,
+    ) -> Result<Self, SamplingError> {
+        let info = model.info();
+        let label = &info.label;
+        let bad = |m: String| Err(SamplingError::invalid(format!("{label}: {m}")));
+        let spec = &info.conditioning;
+        let class = match (spec.num_classes, settings.class) {
+            (Some(n), ClassChoice::Fixed(k)) if !(0..n).contains(&k) => {
+                return bad(format!(
+                    "class {k} is out of range: the model has classes 0..{}",
+                    n - 1
+                ));
+            }
+            (Some(_), c) => Some(c),
+            (None, ClassChoice::Fixed(k)) => {
+                return bad(format!(
+                    "class {k} given but the model is not class-conditional"
+                ));
+            }
+            (None, ClassChoice::Cycle) => None,
+        };
+        let labels = match (spec.label_dim, &settings.labels) {
+            (Some(d), Some(v)) if v.len() as i64 == d => Some(Tensor::from_slice(v)),
+            (Some(d), Some(v)) => {
+                return bad(format!(
+                    "--labels has {} entries but the model's label_dim is {d}",
+                    v.len()
+                ));
+            }
+            (Some(d), None) => {
+                return bad(format!(
+                    "the model is conditioned on a {d}-entry label vector: pass --labels (comma-separated 0/1)"
+                ));
+            }
+            (None, Some(_)) => {
+                return bad("--labels given but the model has no label vector".into());
+            }
+            (None, None) => None,
+        };
+        if spec.context_dim.is_some() {
+            return bad("models conditioned on a context vector cannot be sampled from the command line yet".into());
+        }
+        let check_input = |want: &[i64], what: &str| -> Result<Tensor, SamplingError> {
+            let Some(x) = input else {
+                return Err(SamplingError::invalid(format!(
+                    "{label}: {what} needs input images of shape {want:?}: pass --cond-image, or run it after a stage that produces them"
+                )));
+            };
+            if x.size()[1..] != *want {
+                return Err(SamplingError::invalid(format!(
+                    "{label}: {what} expects input images of shape {want:?}, got {:?}",
+                    &x.size()[1..]
+                )));
+            }
+            Ok(x.shallow_clone())
+        };
+        let (cond_image, noise_level) = match &info.lowres {
+            Some(low) => {
+                let level = settings.noise_level.unwrap_or(low.sample_level);
+                check_sample_level(level, low.train_max).map_err(|e| {
+                    SamplingError::invalid(format!("{label}: noise level {level}: {e}"))
+                })?;
+                (
+                    Some(check_input(&low.shape, "this super-resolution stage")?),
+                    Some(level),
+                )
+            }
+            None if spec.cond_channels > 0 => {
+                let want = [spec.cond_channels, info.shape[1], info.shape[2]];
+                (
+                    Some(check_input(&want, "this image-conditioned model")?),
+                    None,
+                )
+            }
+            None => {
+                if settings.noise_level.is_some() {
+                    return bad(
+                        "a noise level is set but the model is not a super-resolution stage".into(),
+                    );
+                }
+                (None, None)
+            }
+        };
+        let schedule = info.schedule.build()?;
+        let (sampler, cold) = match &info.process {
+            ProcessConfig::Gaussian => {
+                if settings.sampler.kind == SamplerKind::Cold {
+                    return bad(
+                        "the cold sampler needs a cold-diffusion run (process.kind: cold)".into(),
+                    );
+                }
+                (settings.sampler.build(&schedule, None)?, None)
+            }
+            ProcessConfig::Cold { degradation } => {
+                if settings.sampler.kind != SamplerKind::Cold {
+                    return bad(format!(
+                        "a cold-diffusion run samples with the cold sampler, not {:?} (use --sampler cold)",
+                        settings.sampler.kind
+                    ));
+                }
+                let clean = match input.filter(|_| cond_image.is_none()) {
+                    Some(x) => check_input(&x.size()[1..], "cold sampling").and_then(|x| {
+                        if x.size()[1..] == info.shape[..] {
+                            Ok(x)
+                        } else {
+                            Err(SamplingError::invalid(format!(
+                                "{label}: cold sampling starts from images of shape {:?}, got {:?}",
+                                info.shape,
+                                &x.size()[1..]
+                            )))
+                        }
+                    })?,
+                    None => data_examples(info, num_images)?,
+                };
+                let sampler = settings
+                    .sampler
+                    .build(&schedule, Some(degradation.build(&schedule, device)?))?;
+                (
+                    sampler,
+                    Some((clean, degradation.build(&schedule, device)?)),
+                )
+            }
+        };
+        Ok(Self {
+            sampler,
+            shape: info.shape.clone(),
+            device,
+            class,
+            num_classes: spec.num_classes.unwrap_or(1),
+            labels,
+            cond_image,
+            noise_level,
+            cold,
+        })
+    }
+
+    /// The conditioning of images `range`; an SR stage draws its augmentation noise first.
+    fn conditioning(
+        &self,
+        range: Range<usize>,
+        noise: &mut dyn NoiseSource,
+    ) -> Result<Conditioning, SamplingError> {
+        let b = range.len() as i64;
+        let d = self.device;
+        let class_labels = self.class.map(|c| match c {
+            ClassChoice::Fixed(k) => Tensor::full([b], k, (Kind::Int64, d)),
+            ClassChoice::Cycle => {
+                Tensor::arange_start(range.start as i64, range.end as i64, (Kind::Int64, d))
+                    .remainder(self.num_classes)
+            }
+        });
+        let label_vector = self
+            .labels
+            .as_ref()
+            .map(|v| v.unsqueeze(0).expand([b, -1], false).to_device(d));
+        let (image, noise_level) = match (&self.cond_image, self.noise_level) {
+            (Some(lowres), Some(level)) => {
+                let (z, s) = augment_at_level(&rows(lowres, &range, d), level, noise);
+                (Some(z), Some(s))
+            }
+            (Some(image), None) => (Some(rows(image, &range, d)), None),
+            _ => (None, None),
+        };
+        Ok(Conditioning {
+            class_labels,
+            label_vector,
+            image,
+            context: None,
+            noise_level,
+        })
+    }
+
+    /// x_T of images `range`: Gaussian noise, or the clean images degraded to the top level.
+    fn start(
+        &self,
+        range: Range<usize>,
+        noise: &mut dyn NoiseSource,
+    ) -> Result<Tensor, SamplingError> {
+        let mut shape = vec![range.len() as i64];
+        shape.extend(&self.shape);
+        let z = noise.draw(&shape, Kind::Float, self.device);
+        Ok(match &self.cold {
+            None => z,
+            Some((clean, degradation)) => {
+                let x0 = rows(clean, &range, self.device);
+                let top = Tensor::full(
+                    [range.len() as i64],
+                    degradation.num_steps(),
+                    (Kind::Int64, self.device),
+                );
+                degradation.degrade(&x0, &top, Some(&z))
+            }
+        })
+    }
+}
+
+/// The first `n` examples of a run's training data (cold-diffusion starts).
+fn data_examples(info: &super::ModelInfo, n: usize) -> Result<Tensor, SamplingError> {
+    let Some(data) = &info.data else {
+        return Err(SamplingError::invalid(format!(
+            "{}: cold sampling needs start images: pass --cond-image",
+            info.label
+        )));
+    };
+    let dataset = open_dataset(data, 0)?;
+    let shape = dataset.shape();
+    let m = n.min(dataset.len());
+    let rows = (0..m)
+        .map(|i| {
+            dataset
+                .get(i)
+                .map(|e| Tensor::from_slice(&e.data).reshape(&shape[..]))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Tensor::stack(&rows, 0))
+}
