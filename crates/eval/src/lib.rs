@@ -15,6 +15,7 @@ pub mod classifier;
 mod error;
 pub mod features;
 pub mod frechet;
+pub mod job;
 pub mod kid;
 pub mod precision_recall;
 pub mod real_data;

@@ -4,13 +4,13 @@
 use std::ops::Range;
 
 use difflab_samplers::{
-    ClassifierFreeGuidance, Conditioning, Denoiser, NoiseSource, Sampler, SamplerConfig,
-    SamplerKind, StepInfo,
+    ClassifierFreeGuidance, Conditioning, Denoiser, NoiseSource, SampleError, Sampler,
+    SamplerConfig, SamplerKind, StepInfo,
 };
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
-use super::{JobNoise, NoiseMode, SamplingError, StageModel, Trajectory};
+use super::{JobNoise, ModelInfo, NoiseMode, SamplingError, StageModel, Trajectory};
 use crate::cascade::augment_at_level;
 use difflab_data::open_dataset;
 use difflab_pipeline::config::ProcessConfig;
@@ -85,10 +85,33 @@ pub fn sample_stage(
     device: Device,
     on_step: &mut OnStep<'_>,
 ) -> Result<StageOutput, SamplingError> {
-    let info = model.info();
-    let plan = BatchInputs::new(model, settings, input, options.num_images, device)?;
+    let denoiser = model.denoiser()?;
+    let mut output = sample_with(
+        model.info(),
+        denoiser,
+        settings,
+        input,
+        options,
+        device,
+        on_step,
+    )?;
+    output.record["model"] = model.record();
+    Ok(output)
+}
+
+/// [`sample_stage`] with the network already in hand as a [`Denoiser`] (`base`, the model
+/// `info` describes): what the trainer's previews run with the EMA network in memory.
+pub fn sample_with(
+    info: &ModelInfo,
+    base: Box<dyn Denoiser + '_>,
+    settings: &StageSettings,
+    input: Option<&Tensor>,
+    options: &JobOptions,
+    device: Device,
+    on_step: &mut OnStep<'_>,
+) -> Result<StageOutput, SamplingError> {
+    let plan = BatchInputs::new(info, settings, input, options.num_images, device)?;
     let (sampler, noise_level) = (&plan.sampler, plan.noise_level);
-    let base = model.denoiser()?;
     let denoiser: Box<dyn Denoiser + '_> = if settings.guidance == 1.0 {
         base
     } else {
@@ -136,18 +159,20 @@ pub fn sample_stage(
             };
             sampler
                 .sample(denoiser.as_ref(), start, &cond, source, &mut step)
-                .map_err(|e| {
-                    SamplingError::invalid(format!(
+                .map_err(|e| match e {
+                    // Typed, so a trainer's preview can tell a diverged model apart.
+                    e @ SampleError::NonFinite { .. } => SamplingError::Sample(e),
+                    e => SamplingError::invalid(format!(
                         "{}: batch {} of {batches}: {e}",
                         info.label,
                         b + 1
-                    ))
+                    )),
                 })
         })?;
         outputs.push(x.to_device(Device::Cpu));
     }
     let record = serde_json::json!({
-        "model": model.record(),
+        "model": info.record,
         "prediction": info.prediction,
         "schedule": info.schedule,
         "process": info.process,
@@ -190,13 +215,12 @@ fn rows(x: &Tensor, range: &Range<usize>, device: Device) -> Tensor {
 
 impl BatchInputs {
     fn new(
-        model: &StageModel,
+        info: &ModelInfo,
         settings: &StageSettings,
         input: Option<&Tensor>,
         num_images: usize,
         device: Device,
     ) -> Result<Self, SamplingError> {
-        let info = model.info();
         let label = &info.label;
         let bad = |m: String| Err(SamplingError::invalid(format!("{label}: {m}")));
         let spec = &info.conditioning;
@@ -391,7 +415,7 @@ impl BatchInputs {
 }
 
 /// The first `n` examples of a run's training data (cold-diffusion starts).
-fn data_examples(info: &super::ModelInfo, n: usize) -> Result<Tensor, SamplingError> {
+fn data_examples(info: &ModelInfo, n: usize) -> Result<Tensor, SamplingError> {
     let Some(data) = &info.data else {
         return Err(SamplingError::invalid(format!(
             "{}: cold sampling needs start images: pass --cond-image",

@@ -15,12 +15,15 @@ pub(crate) mod manifest_file;
 mod model;
 mod noise;
 mod overrides;
+mod request;
 mod trajectory;
 
 pub use ensemble::{EnsembleManifest, EnsembleSpec, ExpertEntry, StageModel};
 pub use error::SamplingError;
 pub use inputs::load_input_images;
-pub use job::{ClassChoice, JobOptions, OnStep, StageOutput, StageSettings, sample_stage};
+pub use job::{
+    ClassChoice, JobOptions, OnStep, StageOutput, StageSettings, sample_stage, sample_with,
+};
 pub use model::{
     ConditioningSpec, DiffusersModelSpec, LoadedModel, LowresSpec, ModelInfo, WeightsKind,
     load_diffusers_model,
@@ -29,4 +32,8 @@ pub use network_denoiser::NetworkDenoiser;
 pub(crate) use noise::JobNoise;
 pub use noise::NoiseMode;
 pub use overrides::SamplerOverrides;
+pub use request::{
+    OnSampleStep, SampleRequest, SampleSource, SampleSummary, class_dir, sample_classes,
+    sample_to_folder,
+};
 pub use trajectory::Trajectory;

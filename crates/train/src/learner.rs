@@ -312,11 +312,6 @@ impl Learner {
         self.engine.name()
     }
 
-    /// The corruption process (for previews).
-    pub(crate) fn process(&self) -> &Process {
-        &self.objective.process
-    }
-
     /// The config it trains.
     pub fn config(&self) -> &ExperimentConfig {
         &self.config

@@ -20,6 +20,7 @@ mod memory_format;
 mod objective;
 pub mod parity;
 mod precision;
+mod preview;
 #[cfg(all(test, feature = "kernels"))]
 mod toy_step;
 mod trainer;
@@ -38,7 +39,6 @@ pub(crate) use grads::GradBuffers;
 pub use inputs::StepInputs;
 pub use learner::{Engine, Learner, StepEvent, StepReport};
 pub use memory_format::{store_to_channels_last, to_channels_last};
-pub(crate) use objective::Process;
 pub use objective::{
     GaussianLossInputs, RegressionLoss, cold_loss, gaussian_loss, min_snr_weight, per_sample_loss,
 };

@@ -7,24 +7,24 @@
 //! weights, EMA, optimizer moments, step and data cursor to continue the exact same run.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use difflab_models::{ModelError, UNetConfig};
-use difflab_samplers::{Conditioning, GlobalSeedNoise, SampleError};
-use difflab_schedulers::{NoiseSchedule, ScheduleError};
-use serde_json::json;
-use sha2::{Digest, Sha256};
-use tch::{Device, Kind, Tensor};
-
-use super::{Engine, Learner, NanPolicy, Process, ProcessConfig, RunDir};
-use crate::logging::{EventWriter, LogError, TrainProgress};
-use difflab_data::images::{grid_columns, save_grid};
 use difflab_data::{DataCursor, DataError, DataLoader, Dataset, open_dataset};
+use difflab_models::{ModelError, UNetConfig};
 use difflab_pipeline::checkpoint::{CheckpointContents, CheckpointError, read_state};
 use difflab_pipeline::config::to_yaml;
-use difflab_pipeline::{ExperimentConfig, ModelConfig, Network};
-use difflab_sampling::NetworkDenoiser;
-use difflab_sampling::cascade::{area_downsample, augment_at_level};
+use difflab_pipeline::{ExperimentConfig, ModelConfig};
+use difflab_samplers::SampleError;
+use difflab_sampling::SamplingError;
+use difflab_schedulers::ScheduleError;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tch::Device;
+
+use super::preview::{Preview, write_preview};
+use super::{Engine, Learner, NanPolicy, RunDir};
+use crate::logging::{EventWriter, LogError, TrainProgress};
 
 /// Why training stopped with an error. Nothing already on disk is overwritten by a failed run.
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +77,9 @@ pub enum TrainError {
     /// Preview sampling failed.
     #[error("preview sampling: {0}")]
     Sample(#[from] SampleError),
+    /// Preview sampling could not be set up.
+    #[error("preview: {0}")]
+    Preview(#[from] SamplingError),
     /// Writing logs failed.
     #[error(transparent)]
     Log(#[from] LogError),
@@ -286,402 +289,322 @@ pub fn train_with_evaluator(
     mut evaluate: Option<&mut CheckpointEvaluator<'_>>,
 ) -> Result<TrainOutcome, TrainError> {
     let training = &config.training;
-    training.validate().map_err(TrainError::Config)?;
-    let run = RunDir::new(&options.run_dir);
-    if options.resume && options.overwrite {
-        return Err(TrainError::Config(
-            "--resume and --overwrite exclude each other".into(),
-        ));
-    }
-    if run.is_used() && !options.resume && !options.overwrite {
-        return Err(TrainError::RunExists(run.root.clone()));
-    }
-    let resume_from = if options.resume {
-        Some(
-            run.checkpoints()
-                .latest()?
-                .ok_or_else(|| TrainError::NothingToResume(run.root.clone()))?,
-        )
-    } else {
-        None
-    };
-
-    // Data first: a missing or empty dataset fails before the model is built.
-    let dataset = open_dataset(&config.data, config.seed)?;
-    check_data_fits_model(dataset.as_ref(), config)?;
-    let micro_batch = training.batch_size / training.grad_accum;
-    let mut loader = DataLoader::new(
-        dataset.clone(),
-        micro_batch,
-        config.seed,
-        config.data.workers,
-        config.data.on_bad_file,
-    );
-
-    let device = options.device;
-    let schedule: NoiseSchedule = config.schedule.build()?;
-    // Model, EMA copy, optimizer and objective, initialised from the seed.
-    let mut learner = Learner::new(config, device, Engine::Auto)?;
-    let fingerprint = model_fingerprint(&config.model);
-
-    let mut start_step = 0u64;
-    let mut init_from = None;
-    if let Some(init) = &options.init {
-        let dir = super::resolve_checkpoint(init)?;
-        learner.load_weights(&dir.join("model.safetensors"))?;
-        init_from = Some(dir);
-    }
-    if let Some(dir) = &resume_from {
-        let state = read_state(dir)?;
-        let found = state["model_fingerprint"]
-            .as_str()
-            .unwrap_or("")
-            .to_string();
-        if found != fingerprint {
-            return Err(TrainError::ConfigMismatch {
-                path: dir.clone(),
-                found,
-                expected: fingerprint,
-            });
-        }
-        learner.restore(dir)?;
-        start_step = state["step"].as_u64().unwrap_or(0);
-        let cursor: DataCursor =
-            serde_json::from_value(state["data_cursor"].clone()).map_err(|e| {
-                CheckpointError::Corrupt {
-                    path: dir.join("state.json"),
-                    reason: e.to_string(),
-                }
-            })?;
-        loader.seek(cursor);
-    }
-
-    // The run directory: never clobbered without --overwrite.
-    if options.overwrite && run.root.join("checkpoints").exists() {
-        std::fs::remove_dir_all(run.root.join("checkpoints")).map_err(io_err(&run.root))?;
-    }
-    std::fs::create_dir_all(run.samples()).map_err(io_err(&run.samples()))?;
-    let yaml = to_yaml(config);
-    if !options.resume {
-        let path = run.config();
-        let tmp = path.with_extension("yaml.tmp");
-        std::fs::write(&tmp, &yaml)
-            .and_then(|()| std::fs::rename(&tmp, &path))
-            .map_err(io_err(&path))?;
-    }
-    let mut events = if config.logging.tensorboard {
-        Some(EventWriter::new(run.tensorboard())?)
-    } else {
-        None
-    };
-    if let Some(ev) = events.as_mut() {
-        ev.add_text(
-            "config",
-            &format!("```yaml\n{yaml}\n```"),
-            start_step as i64,
-        )?;
-    }
-
-    let checkpoints = run.checkpoints();
-    let bf16 = training.precision.uses_bf16(device);
-    let mut progress = TrainProgress::new(training.steps, start_step, config.logging.log_every);
-    let start = match (&init_from, start_step) {
-        (_, s) if s > 0 => format!("resuming at step {s}"),
-        (Some(dir), _) => format!("from weights {}", dir.display()),
-        (None, _) => "from scratch".into(),
-    };
-    progress.message(&format!(
-        "training {} ({} parameters) on {} — {start} on {:?}{}",
-        config.name,
-        learner.network().num_parameters(),
-        dataset.describe(),
-        device,
-        if bf16 { ", bf16 autocast" } else { "" }
-    ));
-
-    let mut last_loss = f64::NAN;
-    let mut skipped = 0u64;
-    let mut last_checkpoint: Option<PathBuf> = None;
-    let mut preview = None;
-    let mut step = start_step;
+    let (mut run, mut step) = Run::open(config, options)?;
     let mut interrupted = false;
-    let write_checkpoint = |step: u64, loader: &DataLoader, learner: &Learner, loss: f64| {
-        let state = json!({
-            "step": step,
-            "data_cursor": loader.cursor(),
-            "seed": config.seed,
-            "model_fingerprint": fingerprint,
-            "loss": if loss.is_finite() { json!(loss) } else { json!(null) },
-            "difflab_version": env!("CARGO_PKG_VERSION"),
-            "rng": "stateless: step s draws from manual_seed(mix(seed, s, micro)); data order from (seed, epoch)",
-        });
-        checkpoints.write(
-            &CheckpointContents {
-                step,
-                model: learner.vars(),
-                ema: Some(learner.ema_vars()),
-                optimizer: learner.optimizer().state_tensors(),
-                state,
-            },
-            training.keep_last,
-        )
-    };
-
     while step < training.steps {
-        let report = learner.step(step, &mut || Ok(loader.next_batch()?), &mut |_| {})?;
-        let (loss_value, lr, grad_norm) = (report.loss, report.lr, report.grad_norm);
-        if let Some(what) = report.non_finite {
-            match training.on_nan {
-                NanPolicy::Stop => {
-                    progress.finish();
-                    return Err(TrainError::NonFinite {
-                        step: step + 1,
-                        what,
-                    });
-                }
-                NanPolicy::Skip => {
-                    skipped += 1;
-                    progress.message(&format!(
-                        "step {}: non-finite {what}, batch skipped ({skipped} so far)",
-                        step + 1
-                    ));
-                }
-            }
-        } else {
-            last_loss = loss_value;
-        }
+        run.step(step)?;
         step += 1;
-        progress.update(step, loss_value, lr);
-        if let Some(ev) = events.as_mut()
-            && (step.is_multiple_of(config.logging.log_every) || step == training.steps)
-            && loss_value.is_finite()
-        {
-            ev.add_scalar("train/loss", loss_value, step as i64)?;
-            ev.add_scalar("train/lr", lr, step as i64)?;
-            ev.add_scalar("train/grad_norm", grad_norm, step as i64)?;
-        }
         interrupted = stop.load(Ordering::SeqCst) && step < training.steps;
         let last = step == training.steps || interrupted;
         if step.is_multiple_of(training.checkpoint_every) || last {
-            last_checkpoint = Some(write_checkpoint(step, &loader, &learner, last_loss)?);
-            let eval_every = config.logging.eval_every;
-            if let (Some(eval), Some(dir)) = (evaluate.as_mut(), last_checkpoint.as_ref())
-                && eval_every > 0
-                && step.is_multiple_of(eval_every)
+            let dir = run.checkpoint(step)?;
+            if let Some(eval) = evaluate.as_mut()
+                && config.logging.eval_every > 0
+                && step.is_multiple_of(config.logging.eval_every)
             {
-                match eval(step, dir) {
-                    Ok(metrics) => {
-                        let text: Vec<String> =
-                            metrics.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
-                        progress.message(&format!("eval at step {step}: {}", text.join(", ")));
-                        if let Some(ev) = events.as_mut() {
-                            for (name, value) in &metrics {
-                                ev.add_scalar(&format!("eval/{name}"), *value, step as i64)?;
-                            }
-                        }
-                    }
-                    Err(e) => progress.message(&format!("eval at step {step} failed: {e}")),
-                }
+                run.evaluate(step, &dir, eval)?;
             }
         }
         let preview_due = training.sample_every > 0 && step.is_multiple_of(training.sample_every);
         if preview_due || (last && !interrupted) {
-            let path = match write_preview(
-                learner.ema_network(),
-                learner.process(),
-                config,
-                &schedule,
-                &dataset,
-                step,
-                &run,
-                device,
-            ) {
-                Ok(path) => path,
-                // A diverged model should not cost the user the run: the checkpoint is written.
-                Err(TrainError::Sample(e @ SampleError::NonFinite { .. })) => {
-                    progress.message(&format!("preview at step {step} skipped: {e}"));
-                    None
-                }
-                Err(e) => return Err(e),
-            };
-            if let (Some(ev), Some(path)) = (events.as_mut(), path.as_ref())
-                && let Ok(img) = image::open(path)
-            {
-                ev.add_image("samples", &img, step as i64)?;
-            }
-            preview = path.or(preview);
+            run.preview(step)?;
         }
         if interrupted {
             break;
         }
     }
-    if let Some(ev) = events.as_mut() {
-        ev.flush()?;
-    }
-    progress.finish();
-    let checkpoint = match last_checkpoint {
-        Some(c) => c,
-        // Resumed a run that was already complete: point at its latest checkpoint.
-        None => checkpoints
-            .latest()?
-            .ok_or_else(|| TrainError::NothingToResume(run.root.clone()))?,
-    };
-    Ok(TrainOutcome {
-        step,
-        interrupted,
-        checkpoint,
-        last_loss,
-        skipped_batches: skipped + loader.skipped() as u64,
-        preview,
-    })
+    run.finish(step, interrupted)
 }
 
-/// Sample a preview grid from the EMA network with fixed noise (the same images at every
-/// step, so grids are comparable) and save it as `samples/step-<N>.png`. Vector data (the 2-D
-/// toy) is saved as `samples/step-<N>.csv` instead. Returns the image path, if one was written.
-#[allow(clippy::too_many_arguments)]
-fn write_preview(
-    ema_network: &Network,
-    process: &Process,
-    config: &ExperimentConfig,
-    schedule: &NoiseSchedule,
-    dataset: &std::sync::Arc<dyn Dataset>,
-    step: u64,
-    run: &RunDir,
+/// A training run in progress: the model being trained, its data, its directory and logs.
+struct Run<'a> {
+    config: &'a ExperimentConfig,
+    dir: RunDir,
     device: Device,
-) -> Result<Option<PathBuf>, TrainError> {
-    let n = config.training.preview_images.max(1);
-    let shape = dataset.shape();
-    let mut full = vec![n as i64];
-    full.extend(&shape);
-    // One seeded stream for the whole grid: the same noise at every preview, and fast (a
-    // per-image stream would re-seed the generator per image and step).
-    let mut noise = GlobalSeedNoise::new(mix(config.seed, 0x5EED));
-    let (sampler, x_start) = match process {
-        Process::Gaussian { .. } => {
-            let sampler = config.sampler.build(schedule, None)?;
-            let x = difflab_samplers::NoiseSource::draw(&mut noise, &full, Kind::Float, device);
-            (sampler, x)
-        }
-        Process::Cold { .. } => {
-            // Cold sampling starts from degraded data: the first n examples at the top level.
-            let ProcessConfig::Cold { degradation } = &config.process else {
-                unreachable!()
-            };
-            let d = degradation.build(schedule, device)?;
-            let x0 = Tensor::stack(
-                &(0..n.min(dataset.len()))
-                    .map(|i| {
-                        dataset
-                            .get(i)
-                            .map(|e| Tensor::from_slice(&e.data).reshape(&shape[..]))
-                    })
-                    .collect::<Result<Vec<_>, _>>()?,
-                0,
-            )
-            .to_device(device);
-            let m = x0.size()[0];
-            let top = Tensor::full([m], d.num_steps(), (Kind::Int64, device));
-            let z =
-                difflab_samplers::NoiseSource::draw(&mut noise, &x0.size(), Kind::Float, device);
-            let x = d.degrade(&x0, &top, Some(&z));
-            (config.sampler.build(schedule, Some(d))?, x)
-        }
-    };
-    let denoiser = NetworkDenoiser::new(ema_network, config.objective);
-    let cond = preview_conditioning(
-        config,
-        dataset.as_ref(),
-        x_start.size()[0],
-        device,
-        &mut noise,
-    )?;
-    let samples = sampler.sample(&denoiser, x_start, &cond, &mut noise, &mut |_| {})?;
-    if shape.len() == 1 {
-        let path = run.samples().join(format!("step-{step:06}.csv"));
-        let rows: Vec<Vec<f32>> =
-            Vec::<Vec<f32>>::try_from(samples.to_device(Device::Cpu)).unwrap_or_default();
-        let text: String = rows
-            .iter()
-            .map(|r| {
-                r.iter()
-                    .map(|v| v.to_string())
-                    .collect::<Vec<_>>()
-                    .join(",")
-                    + "\n"
-            })
-            .collect();
-        std::fs::write(&path, text).map_err(io_err(&path))?;
-        return Ok(None);
-    }
-    let path = run.samples().join(format!("step-{step:06}.png"));
-    save_grid(&samples, grid_columns(n), &path).map_err(|e| TrainError::Config(e.to_string()))?;
-    Ok(Some(path))
+    learner: Learner,
+    dataset: Arc<dyn Dataset>,
+    loader: DataLoader,
+    events: Option<EventWriter>,
+    progress: TrainProgress,
+    fingerprint: String,
+    last_loss: f64,
+    skipped: u64,
+    last_checkpoint: Option<PathBuf>,
+    preview: Option<PathBuf>,
 }
 
-/// Preview conditioning: class-conditional models cycle through their classes; label vectors
-/// and conditioning images come from the first `n` examples of the data; SR stages upsample
-/// the first `n` images, downsampled and augmented at the sampling level.
-fn preview_conditioning(
-    config: &ExperimentConfig,
-    dataset: &dyn Dataset,
-    n: i64,
-    device: Device,
-    noise: &mut dyn difflab_samplers::NoiseSource,
-) -> Result<Conditioning, TrainError> {
-    let (u, lowres) = match &config.model {
-        ModelConfig::Unet(u) => (u, None),
-        ModelConfig::SrUnet(sr) => (&sr.unet, config.data.lowres),
-        ModelConfig::Mlp(_) => return Ok(Conditioning::none()),
-    };
-    let class_labels = u
-        .num_classes
-        .map(|k| Tensor::arange(n, (Kind::Int64, device)).remainder(k));
-    let examples = if u.label_dim.is_some() || u.cond_channels > 0 || lowres.is_some() {
-        (0..n as usize)
-            .map(|i| dataset.get(i % dataset.len()))
-            .collect::<Result<Vec<_>, _>>()?
-    } else {
-        Vec::new()
-    };
-    let stack = |rows: Vec<Tensor>| Tensor::stack(&rows, 0).to_device(device);
-    let label_vector = u.label_dim.map(|_| {
-        stack(
-            examples
-                .iter()
-                .map(|e| Tensor::from_slice(e.labels.as_deref().unwrap_or(&[])))
-                .collect(),
-        )
-    });
-    let image = (u.cond_channels > 0).then(|| {
-        let shape = dataset.cond_shape().unwrap_or_default();
-        stack(
-            examples
-                .iter()
-                .map(|e| Tensor::from_slice(e.cond.as_deref().unwrap_or(&[])).reshape(&shape[..]))
-                .collect(),
-        )
-    });
-    let (image, noise_level) = match lowres {
-        None => (image, None),
-        Some(r) => {
-            let shape = dataset.shape();
-            let hr = stack(
-                examples
-                    .iter()
-                    .map(|e| Tensor::from_slice(&e.data).reshape(&shape[..]))
-                    .collect(),
-            );
-            let small = area_downsample(&hr, r);
-            let (z, level) = augment_at_level(&small, config.training.lowres_noise.sample, noise);
-            (Some(z), Some(level))
+impl<'a> Run<'a> {
+    /// Check the options and the data, build the model (from the seed, `--init` weights or the
+    /// latest checkpoint with `--resume`), prepare the run directory and the logs. Returns the
+    /// run and the step to start from.
+    fn open(
+        config: &'a ExperimentConfig,
+        options: &TrainOptions,
+    ) -> Result<(Self, u64), TrainError> {
+        config.training.validate().map_err(TrainError::Config)?;
+        let dir = RunDir::new(&options.run_dir);
+        if options.resume && options.overwrite {
+            return Err(TrainError::Config(
+                "--resume and --overwrite exclude each other".into(),
+            ));
         }
-    };
-    Ok(Conditioning {
-        class_labels,
-        label_vector,
-        image,
-        context: None,
-        noise_level,
-    })
+        if dir.is_used() && !options.resume && !options.overwrite {
+            return Err(TrainError::RunExists(dir.root.clone()));
+        }
+        let resume_from = match options.resume {
+            true => Some(
+                dir.checkpoints()
+                    .latest()?
+                    .ok_or_else(|| TrainError::NothingToResume(dir.root.clone()))?,
+            ),
+            false => None,
+        };
+        // Data first: a missing or empty dataset fails before the model is built.
+        let dataset = open_dataset(&config.data, config.seed)?;
+        check_data_fits_model(dataset.as_ref(), config)?;
+        let training = &config.training;
+        let loader = DataLoader::new(
+            dataset.clone(),
+            training.batch_size / training.grad_accum,
+            config.seed,
+            config.data.workers,
+            config.data.on_bad_file,
+        );
+        let learner = Learner::new(config, options.device, Engine::Auto)?;
+        let mut run = Self {
+            config,
+            fingerprint: model_fingerprint(&config.model),
+            progress: TrainProgress::new(training.steps, 0, config.logging.log_every),
+            dir,
+            device: options.device,
+            learner,
+            dataset,
+            loader,
+            events: None,
+            last_loss: f64::NAN,
+            skipped: 0,
+            last_checkpoint: None,
+            preview: None,
+        };
+        let mut start = "from scratch".to_string();
+        if let Some(init) = &options.init {
+            let weights = super::resolve_checkpoint(init)?;
+            run.learner
+                .load_weights(&weights.join("model.safetensors"))?;
+            start = format!("from weights {}", weights.display());
+        }
+        let step = match &resume_from {
+            Some(checkpoint) => run.resume(checkpoint)?,
+            None => 0,
+        };
+        if step > 0 {
+            start = format!("resuming at step {step}");
+        }
+        run.prepare_directory(options, step)?;
+        run.progress = TrainProgress::new(training.steps, step, config.logging.log_every);
+        let bf16 = training.precision.uses_bf16(run.device);
+        run.progress.message(&format!(
+            "training {} ({} parameters) on {} — {start} on {:?}{}",
+            config.name,
+            run.learner.network().num_parameters(),
+            run.dataset.describe(),
+            run.device,
+            if bf16 { ", bf16 autocast" } else { "" }
+        ));
+        Ok((run, step))
+    }
+
+    /// Continue from `checkpoint`: weights, EMA, optimizer and data position. Returns its step.
+    fn resume(&mut self, checkpoint: &Path) -> Result<u64, TrainError> {
+        let state = read_state(checkpoint)?;
+        let found = state["model_fingerprint"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        if found != self.fingerprint {
+            return Err(TrainError::ConfigMismatch {
+                path: checkpoint.to_path_buf(),
+                found,
+                expected: self.fingerprint.clone(),
+            });
+        }
+        self.learner.restore(checkpoint)?;
+        let cursor: DataCursor =
+            serde_json::from_value(state["data_cursor"].clone()).map_err(|e| {
+                CheckpointError::Corrupt {
+                    path: checkpoint.join("state.json"),
+                    reason: e.to_string(),
+                }
+            })?;
+        self.loader.seek(cursor);
+        Ok(state["step"].as_u64().unwrap_or(0))
+    }
+
+    /// The run directory (never clobbered without `--overwrite`), its `config.yaml`, and the
+    /// TensorBoard writer.
+    fn prepare_directory(&mut self, options: &TrainOptions, step: u64) -> Result<(), TrainError> {
+        let root = &self.dir.root;
+        if options.overwrite && root.join("checkpoints").exists() {
+            std::fs::remove_dir_all(root.join("checkpoints")).map_err(io_err(root))?;
+        }
+        std::fs::create_dir_all(self.dir.samples()).map_err(io_err(&self.dir.samples()))?;
+        let yaml = to_yaml(self.config);
+        if !options.resume {
+            let path = self.dir.config();
+            let tmp = path.with_extension("yaml.tmp");
+            std::fs::write(&tmp, &yaml)
+                .and_then(|()| std::fs::rename(&tmp, &path))
+                .map_err(io_err(&path))?;
+        }
+        if self.config.logging.tensorboard {
+            let mut events = EventWriter::new(self.dir.tensorboard())?;
+            events.add_text("config", &format!("```yaml\n{yaml}\n```"), step as i64)?;
+            self.events = Some(events);
+        }
+        Ok(())
+    }
+
+    /// Optimizer step `step + 1`: [`Learner::step`] on the next batches, the NaN policy, the
+    /// progress line and the loss, learning rate and gradient norm in TensorBoard.
+    fn step(&mut self, step: u64) -> Result<(), TrainError> {
+        let training = &self.config.training;
+        let loader = &mut self.loader;
+        let report = self
+            .learner
+            .step(step, &mut || Ok(loader.next_batch()?), &mut |_| {})?;
+        match report.non_finite {
+            None => self.last_loss = report.loss,
+            Some(what) if training.on_nan == NanPolicy::Stop => {
+                self.progress.finish();
+                return Err(TrainError::NonFinite {
+                    step: step + 1,
+                    what,
+                });
+            }
+            Some(what) => {
+                self.skipped += 1;
+                self.progress.message(&format!(
+                    "step {}: non-finite {what}, batch skipped ({} so far)",
+                    step + 1,
+                    self.skipped
+                ));
+            }
+        }
+        let done = step + 1;
+        self.progress.update(done, report.loss, report.lr);
+        if let Some(ev) = self.events.as_mut()
+            && (done.is_multiple_of(self.config.logging.log_every) || done == training.steps)
+            && report.loss.is_finite()
+        {
+            ev.add_scalar("train/loss", report.loss, done as i64)?;
+            ev.add_scalar("train/lr", report.lr, done as i64)?;
+            ev.add_scalar("train/grad_norm", report.grad_norm, done as i64)?;
+        }
+        Ok(())
+    }
+
+    /// Write the checkpoint of `step` (atomically; see [`difflab_pipeline::checkpoint`]).
+    fn checkpoint(&mut self, step: u64) -> Result<PathBuf, TrainError> {
+        let loss = self.last_loss;
+        let state = json!({
+            "step": step,
+            "data_cursor": self.loader.cursor(),
+            "seed": self.config.seed,
+            "model_fingerprint": self.fingerprint,
+            "loss": if loss.is_finite() { json!(loss) } else { json!(null) },
+            "difflab_version": env!("CARGO_PKG_VERSION"),
+            "rng": "stateless: step s draws from manual_seed(mix(seed, s, micro)); data order from (seed, epoch)",
+        });
+        let contents = CheckpointContents {
+            step,
+            model: self.learner.vars(),
+            ema: Some(self.learner.ema_vars()),
+            optimizer: self.learner.optimizer().state_tensors(),
+            state,
+        };
+        let dir = self
+            .dir
+            .checkpoints()
+            .write(&contents, self.config.training.keep_last)?;
+        self.last_checkpoint = Some(dir.clone());
+        Ok(dir)
+    }
+
+    /// Evaluate the checkpoint `dir` of `step` and log the metrics; a failure is reported and
+    /// training goes on.
+    fn evaluate(
+        &mut self,
+        step: u64,
+        dir: &Path,
+        eval: &mut CheckpointEvaluator<'_>,
+    ) -> Result<(), TrainError> {
+        match eval(step, dir) {
+            Ok(metrics) => {
+                let text: Vec<String> =
+                    metrics.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
+                self.progress
+                    .message(&format!("eval at step {step}: {}", text.join(", ")));
+                if let Some(ev) = self.events.as_mut() {
+                    for (name, value) in &metrics {
+                        ev.add_scalar(&format!("eval/{name}"), *value, step as i64)?;
+                    }
+                }
+            }
+            Err(e) => self
+                .progress
+                .message(&format!("eval at step {step} failed: {e}")),
+        }
+        Ok(())
+    }
+
+    /// The preview of `step` (see [`write_preview`]), added to TensorBoard.
+    fn preview(&mut self, step: u64) -> Result<(), TrainError> {
+        let preview = write_preview(
+            &self.learner,
+            self.config,
+            self.dataset.as_ref(),
+            step,
+            &self.dir,
+            self.device,
+        )?;
+        match preview {
+            Preview::Grid(path) => {
+                if let (Some(ev), Ok(img)) = (self.events.as_mut(), image::open(&path)) {
+                    ev.add_image("samples", &img, step as i64)?;
+                }
+                self.preview = Some(path);
+            }
+            Preview::Points => {}
+            // A diverged model should not cost the user the run: the checkpoint is written.
+            Preview::Skipped(why) => self
+                .progress
+                .message(&format!("preview at step {step} skipped: {why}")),
+        }
+        Ok(())
+    }
+
+    /// Flush the logs and report what the run did.
+    fn finish(mut self, step: u64, interrupted: bool) -> Result<TrainOutcome, TrainError> {
+        if let Some(ev) = self.events.as_mut() {
+            ev.flush()?;
+        }
+        self.progress.finish();
+        let checkpoint = match self.last_checkpoint {
+            Some(c) => c,
+            // Resumed a run that was already complete: point at its latest checkpoint.
+            None => self
+                .dir
+                .checkpoints()
+                .latest()?
+                .ok_or_else(|| TrainError::NothingToResume(self.dir.root.clone()))?,
+        };
+        Ok(TrainOutcome {
+            step,
+            interrupted,
+            checkpoint,
+            last_loss: self.last_loss,
+            skipped_batches: self.skipped + self.loader.skipped() as u64,
+            preview: self.preview,
+        })
+    }
 }

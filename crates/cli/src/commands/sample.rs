@@ -1,23 +1,19 @@
 //! `difflab sample`: generate images with a run, a checkpoint, a diffusers model, an expert
 //! ensemble or a cascade, with any sampler, and record how.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use difflab_data::images::{grid_columns, save_grid, save_images};
 use difflab_pipeline::DeviceSpec;
 use difflab_samplers::{SamplerConfig, SamplerKind};
-use difflab_sampling::cascade::{
-    CascadeManifest, CliStageSettings, PlannedStage, StageSpec, StageWeights, run_cascade,
-};
+use difflab_sampling::cascade::CliStageSettings;
 use difflab_sampling::{
-    DiffusersModelSpec, EnsembleSpec, JobOptions, ModelInfo, NoiseMode, SamplerOverrides,
-    StageModel, StageOutput, WeightsKind, load_diffusers_model, load_input_images,
+    DiffusersModelSpec, NoiseMode, SampleRequest, SampleSource, SamplerOverrides, WeightsKind,
+    sample_to_folder,
 };
 use difflab_schedulers::{BetaScheduleKind, Prediction, ScheduleConfig, TimestepSpacing};
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::json;
 
 /// Arguments of `difflab sample`.
 #[derive(Args, Debug)]
@@ -152,242 +148,85 @@ impl SampleArgs {
     }
 }
 
-/// The stages to run and how.
-struct Plan {
-    stages: Vec<PlannedStage>,
-    preloaded: Vec<StageWeights>,
-    offload: bool,
-    noise: NoiseMode,
-}
-
-/// Does this YAML file hold a cascade (`stages:`) or an ensemble (`experts:`)?
-fn manifest_kind(path: &Path) -> Result<&'static str> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let top: std::collections::BTreeMap<String, serde::de::IgnoredAny> =
-        serde_saphyr::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    match (top.contains_key("stages"), top.contains_key("experts")) {
-        (true, false) => Ok("cascade"),
-        (false, true) => Ok("ensemble"),
-        _ => bail!(
-            "{}: not a cascade manifest (top-level `stages:`) or an ensemble manifest (`experts:`)",
-            path.display()
-        ),
-    }
-}
-
-fn plan(args: &SampleArgs, device: tch::Device) -> Result<Plan> {
-    let single = |stages: Vec<PlannedStage>, noise| Plan {
-        preloaded: Vec::new(),
-        stages,
-        offload: args.offload,
-        noise,
-    };
-    let default_noise = args.noise.unwrap_or_default();
-    if let Some(dir) = &args.diffusers_model {
-        let schedule = ScheduleConfig {
-            beta_start: args.beta_start,
-            beta_end: args.beta_end,
-            ..ScheduleConfig::new(args.beta_schedule, args.train_timesteps)
-        };
-        schedule
-            .build()
-            .context("--beta-schedule / --beta-start / --beta-end")?;
-        let spec = DiffusersModelSpec {
-            schedule,
-            prediction: args.prediction,
-            sampler: SamplerConfig {
-                spacing: TimestepSpacing::Leading,
-                ..SamplerConfig::new(SamplerKind::Ddim)
-            },
-        };
-        let model = load_diffusers_model(dir, spec, device)
-            .with_context(|| format!("loading diffusers model {}", dir.display()))?;
-        let stage = PlannedStage::of("model", StageSpec::Single(model.info.clone()));
-        return Ok(Plan {
-            stages: vec![stage],
-            preloaded: vec![StageWeights::Loaded(StageModel::Single(model))],
-            offload: false,
-            noise: args.noise.unwrap_or(NoiseMode::TorchGlobal),
-        });
-    }
-    if let Some(path) = args.run.as_ref().or(args.checkpoint.as_ref()) {
-        let info = ModelInfo::from_run(path, args.weights())?;
-        return Ok(single(
-            vec![PlannedStage::of("model", StageSpec::Single(info))],
-            default_noise,
-        ));
-    }
-    let Some(manifest) = &args.config else {
-        bail!(
-            "say what to sample from: --run DIR, --checkpoint DIR, --diffusers-model DIR or --config MANIFEST"
-        );
-    };
-    match manifest_kind(manifest)? {
-        "ensemble" => {
-            if args.cascade.is_some() {
-                bail!(
-                    "--cascade applies to cascade manifests; {} is an ensemble manifest",
-                    manifest.display()
-                );
+impl SampleArgs {
+    /// The request these arguments make.
+    fn request(&self) -> Result<SampleRequest> {
+        let source = if let Some(dir) = &self.diffusers_model {
+            let schedule = ScheduleConfig {
+                beta_start: self.beta_start,
+                beta_end: self.beta_end,
+                ..ScheduleConfig::new(self.beta_schedule, self.train_timesteps)
+            };
+            schedule
+                .build()
+                .context("--beta-schedule / --beta-start / --beta-end")?;
+            let spec = DiffusersModelSpec {
+                schedule,
+                prediction: self.prediction,
+                sampler: SamplerConfig::new(SamplerKind::Ddim),
+            };
+            SampleSource::Diffusers {
+                dir: dir.clone(),
+                spec,
             }
-            let spec = StageSpec::Ensemble(EnsembleSpec::open(manifest)?);
-            Ok(single(
-                vec![PlannedStage::of("ensemble", spec)],
-                default_noise,
-            ))
-        }
-        _ => {
-            let cascade = CascadeManifest::open(manifest)?;
-            let stages = cascade.plan(manifest, args.cascade.as_deref())?;
-            Ok(Plan {
-                stages,
-                preloaded: Vec::new(),
-                offload: args.offload || cascade.offload,
-                noise: default_noise,
-            })
-        }
+        } else if let Some(path) = self.run.as_ref().or(self.checkpoint.as_ref()) {
+            SampleSource::Run {
+                path: path.clone(),
+                weights: self.weights(),
+            }
+        } else if let Some(path) = &self.config {
+            SampleSource::Manifest {
+                path: path.clone(),
+                cascade: self.cascade.clone(),
+            }
+        } else {
+            bail!(
+                "say what to sample from: --run DIR, --checkpoint DIR, --diffusers-model DIR or --config MANIFEST"
+            );
+        };
+        Ok(SampleRequest {
+            source,
+            settings: self.cli_settings(),
+            cond_image: self.cond_image.clone(),
+            num_images: self.num_images,
+            batch_size: self.batch_size,
+            seed: self.seed,
+            noise: self.noise,
+            trajectory: self.save_trajectory,
+            offload: self.offload,
+            out: self.out.clone(),
+            command: std::env::args().collect(),
+        })
     }
 }
 
 /// Run the command.
 pub fn run(args: &SampleArgs, device: DeviceSpec) -> Result<()> {
-    if args.num_images == 0 {
-        bail!("-n/--num-images must be at least 1");
-    }
-    let batch = args.batch_size.unwrap_or(args.num_images);
-    if batch == 0 {
-        bail!("--batch-size must be at least 1");
-    }
     let device = device.resolve()?;
-    let Plan {
-        stages,
-        preloaded,
-        offload,
-        noise,
-    } = plan(args, device)?;
-    if args.noise_level.is_some() && stages.iter().all(|s| s.spec.info().lowres.is_none()) {
-        bail!("--noise-level applies to super-resolution stages, and none is being sampled");
-    }
-    // Input images are read at the size the first stage wants them.
-    let input = match &args.cond_image {
-        None => None,
-        Some(path) => {
-            let info = stages[0].spec.info();
-            let shape = match &info.lowres {
-                Some(low) => low.shape.clone(),
-                None if info.conditioning.cond_channels > 0 => vec![
-                    info.conditioning.cond_channels,
-                    info.shape[1],
-                    info.shape[2],
-                ],
-                None if info.shape.len() == 3 => info.shape.clone(),
-                None => bail!("--cond-image: {} does not take images", info.label),
-            };
-            Some(load_input_images(path, shape[2], shape[0])?)
-        }
-    };
-    let options = JobOptions {
-        num_images: args.num_images,
-        batch_size: batch,
-        seed: args.seed,
-        noise,
-        trajectory: args.save_trajectory,
-    };
-    let cli = args.cli_settings();
+    let request = args.request()?;
     let bar = ProgressBar::new(0).with_style(
         ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} steps  {elapsed} (eta {eta})")
             .expect("valid template"),
     );
-    let last = stages.len() - 1;
-    let names: Vec<String> = stages.iter().map(|s| s.name.clone()).collect();
-    let out = &args.out;
-    let outputs = run_cascade(
-        &stages,
-        preloaded,
-        &cli,
-        input,
-        &options,
-        offload,
-        device,
-        &mut |stage, b, n, step| {
-            if step.index == 0 && b == 0 {
-                bar.set_length((step.total * n) as u64);
-                bar.set_position(0);
-            }
-            bar.set_message(format!("{stage}: batch {}/{n}", b + 1));
-            bar.inc(1);
-        },
-        &mut |i, output| {
-            let dir = if i == last {
-                out.clone()
-            } else {
-                out.join("stages").join(&names[i])
-            };
-            save_output(output, &dir, args.num_images)
-                .map_err(|e| difflab_sampling::SamplingError::invalid(format!("{e:#}")))
-        },
-    )?;
+    let summary = sample_to_folder(&request, device, &mut |stage, b, n, step| {
+        if step.index == 0 && b == 0 {
+            bar.set_length((step.total * n) as u64);
+            bar.set_position(0);
+        }
+        bar.set_message(format!("{stage}: batch {}/{n}", b + 1));
+        bar.inc(1);
+    })?;
     bar.finish_and_clear();
-
-    let record = json!({
-        "difflab_version": env!("CARGO_PKG_VERSION"),
-        "command": std::env::args().collect::<Vec<_>>(),
-        "seed": args.seed,
-        "noise": noise,
-        "noise_scheme": match noise {
-            NoiseMode::PerImage => "image i: ChaCha8 stream seeded with splitmix(seed, i); draws in order: SR augmentation noise, x_T, one per stochastic step",
-            NoiseMode::TorchGlobal => "torch.manual_seed(seed); randn([n, ...]) for x_T on the CPU generator, then each batch's draws in order",
-        },
-        "num_images": args.num_images,
-        "batch_size": batch,
-        "device": format!("{device:?}"),
-        "offload": offload,
-        "stages": stages.iter().zip(&outputs).map(|(s, o)| {
-            let mut r = o.record.clone();
-            r["name"] = json!(s.name);
-            r["output_shape"] = json!(o.samples.size()[1..]);
-            r
-        }).collect::<Vec<_>>(),
-    });
-    let path = out.join("sample.json");
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_string_pretty(&record)? + "\n")
-        .and_then(|()| std::fs::rename(&tmp, &path))
-        .with_context(|| format!("writing {}", path.display()))?;
-    let final_output = &outputs[last];
-    if let Some(t) = &final_output.trajectory {
-        t.save(&out.join("trajectory.png"))?;
-    }
+    let steps: Vec<String> = summary
+        .stages
+        .iter()
+        .map(|(name, n)| format!("{name}: {n} steps"))
+        .collect();
     eprintln!(
         "wrote {} samples, grid and sample.json to {} ({})",
         args.num_images,
-        out.display(),
-        stages
-            .iter()
-            .zip(&outputs)
-            .map(|(s, o)| format!("{}: {} steps", s.name, o.timesteps.len()))
-            .collect::<Vec<_>>()
-            .join(", ")
+        args.out.display(),
+        steps.join(", ")
     );
-    Ok(())
-}
-
-/// Images as PNGs and a grid; vectors (the 2-D toy) as `samples.csv`.
-fn save_output(output: &StageOutput, dir: &Path, n: usize) -> Result<()> {
-    let x = &output.samples;
-    if x.dim() == 4 {
-        save_images(x, dir, 0)?;
-        save_grid(x, grid_columns(n), &dir.join("grid.png"))?;
-    } else {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let rows = Vec::<Vec<f32>>::try_from(x.flatten(1, -1)).context("samples to rows")?;
-        let text: String = rows
-            .iter()
-            .map(|r| r.iter().map(f32::to_string).collect::<Vec<_>>().join(",") + "\n")
-            .collect();
-        let path = dir.join("samples.csv");
-        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-    }
     Ok(())
 }

@@ -1,0 +1,352 @@
+//! A whole sampling request, as `difflab sample` and `difflab eval` make it: where the model
+//! comes from, the settings, how many images from which seed, and the folder to write the
+//! images, the grid and `sample.json` to.
+
+use std::path::{Path, PathBuf};
+
+use difflab_data::images::{grid_columns, save_grid, save_images};
+use difflab_samplers::{SamplerConfig, SamplerKind, StepInfo};
+use difflab_schedulers::TimestepSpacing;
+use serde_json::json;
+use tch::Device;
+
+use crate::cascade::{
+    CascadeManifest, CliStageSettings, PlannedStage, StageSpec, StageWeights, run_cascade,
+};
+use crate::{
+    DiffusersModelSpec, EnsembleSpec, JobOptions, ModelInfo, NoiseMode, SamplingError, StageModel,
+    StageOutput, WeightsKind, load_diffusers_model, load_input_images,
+};
+
+/// Where the model of a [`SampleRequest`] comes from.
+#[derive(Clone, Debug)]
+pub enum SampleSource {
+    /// A run directory (its latest checkpoint) or a checkpoint directory.
+    Run {
+        /// The run or checkpoint directory.
+        path: PathBuf,
+        /// EMA or raw weights.
+        weights: WeightsKind,
+    },
+    /// A diffusers `UNet2DModel` folder and how it was trained.
+    Diffusers {
+        /// The folder.
+        dir: PathBuf,
+        /// Its schedule and prediction.
+        spec: DiffusersModelSpec,
+    },
+    /// A cascade manifest (`stages:`, optionally only `cascade`, e.g. `base+sr`) or an expert
+    /// ensemble manifest (`experts:`).
+    Manifest {
+        /// The manifest.
+        path: PathBuf,
+        /// The cascade stages to run.
+        cascade: Option<String>,
+    },
+}
+
+/// Everything a sampling run needs.
+#[derive(Clone, Debug)]
+pub struct SampleRequest {
+    /// The model.
+    pub source: SampleSource,
+    /// Per-stage settings from the command line (sampler overrides, guidance, class, labels,
+    /// SR noise level).
+    pub settings: CliStageSettings,
+    /// Input images of the first stage (a file or a folder).
+    pub cond_image: Option<PathBuf>,
+    /// Images.
+    pub num_images: usize,
+    /// Images per forward pass (default: all).
+    pub batch_size: Option<usize>,
+    /// The seed.
+    pub seed: u64,
+    /// How noise is drawn (default: per image, torch-global for diffusers models).
+    pub noise: Option<NoiseMode>,
+    /// Also write trajectory.png.
+    pub trajectory: bool,
+    /// Load each cascade stage only while it runs.
+    pub offload: bool,
+    /// The output folder.
+    pub out: PathBuf,
+    /// The command that made the request, for `sample.json`.
+    pub command: Vec<String>,
+}
+
+/// Progress: `(stage name, batch index, number of batches, the step just taken)`.
+pub type OnSampleStep<'a> = dyn FnMut(&str, usize, usize, &StepInfo<'_>) + 'a;
+
+/// What [`sample_to_folder`] did.
+#[derive(Clone, Debug)]
+pub struct SampleSummary {
+    /// Each stage's name and number of denoiser evaluations.
+    pub stages: Vec<(String, usize)>,
+    /// The `sample.json` written, whose content this returns too.
+    pub record: serde_json::Value,
+}
+
+/// The stages to run and how.
+struct Plan {
+    stages: Vec<PlannedStage>,
+    preloaded: Vec<StageWeights>,
+    offload: bool,
+    noise: NoiseMode,
+}
+
+/// Does this YAML file hold a cascade (`stages:`) or an ensemble (`experts:`)?
+fn manifest_kind(path: &Path) -> Result<&'static str, SamplingError> {
+    let text = std::fs::read_to_string(path).map_err(|error| SamplingError::Read {
+        path: path.to_path_buf(),
+        error,
+    })?;
+    let top: std::collections::BTreeMap<String, serde::de::IgnoredAny> =
+        serde_saphyr::from_str(&text).map_err(|e| SamplingError::Manifest {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+    match (top.contains_key("stages"), top.contains_key("experts")) {
+        (true, false) => Ok("cascade"),
+        (false, true) => Ok("ensemble"),
+        _ => Err(SamplingError::invalid(format!(
+            "{}: not a cascade manifest (top-level `stages:`) or an ensemble manifest (`experts:`)",
+            path.display()
+        ))),
+    }
+}
+
+fn plan(request: &SampleRequest, device: Device) -> Result<Plan, SamplingError> {
+    let noise = request.noise.unwrap_or_default();
+    let single = |stages: Vec<PlannedStage>| Plan {
+        preloaded: Vec::new(),
+        stages,
+        offload: request.offload,
+        noise,
+    };
+    match &request.source {
+        SampleSource::Diffusers { dir, spec } => {
+            spec.schedule.build()?;
+            let spec = DiffusersModelSpec {
+                sampler: SamplerConfig {
+                    spacing: TimestepSpacing::Leading,
+                    ..SamplerConfig::new(SamplerKind::Ddim)
+                },
+                ..spec.clone()
+            };
+            let model = load_diffusers_model(dir, spec, device)?;
+            let stage = PlannedStage::of("model", StageSpec::Single(model.info.clone()));
+            Ok(Plan {
+                stages: vec![stage],
+                preloaded: vec![StageWeights::Loaded(StageModel::Single(model))],
+                offload: false,
+                noise: request.noise.unwrap_or(NoiseMode::TorchGlobal),
+            })
+        }
+        SampleSource::Run { path, weights } => {
+            let info = ModelInfo::from_run(path, *weights)?;
+            Ok(single(vec![PlannedStage::of(
+                "model",
+                StageSpec::Single(info),
+            )]))
+        }
+        SampleSource::Manifest { path, cascade } => match manifest_kind(path)? {
+            "ensemble" => {
+                if cascade.is_some() {
+                    return Err(SamplingError::invalid(format!(
+                        "--cascade applies to cascade manifests; {} is an ensemble manifest",
+                        path.display()
+                    )));
+                }
+                let spec = StageSpec::Ensemble(EnsembleSpec::open(path)?);
+                Ok(single(vec![PlannedStage::of("ensemble", spec)]))
+            }
+            _ => {
+                let manifest = CascadeManifest::open(path)?;
+                let stages = manifest.plan(path, cascade.as_deref())?;
+                Ok(Plan {
+                    stages,
+                    preloaded: Vec::new(),
+                    offload: request.offload || manifest.offload,
+                    noise,
+                })
+            }
+        },
+    }
+}
+
+/// The input images of the first stage, read at the size it wants them.
+fn input_images(
+    request: &SampleRequest,
+    first: &ModelInfo,
+) -> Result<Option<tch::Tensor>, SamplingError> {
+    let Some(path) = &request.cond_image else {
+        return Ok(None);
+    };
+    let shape = match &first.lowres {
+        Some(low) => low.shape.clone(),
+        None if first.conditioning.cond_channels > 0 => vec![
+            first.conditioning.cond_channels,
+            first.shape[1],
+            first.shape[2],
+        ],
+        None if first.shape.len() == 3 => first.shape.clone(),
+        None => {
+            return Err(SamplingError::invalid(format!(
+                "--cond-image: {} does not take images",
+                first.label
+            )));
+        }
+    };
+    Ok(Some(load_input_images(path, shape[2], shape[0])?))
+}
+
+/// Run `request` on `device`: every stage's images into the output folder (the last stage's
+/// as `000000.png`, …, `grid.png` or `samples.csv`; earlier cascade stages under
+/// `stages/<name>/`), `trajectory.png` when asked, and `sample.json` recording the model, its
+/// weights' hash, every setting and the timesteps.
+pub fn sample_to_folder(
+    request: &SampleRequest,
+    device: Device,
+    on_step: &mut OnSampleStep<'_>,
+) -> Result<SampleSummary, SamplingError> {
+    if request.num_images == 0 {
+        return Err(SamplingError::invalid("-n/--num-images must be at least 1"));
+    }
+    let batch = request.batch_size.unwrap_or(request.num_images);
+    if batch == 0 {
+        return Err(SamplingError::invalid("--batch-size must be at least 1"));
+    }
+    let Plan {
+        stages,
+        preloaded,
+        offload,
+        noise,
+    } = plan(request, device)?;
+    let settings = &request.settings;
+    if settings.noise_level.is_some() && stages.iter().all(|s| s.spec.info().lowres.is_none()) {
+        return Err(SamplingError::invalid(
+            "--noise-level applies to super-resolution stages, and none is being sampled",
+        ));
+    }
+    let input = input_images(request, stages[0].spec.info())?;
+    let options = JobOptions {
+        num_images: request.num_images,
+        batch_size: batch,
+        seed: request.seed,
+        noise,
+        trajectory: request.trajectory,
+    };
+    let last = stages.len() - 1;
+    let names: Vec<String> = stages.iter().map(|s| s.name.clone()).collect();
+    let out = &request.out;
+    let outputs = run_cascade(
+        &stages,
+        preloaded,
+        settings,
+        input,
+        &options,
+        offload,
+        device,
+        &mut |stage, b, n, step| on_step(stage, b, n, step),
+        &mut |i, output| {
+            let dir = match i == last {
+                true => out.clone(),
+                false => out.join("stages").join(&names[i]),
+            };
+            save_output(output, &dir, request.num_images)
+        },
+    )?;
+    let record = json!({
+        "difflab_version": env!("CARGO_PKG_VERSION"),
+        "command": request.command,
+        "seed": request.seed,
+        "noise": noise,
+        "noise_scheme": match noise {
+            NoiseMode::PerImage => "image i: ChaCha8 stream seeded with splitmix(seed, i); draws in order: SR augmentation noise, x_T, one per stochastic step",
+            NoiseMode::TorchGlobal => "torch.manual_seed(seed); randn([n, ...]) for x_T on the CPU generator, then each batch's draws in order",
+        },
+        "num_images": request.num_images,
+        "batch_size": batch,
+        "device": format!("{device:?}"),
+        "offload": offload,
+        "stages": stages.iter().zip(&outputs).map(|(s, o)| {
+            let mut r = o.record.clone();
+            r["name"] = json!(s.name);
+            r["output_shape"] = json!(o.samples.size()[1..]);
+            r
+        }).collect::<Vec<_>>(),
+    });
+    let path = out.join("sample.json");
+    let tmp = path.with_extension("json.tmp");
+    let text = serde_json::to_string_pretty(&record).expect("records serialise") + "\n";
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|error| SamplingError::invalid(format!("writing {}: {error}", path.display())))?;
+    if let Some(t) = &outputs[last].trajectory {
+        t.save(&out.join("trajectory.png"))?;
+    }
+    Ok(SampleSummary {
+        stages: stages
+            .iter()
+            .zip(&outputs)
+            .map(|(s, o)| (s.name.clone(), o.timesteps.len()))
+            .collect(),
+        record,
+    })
+}
+
+/// Images as PNGs and a grid; vectors (the 2-D toy) as `samples.csv`.
+fn save_output(output: &StageOutput, dir: &Path, n: usize) -> Result<(), SamplingError> {
+    let x = &output.samples;
+    if x.dim() == 4 {
+        save_images(x, dir, 0)?;
+        save_grid(x, grid_columns(n), &dir.join("grid.png"))?;
+        return Ok(());
+    }
+    let io = |error: std::io::Error| SamplingError::invalid(format!("{}: {error}", dir.display()));
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let rows = Vec::<Vec<f32>>::try_from(x.flatten(1, -1))
+        .map_err(|e| SamplingError::invalid(format!("samples to rows: {e}")))?;
+    let text: String = rows
+        .iter()
+        .map(|r| r.iter().map(f32::to_string).collect::<Vec<_>>().join(",") + "\n")
+        .collect();
+    std::fs::write(dir.join("samples.csv"), text).map_err(io)
+}
+
+/// The folder of class `k`'s samples in an evaluation's sample folder.
+pub fn class_dir(root: &Path, k: i64) -> PathBuf {
+    root.join(format!("class-{k:02}"))
+}
+
+/// Draw the samples an evaluation measures: `request` as it is (its `num_images` into
+/// `request.out`), or, for a class-conditional model and `classes`, `num_images / K` images of
+/// each class `k` (seed `request.seed + k`) into `class-KK/` under `request.out`. Returns the
+/// `sample.json` record of each run.
+pub fn sample_classes(
+    request: &SampleRequest,
+    classes: Option<&[i64]>,
+    device: Device,
+    on_step: &mut OnSampleStep<'_>,
+) -> Result<Vec<serde_json::Value>, SamplingError> {
+    let Some(list) = classes else {
+        return Ok(vec![sample_to_folder(request, device, on_step)?.record]);
+    };
+    let per = request.num_images / list.len().max(1);
+    if per == 0 {
+        return Err(SamplingError::invalid(format!(
+            "{} samples cannot be split over {} classes: ask for at least one per class",
+            request.num_images,
+            list.len()
+        )));
+    }
+    list.iter()
+        .map(|&k| {
+            let mut one = request.clone();
+            one.num_images = per;
+            one.seed = request.seed + k as u64;
+            one.settings.class = Some(k);
+            one.out = class_dir(&request.out, k);
+            Ok(sample_to_folder(&one, device, on_step)?.record)
+        })
+        .collect()
+}
