@@ -378,6 +378,20 @@ fn dry_run_slurm_point_and_collect() {
         "{script}"
     );
     assert!(!out.join("runs").exists(), "--emit runs nothing");
+    assert!(
+        out.join("slurm").is_dir(),
+        "the log folder Slurm writes to exists at emit time"
+    );
+    // A control character in a path is refused by name; nothing is written.
+    let odd = dir.join("odd\nout");
+    let refused = sweep(&[f, "--out", odd.to_str().unwrap(), "--emit", "slurm"], &[]);
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    assert!(
+        text(&refused).contains("output folder") && text(&refused).contains("control character"),
+        "{}",
+        text(&refused)
+    );
+    assert!(!odd.exists(), "nothing written");
 
     let one = sweep(&[f, "--out", o, "--point", "1"], &[]);
     assert!(one.status.success(), "{}", text(&one));

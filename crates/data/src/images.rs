@@ -66,9 +66,7 @@ pub fn write_png_atomic(image: &DynamicImage, path: &Path) -> Result<(), ImageIo
             image::ImageFormat::Png,
         )
         .map_err(|e| err(std::io::Error::other(e)))?;
-    let tmp = path.with_extension("png.tmp");
-    std::fs::write(&tmp, &bytes).map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)
+    difflab_files::write_atomic(path, &bytes).map_err(err)
 }
 
 /// Save each image of a `[B, C, H, W]` batch in [−1, 1] as `dir/{index:06}.png`, numbering from
@@ -166,7 +164,11 @@ mod tests {
         save_grid(&x, 3, &grid).unwrap();
         let g = image::open(&grid).unwrap();
         assert_eq!((g.width(), g.height()), (2 + 3 * 8, 2 + 2 * 6));
-        assert!(!dir.join("grid.png.tmp").exists());
+        assert!(
+            std::fs::read_dir(&dir)
+                .unwrap()
+                .all(|e| !difflab_files::is_temp_name(&e.unwrap().file_name().to_string_lossy()))
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

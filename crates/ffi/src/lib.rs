@@ -111,3 +111,18 @@ mod tests {
         assert_eq!(a.matmul(&b).kind(), Kind::Float);
     }
 }
+
+unsafe extern "C" {
+    fn _exit(status: c_int) -> !;
+}
+
+/// End the process at once with `code` (POSIX `_exit`): no destructors, no `atexit` handlers,
+/// no flushing of libtorch's or the allocator's static state while other threads still use it
+/// (what `std::process::exit` from a signal-handler thread would do, and why a second Ctrl-C
+/// could crash). Files are left as they are: checkpoints are written atomically, so an
+/// unfinished one is only a temporary folder that the next start removes.
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: `_exit` takes a plain int, never returns and touches no Rust state; ending the
+    // process without running destructors is the point.
+    unsafe { _exit(code) }
+}

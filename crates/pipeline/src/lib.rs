@@ -8,6 +8,7 @@ pub mod allocator;
 pub mod checkpoint;
 pub mod config;
 mod device;
+pub use difflab_files as files;
 mod network;
 
 pub use config::{ConfigError, ExperimentConfig, ModelConfig, Override, load_config};

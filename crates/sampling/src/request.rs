@@ -276,10 +276,8 @@ pub fn sample_to_folder(
         }).collect::<Vec<_>>(),
     });
     let path = out.join("sample.json");
-    let tmp = path.with_extension("json.tmp");
     let text = serde_json::to_string_pretty(&record).expect("records serialise") + "\n";
-    std::fs::write(&tmp, text)
-        .and_then(|()| std::fs::rename(&tmp, &path))
+    difflab_pipeline::files::write_atomic(&path, text.as_bytes())
         .map_err(|error| SamplingError::invalid(format!("writing {}: {error}", path.display())))?;
     if let Some(t) = &outputs[last].trajectory {
         t.save(&out.join("trajectory.png"))?;

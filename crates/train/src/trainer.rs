@@ -12,8 +12,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use difflab_data::{DataCursor, DataError, DataLoader, Dataset, open_dataset};
 use difflab_models::{ModelError, UNetConfig};
-use difflab_pipeline::checkpoint::{CheckpointContents, CheckpointError, read_state};
-use difflab_pipeline::config::to_yaml;
+use difflab_pipeline::checkpoint::{CheckpointContents, CheckpointError, RunLock, read_state};
+use difflab_pipeline::config::{resume_differences, to_yaml};
+use difflab_pipeline::files;
 use difflab_pipeline::{ExperimentConfig, ModelConfig};
 use difflab_samplers::SampleError;
 use difflab_sampling::SamplingError;
@@ -52,6 +53,16 @@ pub enum TrainError {
     /// Reading or writing a checkpoint failed.
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    /// `--resume` with a config that would make the resumed run a different experiment.
+    #[error(
+        "checkpoint {path} was written with a different config; a resumed run must be the same experiment, but {differences}. Resume with the run's own config (difflab train --out RUN --resume, without --config), or start a new run with --out"
+    )]
+    ResumeMismatch {
+        /// The checkpoint.
+        path: PathBuf,
+        /// Each differing key, `key: old → new`, joined.
+        differences: String,
+    },
     /// The checkpoint was written by a run with a different model config.
     #[error(
         "checkpoint {path} was written for a different model config (fingerprint {found}, this config {expected}); use the run's own config.yaml"
@@ -327,6 +338,8 @@ struct Run<'a> {
     events: Option<EventWriter>,
     progress: TrainProgress,
     fingerprint: String,
+    /// This process's hold on the run folder (see [`RunDir::lock`]), released on drop.
+    _lock: RunLock,
     last_loss: f64,
     skipped: u64,
     last_checkpoint: Option<PathBuf>,
@@ -348,9 +361,16 @@ impl<'a> Run<'a> {
                 "--resume and --overwrite exclude each other".into(),
             ));
         }
+        // One writer per run folder: a second `difflab train` on it fails here, naming us.
+        let lock = dir.lock()?;
         if dir.is_used() && !options.resume && !options.overwrite {
             return Err(TrainError::RunExists(dir.root.clone()));
         }
+        // What killed processes left (temporary files and folders) goes before anything reads.
+        let mut leftovers = dir.checkpoints().remove_leftovers()?;
+        leftovers.extend(
+            files::remove_leftovers_of(&dir.root, &["config.yaml"]).map_err(io_err(&dir.root))?,
+        );
         let resume_from = match options.resume {
             true => Some(
                 dir.checkpoints()
@@ -374,6 +394,7 @@ impl<'a> Run<'a> {
         let mut run = Self {
             config,
             fingerprint: model_fingerprint(&config.model),
+            _lock: lock,
             progress: TrainProgress::new(training.steps, 0, config.logging.log_every),
             dir,
             device: options.device,
@@ -402,6 +423,18 @@ impl<'a> Run<'a> {
         }
         run.prepare_directory(options, step)?;
         run.progress = TrainProgress::new(training.steps, step, config.logging.log_every);
+        if !leftovers.is_empty() {
+            let names: Vec<String> = leftovers
+                .iter()
+                .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .collect();
+            run.progress.message(&format!(
+                "note: removed {} temporary file(s) a killed run left in {}: {}",
+                leftovers.len(),
+                run.dir.root.display(),
+                names.join(", ")
+            ));
+        }
         let bf16 = training.precision.uses_bf16(run.device);
         run.progress.message(&format!(
             "training {} ({} parameters) on {} — {start} on {:?}{}",
@@ -414,9 +447,33 @@ impl<'a> Run<'a> {
         Ok((run, step))
     }
 
-    /// Continue from `checkpoint`: weights, EMA, optimizer and data position. Returns its step.
+    /// Continue from `checkpoint`: weights, EMA, optimizer, data position and last loss, after
+    /// checking that the config is the checkpoint's in everything but what
+    /// [`difflab_pipeline::config::RESUMABLE_KEYS`] lists. Returns its step.
     fn resume(&mut self, checkpoint: &Path) -> Result<u64, TrainError> {
         let state = read_state(checkpoint)?;
+        let step = state["step"].as_u64().unwrap_or(0);
+        if let Some(recorded) = state.get("config") {
+            let differences = resume_differences(recorded, self.config);
+            if !differences.is_empty() {
+                let named: Vec<String> = differences
+                    .iter()
+                    .map(|(key, old, new)| format!("{key}: {old} → {new}"))
+                    .collect();
+                return Err(TrainError::ResumeMismatch {
+                    path: checkpoint.to_path_buf(),
+                    differences: named.join(", "),
+                });
+            }
+        }
+        if self.config.training.steps < step {
+            return Err(TrainError::Config(format!(
+                "training.steps = {} is below the step the run has reached ({step}, checkpoint {}); a resumed run can only go on: set training.steps to {step} or more",
+                self.config.training.steps,
+                checkpoint.display()
+            )));
+        }
+        // Checkpoints written before the whole config was recorded: the model section at least.
         let found = state["model_fingerprint"]
             .as_str()
             .unwrap_or("")
@@ -437,11 +494,13 @@ impl<'a> Run<'a> {
                 }
             })?;
         self.loader.seek(cursor);
-        Ok(state["step"].as_u64().unwrap_or(0))
+        self.last_loss = state["loss"].as_f64().unwrap_or(f64::NAN);
+        Ok(step)
     }
 
-    /// The run directory (never clobbered without `--overwrite`), its `config.yaml`, and the
-    /// TensorBoard writer.
+    /// The run directory (never clobbered without `--overwrite`), its `config.yaml` (what
+    /// actually runs: rewritten on resume, restored if it was deleted), and the TensorBoard
+    /// writer.
     fn prepare_directory(&mut self, options: &TrainOptions, step: u64) -> Result<(), TrainError> {
         let root = &self.dir.root;
         if options.overwrite && root.join("checkpoints").exists() {
@@ -449,13 +508,8 @@ impl<'a> Run<'a> {
         }
         std::fs::create_dir_all(self.dir.samples()).map_err(io_err(&self.dir.samples()))?;
         let yaml = to_yaml(self.config);
-        if !options.resume {
-            let path = self.dir.config();
-            let tmp = path.with_extension("yaml.tmp");
-            std::fs::write(&tmp, &yaml)
-                .and_then(|()| std::fs::rename(&tmp, &path))
-                .map_err(io_err(&path))?;
-        }
+        let path = self.dir.config();
+        files::write_atomic(&path, yaml.as_bytes()).map_err(io_err(&path))?;
         if self.config.logging.tensorboard {
             let mut events = EventWriter::new(self.dir.tensorboard())?;
             events.add_text("config", &format!("```yaml\n{yaml}\n```"), step as i64)?;
@@ -511,6 +565,7 @@ impl<'a> Run<'a> {
             "data_cursor": self.loader.cursor(),
             "seed": self.config.seed,
             "model_fingerprint": self.fingerprint,
+            "config": self.config,
             "loss": if loss.is_finite() { json!(loss) } else { json!(null) },
             "difflab_version": env!("CARGO_PKG_VERSION"),
             "rng": "stateless: step s draws from manual_seed(mix(seed, s, micro)); data order from (seed, epoch)",

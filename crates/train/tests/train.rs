@@ -217,35 +217,142 @@ fn an_existing_run_is_never_overwritten_silently() {
     std::fs::remove_dir_all(run).unwrap();
 }
 
+fn resume(run: &Path) -> TrainOptions {
+    TrainOptions {
+        resume: true,
+        ..options(run)
+    }
+}
+
+/// `--resume` continues the same experiment: only steps, cadence, logging, device and workers
+/// may change; anything else is refused naming each key with its old and new value.
 #[test]
-fn a_checkpoint_from_another_model_config_is_refused() {
+fn a_resumed_run_is_the_same_experiment() {
     let run = temp_run("mismatch");
-    go(&config(TINY, &["training.steps=2"]), &options(&run)).unwrap();
+    let first = go(&config(TINY, &["training.steps=2"]), &options(&run)).unwrap();
+    for (sets, named) in [
+        (
+            vec!["model.block_out_channels=[8, 8]"],
+            vec!["model.block_out_channels: [8,16] → [8,8]"],
+        ),
+        (
+            vec![
+                "objective=v",
+                "training.optimizer.lr=0.01",
+                "schedule.kind=cosine",
+            ],
+            vec![
+                "objective: \"eps\" → \"v\"",
+                "training.optimizer.lr: 0.001 → 0.01",
+                "schedule.kind: \"linear\" → \"cosine\"",
+            ],
+        ),
+        (
+            vec!["data.shapes.num_images=32"],
+            vec!["data.shapes.num_images: 64 → 32"],
+        ),
+        (vec!["seed=8"], vec!["seed: 7 → 8"]),
+    ] {
+        let mut all = vec!["training.steps=4"];
+        all.extend(&sets);
+        let err = go(&config(TINY, &all), &resume(&run)).unwrap_err();
+        assert!(matches!(err, TrainError::ResumeMismatch { .. }), "{err}");
+        for key in named {
+            assert!(err.to_string().contains(key), "{sets:?}: {err}");
+        }
+        assert!(!err.to_string().contains("training.steps"), "{err}");
+    }
+    // Below the step reached: refused, naming both.
+    let err = go(&config(TINY, &["training.steps=1"]), &resume(&run)).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("training.steps = 1 is below the step the run has reached (2"),
+        "{err}"
+    );
+
+    // Resuming the finished run reports the loss it stopped at.
+    let again = go(&config(TINY, &["training.steps=2"]), &resume(&run)).unwrap();
+    assert_eq!((again.step, again.last_loss), (2, first.last_loss));
+
+    // What may change does, and config.yaml says what actually ran.
+    let more = config(
+        TINY,
+        &[
+            "training.steps=4",
+            "logging.log_every=2",
+            "training.checkpoint_every=1",
+            "device=cpu",
+        ],
+    );
+    assert_eq!(go(&more, &resume(&run)).unwrap().step, 4);
+    let written = std::fs::read_to_string(run.join("config.yaml")).unwrap();
+    let reread = parse_config(&written, Path::new("config.yaml"), &[]).unwrap();
+    assert_eq!(
+        reread, more,
+        "config.yaml is the config that ran:\n{written}"
+    );
+
+    // A checkpoint written before the whole config was recorded falls back to the model
+    // fingerprint.
+    let latest = run.join("checkpoints/step-4/state.json");
+    let mut state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&latest).unwrap()).unwrap();
+    state.as_object_mut().unwrap().remove("config");
+    std::fs::write(&latest, state.to_string()).unwrap();
     let other = config(
         TINY,
-        &["training.steps=4", "model.block_out_channels=[8, 8]"],
+        &["training.steps=5", "model.block_out_channels=[8, 8]"],
     );
-    let err = go(
-        &other,
-        &TrainOptions {
-            resume: true,
-            ..options(&run)
-        },
-    )
-    .unwrap_err();
+    let err = go(&other, &resume(&run)).unwrap_err();
     assert!(matches!(err, TrainError::ConfigMismatch { .. }), "{err}");
-    assert!(err.to_string().contains("different model config"), "{err}");
+
+    // A state.json moved into another step's folder is named, not resumed from.
+    let moved = run.join("checkpoints/step-9");
+    std::fs::rename(run.join("checkpoints/step-4"), &moved).unwrap();
+    std::fs::write(run.join("checkpoints/latest"), "step-9\n").unwrap();
+    let err = go(&config(TINY, &["training.steps=10"]), &resume(&run)).unwrap_err();
+    assert!(
+        err.to_string().contains("says step 4") && err.to_string().contains("step-9"),
+        "{err}"
+    );
+
     // --resume with nothing to resume is an error too.
     let empty = temp_run("nothing");
-    let err = go(
-        &config(TINY, &[]),
-        &TrainOptions {
-            resume: true,
-            ..options(&empty)
-        },
-    )
-    .unwrap_err();
+    let err = go(&config(TINY, &[]), &resume(&empty)).unwrap_err();
     assert!(err.to_string().contains("checkpoint"), "{err}");
+    for dir in [run, empty] {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// One writer per run folder: while one process holds it, training there fails at once
+/// naming the holder; what killed runs left is removed on the next start.
+#[test]
+fn a_run_folder_has_one_writer_and_leftovers_are_removed() {
+    let run = temp_run("lock");
+    let c = config(TINY, &["training.steps=2"]);
+    go(&c, &options(&run)).unwrap();
+    let held = difflab_train::RunDir::new(&run).lock().unwrap();
+    let err = go(&c, &resume(&run)).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("in use by process") && text.contains(&std::process::id().to_string()),
+        "{text}"
+    );
+    drop(held);
+
+    // Leftovers of a killed run: a half-written checkpoint folder and a config.yaml temporary.
+    let half = run.join("checkpoints/step-3.tmp-4242-00ff00ff00ff00ff");
+    std::fs::create_dir_all(&half).unwrap();
+    std::fs::write(half.join("model.safetensors"), b"half").unwrap();
+    let tmp_yaml = run.join("config.yaml.tmp-4242-1234");
+    std::fs::write(&tmp_yaml, b"half").unwrap();
+    // Not difflab's: kept.
+    let theirs = run.join("notes.tmp-keep");
+    std::fs::write(&theirs, b"mine").unwrap();
+    go(&config(TINY, &["training.steps=3"]), &resume(&run)).unwrap();
+    assert!(!half.exists() && !tmp_yaml.exists());
+    assert!(theirs.exists());
     std::fs::remove_dir_all(run).unwrap();
 }
 

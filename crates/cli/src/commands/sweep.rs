@@ -455,14 +455,26 @@ pub fn run(args: &SweepArgs, globals: &Globals) -> Result<()> {
         return Ok(());
     }
 
+    // The script is checked before anything is written.
+    let script = match args.emit {
+        Some(Emit::Slurm) => {
+            let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+            let cwd = std::env::current_dir().context("reading the working directory")?;
+            Some(
+                slurm_script(&plan, &abs(&exe), &abs(&args.file), &abs(&out), &cwd)
+                    .map_err(|e| anyhow::anyhow!("--emit slurm: {e}"))?,
+            )
+        }
+        None => None,
+    };
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let plan_json = serde_json::to_string_pretty(&plan.to_json()).expect("plans serialise");
     write_atomic(&out.join("sweep.json"), &plan_json)?;
 
-    if let Some(Emit::Slurm) = args.emit {
-        let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
-        let cwd = std::env::current_dir().context("reading the working directory")?;
-        let script = slurm_script(&plan, &abs(&exe), &abs(&args.file), &abs(&out), &cwd);
+    if let Some(script) = script {
+        // Slurm opens the task logs before the script runs: their folder must exist now.
+        let logs = out.join("slurm");
+        std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
         let path = out.join("sweep.slurm");
         write_atomic(&path, &script)?;
         println!("{}", path.display());
@@ -480,7 +492,8 @@ pub fn run(args: &SweepArgs, globals: &Globals) -> Result<()> {
         // Children get the same Ctrl-C and checkpoint themselves; the sweep starts no more.
         let _ = ctrlc::set_handler(move || {
             if flag.swap(true, Ordering::SeqCst) {
-                std::process::exit(130);
+                eprintln!("\nsecond interrupt: stopped; running points were told to checkpoint");
+                difflab_ffi::exit_now(130);
             }
             eprintln!("\ninterrupt: letting running points checkpoint; no new points start");
         });

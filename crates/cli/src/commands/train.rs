@@ -6,8 +6,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use difflab_pipeline::config::load_config;
-use difflab_pipeline::{DeviceSpec, Override};
+use difflab_pipeline::checkpoint::{RunDir, read_state, resolve_checkpoint};
+use difflab_pipeline::config::{load_config, parse_config, to_yaml};
+use difflab_pipeline::{DeviceSpec, ExperimentConfig, Override};
 use difflab_train::{CheckpointEvaluator, TrainOptions, train_with_evaluator};
 
 use super::config::parse_override;
@@ -15,9 +16,10 @@ use super::config::parse_override;
 /// Arguments of `difflab train`.
 #[derive(Args, Debug)]
 pub struct TrainArgs {
-    /// The experiment config (YAML).
-    #[arg(long)]
-    config: PathBuf,
+    /// The experiment config (YAML). With `--resume` it may be left out: the run's own
+    /// `config.yaml` is used (or, if that was deleted, the config its latest checkpoint recorded).
+    #[arg(long, required_unless_present = "resume")]
+    config: Option<PathBuf>,
     /// Override config keys: `--set training.steps=20 --set schedule.kind=cosine`. Repeatable.
     #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_override)]
     overrides: Vec<Override>,
@@ -38,7 +40,10 @@ pub struct TrainArgs {
 
 /// Run the command.
 pub fn run(args: &TrainArgs, device: Option<DeviceSpec>) -> Result<()> {
-    let config = load_config(&args.config, &args.overrides)?;
+    let (config, source) = match &args.config {
+        Some(path) => (load_config(path, &args.overrides)?, path.clone()),
+        None => run_config(args.out.as_deref(), &args.overrides)?,
+    };
     let run_dir = args
         .out
         .clone()
@@ -49,8 +54,11 @@ pub fn run(args: &TrainArgs, device: Option<DeviceSpec>) -> Result<()> {
     let flag = stop.clone();
     ctrlc::set_handler(move || {
         if flag.swap(true, Ordering::SeqCst) {
-            eprintln!("\nsecond interrupt: exiting without a checkpoint");
-            std::process::exit(130);
+            // Not std::process::exit: its destructors would run under libtorch's running
+            // threads. The last complete checkpoint stays; the unfinished one is a temporary
+            // folder the next start removes.
+            eprintln!("\nsecond interrupt: stopped without writing a checkpoint");
+            difflab_ffi::exit_now(130);
         }
         eprintln!(
             "\ninterrupt: finishing this step and writing a checkpoint (Ctrl-C again to abort)"
@@ -75,13 +83,12 @@ pub fn run(args: &TrainArgs, device: Option<DeviceSpec>) -> Result<()> {
         &stop,
         (config.logging.eval_every > 0).then_some(&mut evaluate as &mut CheckpointEvaluator<'_>),
     )
-    .with_context(|| format!("training {}", args.config.display()))?;
+    .with_context(|| format!("training {}", source.display()))?;
     if outcome.interrupted {
         eprintln!(
-            "stopped at step {} — checkpoint {}\nresume with: difflab train --config {} --out {} --resume",
+            "stopped at step {} — checkpoint {}\nresume with: difflab train --out {} --resume",
             outcome.step,
             outcome.checkpoint.display(),
-            run_dir.join("config.yaml").display(),
             run_dir.display()
         );
     } else {
@@ -103,6 +110,41 @@ pub fn run(args: &TrainArgs, device: Option<DeviceSpec>) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The config of the run in `out` for `--resume` without `--config`: its `config.yaml`, or the
+/// config its latest checkpoint recorded when `config.yaml` is gone (training then writes it
+/// back). `overrides` apply on top.
+fn run_config(out: Option<&Path>, overrides: &[Override]) -> Result<(ExperimentConfig, PathBuf)> {
+    let out = out.context("--resume without --config needs --out RUN: the run to continue")?;
+    let yaml = RunDir::new(out).config();
+    if yaml.exists() {
+        return Ok((load_config(&yaml, overrides)?, yaml));
+    }
+    let checkpoint = resolve_checkpoint(out).with_context(|| {
+        format!(
+            "{} has no config.yaml; looking for a checkpoint",
+            out.display()
+        )
+    })?;
+    let state = read_state(&checkpoint)?;
+    let path = checkpoint.join("state.json");
+    let recorded = state.get("config").cloned().with_context(|| {
+        format!(
+            "{} has no config.yaml and {} records no config (written by an older difflab): pass --config",
+            out.display(),
+            path.display()
+        )
+    })?;
+    let config: ExperimentConfig = serde_json::from_value(recorded)
+        .with_context(|| format!("{}: the recorded \"config\"", path.display()))?;
+    let config = parse_config(&to_yaml(&config), &path, overrides)?;
+    eprintln!(
+        "note: {} was missing; using the config recorded in {} (it is written back)",
+        yaml.display(),
+        path.display()
+    );
+    Ok((config, path))
 }
 
 /// `logging.eval_every`: run `difflab eval` on `checkpoint` (the run's sampler,

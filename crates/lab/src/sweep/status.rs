@@ -123,14 +123,7 @@ pub fn write_atomic(path: &Path, text: &str) -> Result<(), SweepError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(io)?;
     }
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    std::fs::write(&tmp, text)
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(io)
+    difflab_pipeline::files::write_atomic(path, text.as_bytes()).map_err(io)
 }
 
 #[cfg(test)]

@@ -323,7 +323,8 @@ impl DiffusersUNetConfig {
 /// training resolution) and `diffusion_pytorch_model.safetensors` (every parameter as
 /// contiguous little-endian f32 under its diffusers name).
 ///
-/// The folder is built as `<out_dir>.tmp-<pid>` and renamed into place, so `out_dir` is
+/// The folder is built under a fresh temporary name (`<out_dir>.tmp-<pid>-<random>`, created
+/// exclusively) and renamed into place, so `out_dir` is
 /// either absent or complete. Fails if `out_dir` exists and is not an empty folder, if the
 /// config is not expressible in diffusers terms ([`ModelError::NotExportable`] naming the key
 /// and value), or if `vs` does not hold exactly the parameters of that diffusers model
@@ -357,11 +358,8 @@ pub fn export_diffusers_unet(
     if let Some(parent) = out_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
         fs::create_dir_all(parent).map_err(write_err(parent))?;
     }
-    let tmp = out_dir.with_file_name(format!("{name}.tmp-{}", std::process::id()));
-    if tmp.exists() {
-        fs::remove_dir_all(&tmp).map_err(write_err(&tmp))?;
-    }
-    fs::create_dir(&tmp).map_err(write_err(&tmp))?;
+    let tmp = difflab_files::create_temp_dir(&out_dir.with_file_name(&name))
+        .map_err(write_err(out_dir))?;
     // An existing `out_dir` is an empty folder (checked above), which the rename replaces.
     let result = write_folder(&tmp, &config, &variables)
         .and_then(|()| fs::rename(&tmp, out_dir).map_err(write_err(out_dir)));

@@ -12,6 +12,7 @@ use super::safetensors::write_safetensors;
 use super::{
     CheckpointError, EMA_FILE, KEEP_FILE, LATEST_FILE, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE,
 };
+use difflab_files as files;
 
 /// What one checkpoint holds.
 pub struct CheckpointContents<'a> {
@@ -121,7 +122,8 @@ impl CheckpointDir {
     ///
     /// 1. Every tensor is checked first: NaN/inf anywhere → [`CheckpointError::NonFinite`]
     ///    naming it, and nothing is written.
-    /// 2. The files are written and fsynced into `step-<N>.tmp-<pid>`, which is then renamed
+    /// 2. The files are written and fsynced into a fresh `step-<N>.tmp-<pid>-<random>` (created
+    ///    exclusively: never through a planted symlink), which is then renamed
     ///    to `step-<N>` (replacing an existing `step-<N>`, e.g. after a resume) — so a step
     ///    directory only ever exists complete.
     /// 3. `latest` is replaced atomically (written to a temporary file, then renamed).
@@ -150,10 +152,8 @@ impl CheckpointDir {
         let root = &self.root;
         std::fs::create_dir_all(root).map_err(io_err(root))?;
         let name = step_name(c.step);
-        let pid = std::process::id();
-        let tmp = root.join(format!("{name}.tmp-{pid}"));
-        remove_any(&tmp)?;
-        std::fs::create_dir(&tmp).map_err(io_err(&tmp))?;
+        let target = root.join(&name);
+        let tmp = files::create_temp_dir(&target).map_err(io_err(&target))?;
         let written = (|| {
             write_safetensors(&tmp.join(MODEL_FILE), &model)?;
             if let Some(ema) = &ema {
@@ -168,11 +168,9 @@ impl CheckpointDir {
             return Err(e);
         }
 
-        let target = root.join(&name);
-        let replaced = root.join(format!("{name}.tmp-{pid}-replaced"));
+        let replaced = files::temp_path(&target);
         let moved = (|| {
             if target.exists() {
-                remove_any(&replaced)?;
                 std::fs::rename(&target, &replaced).map_err(io_err(&target))?;
             }
             std::fs::rename(&tmp, &target).map_err(io_err(&target))?;
@@ -187,10 +185,8 @@ impl CheckpointDir {
         }
         let _ = remove_any(&replaced);
 
-        let latest_tmp = root.join(format!("{LATEST_FILE}.tmp-{pid}"));
         let latest = root.join(LATEST_FILE);
-        write_file(&latest_tmp, format!("{name}\n").as_bytes())?;
-        std::fs::rename(&latest_tmp, &latest).map_err(io_err(&latest))?;
+        files::write_atomic(&latest, format!("{name}\n").as_bytes()).map_err(io_err(&latest))?;
         sync_dir(root)?;
 
         self.prune(keep_last, c.step)?;
@@ -233,7 +229,7 @@ impl CheckpointDir {
     }
 
     /// Delete the step directories beyond the newest `keep_last` (see [`CheckpointDir::write`]).
-    /// Each is first renamed to `step-<N>.tmp-<pid>-deleting` so that a crash mid-delete never
+    /// Each is first renamed to a temporary name (`step-<N>.tmp-…`) so that a crash mid-delete never
     /// leaves a partial directory that looks complete.
     fn prune(&self, keep_last: usize, written: u64) -> Result<(), CheckpointError> {
         if keep_last == 0 {
@@ -245,15 +241,11 @@ impl CheckpointDir {
             .filter(|(_, dir)| !dir.join(KEEP_FILE).exists())
             .collect();
         prunable.sort_by_key(|(step, _)| std::cmp::Reverse(*step));
-        let pid = std::process::id();
         for (step, dir) in prunable.into_iter().skip(keep_last) {
             if step == written {
                 continue;
             }
-            let doomed = self
-                .root
-                .join(format!("{}.tmp-{pid}-deleting", step_name(step)));
-            remove_any(&doomed)?;
+            let doomed = files::temp_path(&dir);
             std::fs::rename(&dir, &doomed).map_err(io_err(&dir))?;
             std::fs::remove_dir_all(&doomed).map_err(io_err(&doomed))?;
         }
@@ -288,6 +280,12 @@ impl CheckpointDir {
             });
         }
         Ok(Some(dir))
+    }
+
+    /// Remove what killed runs left here (temporary `*.tmp-*` folders and files, see
+    /// [`crate::files::remove_leftovers`]); returns them.
+    pub fn remove_leftovers(&self) -> Result<Vec<PathBuf>, CheckpointError> {
+        files::remove_leftovers(&self.root).map_err(io_err(&self.root))
     }
 
     /// The complete checkpoints, `(step, directory)` sorted by step; temporary directories

@@ -21,7 +21,7 @@ pub mod safetensors;
 use std::path::{Path, PathBuf};
 
 pub use dir::{CheckpointContents, CheckpointDir};
-pub use run_dir::{RunDir, resolve_checkpoint};
+pub use run_dir::{RunDir, RunLock, resolve_checkpoint};
 
 /// File of the model weights inside a step directory.
 pub const MODEL_FILE: &str = "model.safetensors";
@@ -80,6 +80,16 @@ pub enum CheckpointError {
         /// What is wrong.
         reason: String,
     },
+    /// Another process holds the run folder.
+    #[error(
+        "run folder {path} is in use by process {holder} (another `difflab train`?); wait for it to finish, or train into another folder"
+    )]
+    InUse {
+        /// The run folder.
+        path: PathBuf,
+        /// The holder's process id, as its lock file says.
+        holder: String,
+    },
 }
 
 /// The run state `<dir>/state.json` of a checkpoint directory; it must be a JSON object with a
@@ -102,12 +112,23 @@ pub fn read_state(dir: &Path) -> Result<serde_json::Value, CheckpointError> {
     };
     let state: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
-    if state
-        .get("step")
-        .and_then(serde_json::Value::as_u64)
-        .is_none()
-    {
+    let Some(step) = state.get("step").and_then(serde_json::Value::as_u64) else {
         return Err(corrupt("no non-negative integer \"step\"".into()));
+    };
+    // A checkpoint folder `step-<N>` holds the state of step N: anything else was moved or
+    // copied by hand and would resume at the wrong place.
+    let named = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("step-"))
+        .and_then(|n| n.parse::<u64>().ok());
+    if let Some(named) = named
+        && named != step
+    {
+        return Err(corrupt(format!(
+            "says step {step}, but its folder is {} (step {named})",
+            dir.display()
+        )));
     }
     Ok(state)
 }

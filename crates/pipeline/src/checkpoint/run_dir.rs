@@ -61,3 +61,48 @@ pub fn resolve_checkpoint(path: &Path) -> Result<PathBuf, CheckpointError> {
             path: what.to_path_buf(),
         })
 }
+
+/// Exclusive use of a run folder by one process (an advisory `flock` on `RUN/.lock`, released
+/// when this is dropped or the process dies). The lock file holds the holder's process id.
+#[derive(Debug)]
+pub struct RunLock {
+    _file: std::fs::File,
+}
+
+impl RunDir {
+    /// Take the run folder for this process, creating it if needed; fails at once, naming the
+    /// holder's process id, when another process (a second `difflab train`) holds it.
+    pub fn lock(&self) -> Result<RunLock, CheckpointError> {
+        use std::io::{Read, Seek, Write};
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |error| CheckpointError::Io { path, error }
+        };
+        std::fs::create_dir_all(&self.root).map_err(io(&self.root))?;
+        let path = self.root.join(".lock");
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io(&path))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                return Err(CheckpointError::InUse {
+                    path: self.root.clone(),
+                    holder: holder.trim().to_string(),
+                });
+            }
+            Err(std::fs::TryLockError::Error(error)) => return Err(io(&path)(error)),
+        }
+        file.set_len(0).map_err(io(&path))?;
+        file.rewind().map_err(io(&path))?;
+        write!(file, "{}", std::process::id()).map_err(io(&path))?;
+        file.sync_all().map_err(io(&path))?;
+        Ok(RunLock { _file: file })
+    }
+}

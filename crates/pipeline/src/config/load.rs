@@ -85,6 +85,8 @@ pub fn load_config(path: &Path, overrides: &[Override]) -> Result<ExperimentConf
 
 /// Range checks that serde cannot express, delegated to each section's owner.
 fn validate(config: &ExperimentConfig) -> Result<(), String> {
+    // The name becomes the default run folder `runs/<name>`.
+    crate::files::check_name("name", &config.name)?;
     let schedule = config.schedule.build().map_err(|e| e.to_string())?;
     config.sampler.x0_processing().map_err(|e| e.to_string())?;
     if config.sampler.kind != difflab_samplers::SamplerKind::Cold {

@@ -7,6 +7,7 @@ mod load;
 mod lowres;
 mod optim;
 mod overrides;
+mod resume;
 mod training;
 
 pub use experiment::{ExperimentConfig, ModelConfig};
@@ -14,6 +15,7 @@ pub use load::{ConfigError, load_config, parse_config, to_yaml};
 pub use lowres::{LowresNoiseConfig, check_sample_level};
 pub use optim::{EmaConfig, LrConfig, LrSchedule, OptimizerConfig, OptimizerKind};
 pub use overrides::{Override, apply_override};
+pub use resume::{RESUMABLE_KEYS, resume_differences};
 pub use training::{
     LoggingConfig, LossKind, MemoryFormat, NanPolicy, Precision, ProcessConfig, TrainingConfig,
 };

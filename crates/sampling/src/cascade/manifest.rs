@@ -170,6 +170,9 @@ impl CascadeManifest {
             )));
         }
         for (i, s) in manifest.stages.iter().enumerate() {
+            // A stage's name becomes the folder `stages/<name>` of its images.
+            difflab_pipeline::files::check_name(&format!("stages[{i}].name"), &s.name)
+                .map_err(|e| SamplingError::invalid(format!("{}: {e}", path.display())))?;
             if manifest.stages[..i].iter().any(|p| p.name == s.name) {
                 return Err(SamplingError::invalid(format!(
                     "{}: two stages are named {:?}",
