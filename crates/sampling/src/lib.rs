@@ -14,7 +14,6 @@ mod job;
 pub(crate) mod manifest_file;
 mod model;
 mod noise;
-mod overrides;
 mod trajectory;
 
 pub use ensemble::{EnsembleManifest, EnsembleSpec, ExpertEntry, StageModel};
@@ -28,5 +27,4 @@ pub use model::{
 pub use network_denoiser::NetworkDenoiser;
 pub(crate) use noise::JobNoise;
 pub use noise::NoiseMode;
-pub use overrides::SamplerOverrides;
 pub use trajectory::Trajectory;

@@ -14,9 +14,9 @@ use difflab_eval::{
     EvalReport, REFERENCE_WEIGHTS, ReferenceClassifier, TrainOptions, format_table,
     read_image_folder, read_samples_csv, save_classifier, train_classifier,
 };
-use difflab_pipeline::config::load_config;
+use difflab_pipeline::config::{load_config, load_recorded_config};
 use difflab_pipeline::{DeviceSpec, ExperimentConfig, ModelConfig};
-use difflab_samplers::SamplerKind;
+use difflab_samplers::{SamplerConfig, SamplerKeys, SamplerKind};
 use serde_json::json;
 use tch::Tensor;
 
@@ -84,13 +84,14 @@ struct MetricsArgs {
     /// The experiment config that says what the samples are (with a samples folder and no --run).
     #[arg(long)]
     config: Option<PathBuf>,
-    /// ddim or ddpm (default: the run's sampler).
-    #[arg(long)]
-    sampler: Option<String>,
+    /// ddim, ddpm or cold (default: the run's sampler). Switching sampler keeps the run's
+    /// settings that the new one takes.
+    #[arg(long, value_parser = parse_kind)]
+    sampler: Option<SamplerKind>,
     /// Denoiser evaluations (default: the run's).
     #[arg(long)]
     steps: Option<usize>,
-    /// DDIM η.
+    /// DDIM η; ddim only.
     #[arg(long)]
     eta: Option<f64>,
     /// Seed of the samples (class k uses seed + k) and of the real-image picks.
@@ -112,6 +113,11 @@ struct MetricsArgs {
     /// Print eval.json to stdout instead of the table.
     #[arg(long)]
     json: bool,
+}
+
+fn parse_kind(s: &str) -> Result<SamplerKind, String> {
+    s.parse()
+        .map_err(|e: difflab_schedulers::ScheduleError| e.to_string())
 }
 
 /// Run the command.
@@ -206,26 +212,46 @@ fn evaluate(args: &MetricsArgs, device: Option<DeviceSpec>) -> Result<()> {
         );
     }
     let config: Option<ExperimentConfig> = match (&args.run, &args.config) {
-        (Some(run), _) => Some(load_config(&run.join("config.yaml"), &[])?),
-        (None, Some(path)) => Some(load_config(path, &[])?),
+        (Some(run), _) => Some(load_recorded_config(&run.join("config.yaml"), &[])?),
+        (None, Some(path)) => Some(load_recorded_config(path, &[])?),
         (None, None) => None,
     };
     let torch_device = device.unwrap_or_default().resolve()?;
     let started = Instant::now();
 
-    let sampler_kind = match &args.sampler {
-        Some(s) => s
-            .parse::<SamplerKind>()
-            .map_err(|e| anyhow::anyhow!("--sampler: {e}"))?,
-        None => config.as_ref().map(|c| c.sampler.kind).unwrap_or_default(),
+    // The sampler flags, checked here against the run's sampler (as `difflab sample` will apply
+    // them) so that e.g. `--eta` on a ddpm run fails before anything is sampled.
+    let changes = SamplerKeys {
+        kind: args.sampler,
+        steps: args.steps,
+        eta: args.eta,
+        ..SamplerKeys::default()
     };
+    let flags = |e: String| anyhow::anyhow!("--sampler/--steps/--eta: {e}");
+    let sampler: Option<SamplerConfig> = match &config {
+        Some(c) => {
+            let s = c
+                .sampler
+                .apply(&changes)
+                .map_err(|e| flags(e.to_string()))?;
+            c.check_sampler(&s).map_err(flags)?;
+            Some(s)
+        }
+        // Samples without a config: the flags only describe them, but must still fit together.
+        None => {
+            changes
+                .check(args.sampler.unwrap_or_default())
+                .map_err(|e| flags(e.to_string()))?;
+            None
+        }
+    };
+    let sampler_kind = sampler
+        .as_ref()
+        .map_or(args.sampler.unwrap_or_default(), SamplerConfig::kind);
     let steps = args
         .steps
-        .or_else(|| config.as_ref().and_then(|c| c.sampler.steps));
-    let sampler_name = serde_json::to_value(sampler_kind)?
-        .as_str()
-        .unwrap_or("sampler")
-        .to_string();
+        .or_else(|| sampler.as_ref().and_then(SamplerConfig::steps));
+    let sampler_name = sampler_kind.name().to_string();
     let out = match (&args.out, &folder, &args.run) {
         (Some(o), _, _) => o.clone(),
         (None, Some(f), _) => f.clone(),
@@ -401,8 +427,8 @@ fn draw_samples(
         if args.raw {
             cmd.arg("--raw");
         }
-        if let Some(s) = &args.sampler {
-            cmd.args(["--sampler", s]);
+        if let Some(s) = args.sampler {
+            cmd.args(["--sampler", s.name()]);
         }
         if let Some(s) = args.steps {
             cmd.args(["--steps", &s.to_string()]);
