@@ -50,6 +50,21 @@ fn a_tiny_toy_run_is_sampled_and_scored() {
         "{}",
         String::from_utf8_lossy(&train.stderr)
     );
+    // Sampler flags are checked against the run's sampler (ddpm, T = 50) before sampling.
+    for (flags, needle) in [
+        (
+            &["--eta", "0.5"][..],
+            "sampler.eta = 0.5 does not apply to kind: ddpm",
+        ),
+        (&["--sampler", "ddim", "--steps", "100"][..], "steps = 100"),
+    ] {
+        let mut args = vec!["eval", "--run", run_dir.to_str().unwrap(), "-n", "8"];
+        args.extend(flags);
+        let run = difflab(&args);
+        let err = String::from_utf8_lossy(&run.stderr);
+        assert!(!run.status.success(), "{flags:?} should fail");
+        assert!(err.contains(needle), "{flags:?}: {err}");
+    }
     let eval = difflab(&[
         "eval",
         "--run",
@@ -195,6 +210,18 @@ fn bad_requests_fail_clearly() {
         (vec!["eval"], "--run DIR"),
         (vec!["eval", "--samples", "/no/such/dir"], "/no/such/dir"),
         (vec!["eval", "--run", "/no/such/run"], "/no/such/run"),
+        (
+            vec![
+                "eval",
+                "--samples",
+                "/no/such/dir",
+                "--sampler",
+                "ddpm",
+                "--eta",
+                "0.5",
+            ],
+            "sampler.eta = 0.5 does not apply to kind: ddpm",
+        ),
     ];
     for (args, needle) in cases {
         let run = difflab(&args);

@@ -215,6 +215,19 @@ fn bad_requests_fail_with_a_clear_message() {
             "sampler.steps = 5000",
         ),
         (
+            vec![
+                "--diffusers-model",
+                uncond.to_str().unwrap(),
+                "--sampler",
+                "ddpm",
+                "--eta",
+                "0.5",
+                "-n",
+                "1",
+            ],
+            "sampler.eta = 0.5 does not apply to kind: ddpm",
+        ),
+        (
             vec!["--diffusers-model", uncond.to_str().unwrap(), "-n", "0"],
             "--num-images",
         ),

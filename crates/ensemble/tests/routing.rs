@@ -218,7 +218,7 @@ fn logging_stub(
 
 #[test]
 fn ddim_strides_and_cold_levels_reach_the_expert_of_each_step() {
-    use difflab_samplers::{ColdSampler, SamplerConfig, SamplerKind};
+    use difflab_samplers::{ColdSampler, DdimConfig, SamplerConfig};
     use difflab_schedulers::DegradationConfig;
     let log = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
     let make = |t: i64, split: i64, p: Prediction| {
@@ -243,11 +243,11 @@ fn ddim_strides_and_cold_levels_reach_the_expert_of_each_step() {
     };
     // DDIM with 7 trailing steps visits strided timesteps; each goes to its interval's expert.
     let schedule = ScheduleConfig::default().build().unwrap();
-    let sampler = SamplerConfig {
+    let sampler = SamplerConfig::Ddim(DdimConfig {
         steps: Some(7),
         spacing: TimestepSpacing::Trailing,
-        ..SamplerConfig::new(SamplerKind::Ddim)
-    }
+        ..DdimConfig::default()
+    })
     .build(&schedule, None)
     .unwrap();
     let ens = make(1000, 500, Prediction::Eps);

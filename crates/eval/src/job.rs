@@ -7,13 +7,11 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use difflab_data::DataKind;
-use difflab_pipeline::config::load_config;
+use difflab_pipeline::config::load_recorded_config;
 use difflab_pipeline::{ExperimentConfig, ModelConfig};
-use difflab_samplers::SamplerKind;
+use difflab_samplers::{SamplerConfig, SamplerKeys, SamplerKind};
 use difflab_sampling::cascade::CliStageSettings;
-use difflab_sampling::{
-    SampleRequest, SampleSource, SamplerOverrides, WeightsKind, class_dir, sample_classes,
-};
+use difflab_sampling::{SampleRequest, SampleSource, WeightsKind, class_dir, sample_classes};
 use serde_json::json;
 use tch::{Device, Tensor};
 
@@ -42,7 +40,7 @@ pub struct EvalRequest {
     pub sampler: Option<SamplerKind>,
     /// Denoiser evaluations (default: the run's).
     pub steps: Option<usize>,
-    /// DDIM η.
+    /// DDIM η; ddim only.
     pub eta: Option<f64>,
     /// Seed of the samples (class k uses seed + k) and of the real-image picks.
     pub seed: u64,
@@ -88,7 +86,7 @@ pub fn evaluate(
             "pass --run DIR (sample, then evaluate) or --samples DIR (evaluate existing samples)",
         ));
     }
-    let load = |path: &Path| load_config(path, &[]).map_err(|e| input(e.to_string()));
+    let load = |path: &Path| load_recorded_config(path, &[]).map_err(|e| input(e.to_string()));
     let config: Option<ExperimentConfig> = match (&args.run, &args.config) {
         (Some(run), _) => Some(load(&run.join("config.yaml"))?),
         (None, Some(path)) => Some(load(path)?),
@@ -96,18 +94,39 @@ pub fn evaluate(
     };
     let started = Instant::now();
 
-    let sampler_kind = match args.sampler {
-        Some(s) => s,
-        None => config.as_ref().map(|c| c.sampler.kind).unwrap_or_default(),
+    // The sampler flags, checked against the run's sampler (as sampling will apply them) so
+    // that e.g. `--eta` on a ddpm run fails before anything is sampled.
+    let changes = SamplerKeys {
+        kind: args.sampler,
+        steps: args.steps,
+        eta: args.eta,
+        ..SamplerKeys::default()
     };
+    let flags = |e: String| input(format!("--sampler/--steps/--eta: {e}"));
+    let sampler: Option<SamplerConfig> = match &config {
+        Some(c) => {
+            let s = c
+                .sampler
+                .apply(&changes)
+                .map_err(|e| flags(e.to_string()))?;
+            c.check_sampler(&s).map_err(flags)?;
+            Some(s)
+        }
+        // Samples without a config: the flags only describe them, but must still fit together.
+        None => {
+            changes
+                .check(args.sampler.unwrap_or_default())
+                .map_err(|e| flags(e.to_string()))?;
+            None
+        }
+    };
+    let sampler_kind = sampler
+        .as_ref()
+        .map_or(args.sampler.unwrap_or_default(), SamplerConfig::kind);
     let steps = args
         .steps
-        .or_else(|| config.as_ref().and_then(|c| c.sampler.steps));
-    let sampler_name = serde_json::to_value(sampler_kind)
-        .unwrap_or_default()
-        .as_str()
-        .unwrap_or("sampler")
-        .to_string();
+        .or_else(|| sampler.as_ref().and_then(SamplerConfig::steps));
+    let sampler_name = sampler_kind.name().to_string();
     let out = match (&args.out, &folder, &args.run) {
         (Some(o), _, _) => o.clone(),
         (None, Some(f), _) => f.clone(),
@@ -262,11 +281,11 @@ fn draw_samples(
             },
         },
         settings: CliStageSettings {
-            sampler: SamplerOverrides {
+            sampler: SamplerKeys {
                 kind: sampler,
                 steps: args.steps,
                 eta: args.eta,
-                ..SamplerOverrides::default()
+                ..SamplerKeys::default()
             },
             ..CliStageSettings::default()
         },

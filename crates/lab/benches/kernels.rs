@@ -27,7 +27,9 @@ use difflab_lab::bench::{BenchSettings, bench_training};
 use difflab_models::{AttentionConfig, AttentionKind, Conv2d, SpatialAttention};
 use difflab_pipeline::config::parse_config;
 use difflab_pipeline::{ExperimentConfig, Network};
-use difflab_samplers::{Conditioning, Denoiser, FnDenoiser, GlobalSeedNoise, SamplerKind};
+use difflab_samplers::{
+    Conditioning, Denoiser, FnDenoiser, GlobalSeedNoise, SamplerKeys, SamplerKind,
+};
 use difflab_sampling::NetworkDenoiser;
 use difflab_schedulers::Prediction;
 use tch::{Device, Kind, Tensor, nn};
@@ -288,9 +290,14 @@ fn sampler_overhead(quick: bool) {
     let experiment = config(SMALL32);
     let schedule = experiment.schedule.build().expect("schedule");
     let steps = if quick { 20 } else { 100 };
-    let mut sampler_config = experiment.sampler.clone();
-    sampler_config.kind = SamplerKind::Ddim;
-    sampler_config.steps = Some(steps);
+    let sampler_config = experiment
+        .sampler
+        .apply(&SamplerKeys {
+            kind: Some(SamplerKind::Ddim),
+            steps: Some(steps),
+            ..SamplerKeys::default()
+        })
+        .expect("ddim takes steps");
     let sampler = sampler_config.build(&schedule, None).expect("sampler");
     let vs = nn::VarStore::new(Device::Cpu);
     let network = Network::build(&vs.root(), &experiment.model).expect("network");

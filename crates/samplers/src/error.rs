@@ -8,6 +8,9 @@ pub enum SampleError {
     /// A sampler setting is out of range (names the key and value).
     #[error(transparent)]
     Config(#[from] ScheduleError),
+    /// A sampler key set for a sampler that does not use it (names the key, value and kind).
+    #[error(transparent)]
+    Inapplicable(#[from] crate::InapplicableKey),
     /// The denoiser predicts something this sampler cannot use.
     #[error("the {sampler} sampler needs a denoiser predicting {needed:?}, got {got:?}")]
     Prediction {

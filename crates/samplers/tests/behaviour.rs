@@ -8,7 +8,7 @@ use std::cell::{Cell, RefCell};
 use difflab_samplers::{
     ClassifierFreeGuidance, ColdAlgorithm, ColdSampler, Conditioning, DdimSampler, DdpmSampler,
     Denoiser, FnDenoiser, GlobalSeedNoise, NoiseSource, PerImageNoise, SampleError, Sampler,
-    SamplerConfig, SamplerKind, X0Processing,
+    SamplerConfig, SamplerKeys, SamplerKind, X0Processing,
 };
 use difflab_schedulers::{
     BetaScheduleKind, Degradation, DegradationConfig, NoiseSchedule, Prediction, ScheduleConfig,
@@ -518,11 +518,14 @@ fn sampler_config_defaults_validation_and_build() {
 
     let cfg: SamplerConfig = serde_json::from_str("{}").unwrap();
     assert_eq!(cfg, SamplerConfig::default());
-    assert_eq!(cfg.kind, SamplerKind::Ddim);
-    assert!(cfg.clip_sample);
-    assert_eq!(cfg.steps, None);
-    assert_eq!(cfg.eta, 0.0);
-    assert!(cfg.set_alpha_to_one);
+    assert_eq!(cfg.kind(), SamplerKind::Ddim);
+    assert!(cfg.x0().clip_sample);
+    assert_eq!(cfg.steps(), None);
+    assert_eq!(cfg.eta(), Some(0.0));
+    let SamplerConfig::Ddim(ddim) = &cfg else {
+        panic!("expected ddim, got {cfg:?}")
+    };
+    assert!(ddim.set_alpha_to_one);
     assert_eq!(cfg.x0_processing(), Ok(X0Processing::Clip { range: 1.0 }));
     let sampler = cfg.build(&s, None).unwrap();
     assert_eq!(sampler.name(), "ddim");
@@ -532,7 +535,10 @@ fn sampler_config_defaults_validation_and_build() {
 
     let ddpm: SamplerConfig =
         serde_json::from_str(r#"{"kind":"ddpm","variance":"fixed_large"}"#).unwrap();
-    assert_eq!(ddpm.variance, VarianceType::FixedLarge);
+    let SamplerConfig::Ddpm(d) = &ddpm else {
+        panic!("expected ddpm, got {ddpm:?}")
+    };
+    assert_eq!(d.variance, VarianceType::FixedLarge);
     let built = ddpm.build(&s, None).unwrap();
     assert_eq!(built.name(), "ddpm");
     assert_eq!(built.timesteps().len(), 1000, "DDPM default: every step");
@@ -578,8 +584,12 @@ fn sampler_config_defaults_validation_and_build() {
             other => panic!("{p:?}: expected a prediction error, got {other:?}"),
         }
     }
-    let mut steps = cold.clone();
-    steps.steps = Some(51);
+    let steps = cold
+        .apply(&SamplerKeys {
+            steps: Some(51),
+            ..SamplerKeys::default()
+        })
+        .unwrap();
     let fade_deg = || Some(fade.build(&s, Device::Cpu).unwrap());
     match steps.build(&s, fade_deg()) {
         Err(e) => assert_eq!(key_of(e), "sampler.steps"),

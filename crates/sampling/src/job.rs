@@ -304,7 +304,7 @@ impl BatchInputs {
         let schedule = info.schedule.build()?;
         let (sampler, cold) = match &info.process {
             ProcessConfig::Gaussian => {
-                if settings.sampler.kind == SamplerKind::Cold {
+                if settings.sampler.kind() == SamplerKind::Cold {
                     return bad(
                         "the cold sampler needs a cold-diffusion run (process.kind: cold)".into(),
                     );
@@ -312,10 +312,10 @@ impl BatchInputs {
                 (settings.sampler.build(&schedule, None)?, None)
             }
             ProcessConfig::Cold { degradation } => {
-                if settings.sampler.kind != SamplerKind::Cold {
+                if settings.sampler.kind() != SamplerKind::Cold {
                     return bad(format!(
-                        "a cold-diffusion run samples with the cold sampler, not {:?} (use --sampler cold)",
-                        settings.sampler.kind
+                        "a cold-diffusion run samples with the cold sampler, not {} (use --sampler cold)",
+                        settings.sampler.kind()
                     ));
                 }
                 let clean = match input.filter(|_| cond_image.is_none()) {

@@ -14,7 +14,6 @@ mod job;
 pub(crate) mod manifest_file;
 mod model;
 mod noise;
-mod overrides;
 mod request;
 mod trajectory;
 
@@ -31,7 +30,6 @@ pub use model::{
 pub use network_denoiser::NetworkDenoiser;
 pub(crate) use noise::JobNoise;
 pub use noise::NoiseMode;
-pub use overrides::SamplerOverrides;
 pub use request::{
     OnSampleStep, SampleRequest, SampleSource, SampleSummary, class_dir, sample_classes,
     sample_to_folder,

@@ -16,7 +16,7 @@ use difflab_data::DataConfig;
 use difflab_pipeline::checkpoint::{EMA_FILE, MODEL_FILE, load_weights, sha256_file};
 use difflab_pipeline::checkpoint::{RunDir, resolve_checkpoint};
 use difflab_pipeline::config::ProcessConfig;
-use difflab_pipeline::config::load_config;
+use difflab_pipeline::config::load_recorded_config;
 use difflab_pipeline::{ExperimentConfig, ModelConfig, Network};
 
 /// Which weights of a difflab checkpoint to sample with.
@@ -149,7 +149,7 @@ impl ModelInfo {
                 config_path.display()
             )));
         }
-        let config = load_config(&config_path, &[])?;
+        let config = load_recorded_config(&config_path, &[])?;
         let file = checkpoint.join(weights.file());
         if !file.is_file() {
             return Err(SamplingError::invalid(format!(

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use difflab_data::images::{grid_columns, save_grid, save_images};
-use difflab_samplers::{SamplerConfig, SamplerKind, StepInfo};
+use difflab_samplers::{DdimConfig, SamplerConfig, StepInfo};
 use difflab_schedulers::TimestepSpacing;
 use serde_json::json;
 use tch::Device;
@@ -126,10 +126,10 @@ fn plan(request: &SampleRequest, device: Device) -> Result<Plan, SamplingError> 
         SampleSource::Diffusers { dir, spec } => {
             spec.schedule.build()?;
             let spec = DiffusersModelSpec {
-                sampler: SamplerConfig {
+                sampler: SamplerConfig::Ddim(DdimConfig {
                     spacing: TimestepSpacing::Leading,
-                    ..SamplerConfig::new(SamplerKind::Ddim)
-                },
+                    ..DdimConfig::default()
+                }),
                 ..spec.clone()
             };
             let model = load_diffusers_model(dir, spec, device)?;

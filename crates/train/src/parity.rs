@@ -31,7 +31,7 @@ use super::{Engine, Learner, StepEvent, StepInputs, TrainError};
 use difflab_data::{DataLoader, open_dataset};
 use difflab_pipeline::checkpoint::CheckpointError;
 use difflab_pipeline::checkpoint::safetensors::write_safetensors;
-use difflab_pipeline::config::{Override, load_config, to_yaml};
+use difflab_pipeline::config::{Override, load_recorded_config, to_yaml};
 use difflab_pipeline::{ExperimentConfig, ModelConfig};
 
 /// Files of a parity directory.
@@ -421,7 +421,7 @@ pub fn check(dir: &Path, options: &CheckOptions) -> Result<ParityReport, ParityE
         .as_u64()
         .ok_or_else(|| invalid(&recipe_path, "no `steps`"))?;
     let config_path = dir.join(CONFIG);
-    let config = load_config(&config_path, &options.overrides)
+    let config = load_recorded_config(&config_path, &options.overrides)
         .map_err(|e| invalid(&config_path, e.to_string()))?;
     let mut learner = Learner::new(&config, Device::Cpu, options.engine)?;
     // What difflab draws from the seed now, against what it recorded (which PyTorch checked).

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use difflab_pipeline::config::{load_config, to_yaml};
+use difflab_pipeline::config::{load_recorded_config, to_yaml};
 use difflab_sampling::{EnsembleManifest, ExpertEntry, WeightsKind};
 use difflab_train::RunDir;
 
@@ -43,7 +43,7 @@ pub fn run(command: &EnsembleCommand) -> Result<()> {
 
 fn split(args: &SplitArgs) -> Result<()> {
     let run = RunDir::new(&args.run);
-    let config = load_config(&run.config(), &[])
+    let config = load_recorded_config(&run.config(), &[])
         .with_context(|| format!("--run {}: reading its config.yaml", args.run.display()))?;
     let t = config.schedule.timesteps as i64;
     let mut bounds = args.at.clone();

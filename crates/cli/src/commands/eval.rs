@@ -79,13 +79,14 @@ struct MetricsArgs {
     /// The experiment config that says what the samples are (with a samples folder and no --run).
     #[arg(long)]
     config: Option<PathBuf>,
-    /// ddim or ddpm (default: the run's sampler).
-    #[arg(long)]
-    sampler: Option<String>,
+    /// ddim, ddpm or cold (default: the run's sampler). Switching sampler keeps the run's
+    /// settings that the new one takes.
+    #[arg(long, value_parser = parse_kind)]
+    sampler: Option<SamplerKind>,
     /// Denoiser evaluations (default: the run's).
     #[arg(long)]
     steps: Option<usize>,
-    /// DDIM η.
+    /// DDIM η; ddim only.
     #[arg(long)]
     eta: Option<f64>,
     /// Seed of the samples (class k uses seed + k) and of the real-image picks.
@@ -173,6 +174,11 @@ fn train_reference(args: &TrainReferenceArgs, device: Option<DeviceSpec>) -> Res
     Ok(())
 }
 
+fn parse_kind(s: &str) -> Result<SamplerKind, String> {
+    s.parse()
+        .map_err(|e: difflab_schedulers::ScheduleError| e.to_string())
+}
+
 /// `difflab eval` itself: the request the arguments make, run by the library, printed.
 fn measure(args: &MetricsArgs, device: Option<DeviceSpec>) -> Result<()> {
     let (count, folder) = match args.samples.as_deref().map(str::parse::<usize>) {
@@ -180,13 +186,7 @@ fn measure(args: &MetricsArgs, device: Option<DeviceSpec>) -> Result<()> {
         Some(Err(_)) => (None, args.samples.as_ref().map(PathBuf::from)),
         None => (None, None),
     };
-    let sampler = match &args.sampler {
-        Some(s) => Some(
-            s.parse::<SamplerKind>()
-                .map_err(|e| anyhow::anyhow!("--sampler: {e}"))?,
-        ),
-        None => None,
-    };
+    let sampler = args.sampler;
     let request = EvalRequest {
         run: args.run.clone(),
         checkpoint: args.checkpoint.clone(),

@@ -6,11 +6,10 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use difflab_pipeline::DeviceSpec;
-use difflab_samplers::{SamplerConfig, SamplerKind};
+use difflab_samplers::{SamplerConfig, SamplerKeys, SamplerKind};
 use difflab_sampling::cascade::CliStageSettings;
 use difflab_sampling::{
-    DiffusersModelSpec, NoiseMode, SampleRequest, SampleSource, SamplerOverrides, WeightsKind,
-    sample_to_folder,
+    DiffusersModelSpec, NoiseMode, SampleRequest, SampleSource, WeightsKind, sample_to_folder,
 };
 use difflab_schedulers::{BetaScheduleKind, Prediction, ScheduleConfig, TimestepSpacing};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -39,19 +38,20 @@ pub struct SampleArgs {
     /// The raw weights instead of the EMA weights.
     #[arg(long)]
     raw: bool,
-    /// ddim, ddpm or cold (default: the run's sampler; ddim for diffusers models).
+    /// ddim, ddpm or cold (default: the run's sampler; ddim for diffusers models). Switching
+    /// sampler keeps the run's settings that the new one takes (steps, spacing, clipping).
     #[arg(long, value_parser = parse::<SamplerKind>)]
     sampler: Option<SamplerKind>,
     /// Denoiser evaluations (default: the run's; 50 for ddim, T for ddpm).
     #[arg(long)]
     steps: Option<usize>,
-    /// DDIM η (0 = deterministic).
+    /// DDIM η (0 = deterministic); ddim only.
     #[arg(long)]
     eta: Option<f64>,
-    /// leading, trailing or linspace.
+    /// leading, trailing or linspace (ddim, ddpm).
     #[arg(long, value_parser = parse::<TimestepSpacing>)]
     spacing: Option<TimestepSpacing>,
-    /// Added to leading-spaced timesteps.
+    /// Added to leading-spaced timesteps (ddim, ddpm).
     #[arg(long)]
     steps_offset: Option<usize>,
     /// Do not clamp the predicted x₀ to [-1, 1].
@@ -132,13 +132,14 @@ impl SampleArgs {
 
     fn cli_settings(&self) -> CliStageSettings {
         CliStageSettings {
-            sampler: SamplerOverrides {
+            sampler: SamplerKeys {
                 kind: self.sampler,
                 steps: self.steps,
                 eta: self.eta,
                 spacing: self.spacing,
                 steps_offset: self.steps_offset,
                 clip_sample: self.no_clip_sample.then_some(false),
+                ..SamplerKeys::default()
             },
             guidance: self.guidance,
             class: self.class,

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::{Context, Result};
 use clap::Args;
 use difflab_pipeline::checkpoint::{RunDir, read_state, resolve_checkpoint};
-use difflab_pipeline::config::{load_config, parse_config, to_yaml};
+use difflab_pipeline::config::{load_config, load_recorded_config, parse_config, to_yaml};
 use difflab_pipeline::{DeviceSpec, ExperimentConfig, Override};
 use difflab_train::{CheckpointEvaluator, TrainOptions, train_with_evaluator};
 
@@ -119,7 +119,7 @@ fn run_config(out: Option<&Path>, overrides: &[Override]) -> Result<(ExperimentC
     let out = out.context("--resume without --config needs --out RUN: the run to continue")?;
     let yaml = RunDir::new(out).config();
     if yaml.exists() {
-        return Ok((load_config(&yaml, overrides)?, yaml));
+        return Ok((load_recorded_config(&yaml, overrides)?, yaml));
     }
     let checkpoint = resolve_checkpoint(out).with_context(|| {
         format!(

@@ -9,7 +9,10 @@
 use std::time::Instant;
 
 use difflab_models::flops::{mlp_forward_flops, training_flops, unet_forward_flops};
-use difflab_samplers::{Conditioning, GlobalSeedNoise, NoiseSource, SamplerKind, generator_lock};
+use difflab_samplers::{
+    Conditioning, GlobalSeedNoise, NoiseSource, SampleError, SamplerKeys, SamplerKind,
+    generator_lock,
+};
 use difflab_schedulers::NoiseSchedule;
 use serde::Serialize;
 use tch::{Device, Kind, Tensor, nn};
@@ -225,17 +228,22 @@ pub fn bench_training(
 }
 
 /// Time `settings.sample_runs` runs of the config's sampler switched to DDIM with
-/// `settings.sample_steps` steps (its spacing, clipping and η kept) on a batch of
-/// `settings.batch` examples, after one untimed run.
+/// `settings.sample_steps` steps (the settings DDIM takes kept: spacing, clipping, and η of a
+/// DDIM config) on a batch of `settings.batch` examples, after one untimed run.
 pub fn bench_sampling(
     config: &ExperimentConfig,
     settings: &BenchSettings,
 ) -> Result<SampleFigures, TrainError> {
     let device = settings.device;
     let schedule: NoiseSchedule = config.schedule.build()?;
-    let mut sampler_config = config.sampler.clone();
-    sampler_config.kind = SamplerKind::Ddim;
-    sampler_config.steps = Some(settings.sample_steps);
+    let sampler_config = config
+        .sampler
+        .apply(&SamplerKeys {
+            kind: Some(SamplerKind::Ddim),
+            steps: Some(settings.sample_steps),
+            ..SamplerKeys::default()
+        })
+        .map_err(SampleError::from)?;
     let sampler = sampler_config.build(&schedule, None)?;
     let rng = generator_lock();
     tch::manual_seed(mix(config.seed, u64::MAX) as i64);

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use difflab_samplers::{SamplerKeys, SamplerKind};
 use serde_json::Value;
 
 use super::spec::EvaluateSpec;
@@ -14,8 +15,8 @@ use super::spec::EvaluateSpec;
 /// One sampler setting.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EvalSetting {
-    /// Sampler kind (ddpm, ddim, cold).
-    pub sampler: String,
+    /// The sampler.
+    pub sampler: SamplerKind,
     /// Sampling steps.
     pub steps: u64,
     /// DDIM η, when the sweep sets it.
@@ -28,6 +29,16 @@ impl EvalSetting {
         match self.eta {
             Some(eta) => format!("{}-{}-eta{eta}", self.sampler, self.steps),
             None => format!("{}-{}", self.sampler, self.steps),
+        }
+    }
+
+    /// The sampler keys `difflab eval` gets (`--sampler`, `--steps`, `--eta`).
+    pub fn keys(&self) -> SamplerKeys {
+        SamplerKeys {
+            kind: Some(self.sampler),
+            steps: Some(self.steps as usize),
+            eta: self.eta,
+            ..SamplerKeys::default()
         }
     }
 }
@@ -61,7 +72,7 @@ pub fn eval_jobs(spec: &EvaluateSpec) -> Vec<EvalJob> {
             for &seed in &spec.seeds {
                 jobs.push(EvalJob {
                     setting: EvalSetting {
-                        sampler: s.sampler.clone(),
+                        sampler: s.sampler,
                         steps,
                         eta: s.eta,
                     },
@@ -98,7 +109,7 @@ impl EvalJob {
             "--run".into(),
             run_dir.display().to_string(),
             "--sampler".into(),
-            self.setting.sampler.clone(),
+            self.setting.sampler.name().to_string(),
             "--steps".into(),
             self.setting.steps.to_string(),
         ];
@@ -163,12 +174,12 @@ mod tests {
             seeds: vec![0, 1],
             samplers: vec![
                 SamplerSpec {
-                    sampler: "ddpm".into(),
+                    sampler: SamplerKind::Ddpm,
                     steps: StepsSpec::One(1000),
                     eta: None,
                 },
                 SamplerSpec {
-                    sampler: "ddim".into(),
+                    sampler: SamplerKind::Ddim,
                     steps: StepsSpec::Many(vec![10, 20]),
                     eta: Some(0.0),
                 },

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::SweepError;
-use super::eval::{EvalJob, eval_jobs};
+use super::eval::{EvalJob, EvalSetting, eval_jobs};
 use super::spec::{KeyMap, Sweep, SweepSpec};
 use difflab_pipeline::config::{ExperimentConfig, Override, load_config};
 
@@ -209,6 +209,22 @@ impl Plan {
             let overrides = to_overrides(&spec.set, &values).map_err(point_err)?;
             let config =
                 load_config(&sweep.base, &overrides).map_err(|e| point_err(e.to_string()))?;
+            // Each evaluation's sampler, as `difflab eval` will set it up on this point's run.
+            for s in spec.evaluate.iter().flat_map(|e| &e.samplers) {
+                for steps in s.steps.values() {
+                    let setting = EvalSetting {
+                        sampler: s.sampler,
+                        steps,
+                        eta: s.eta,
+                    };
+                    config
+                        .sampler
+                        .apply(&setting.keys())
+                        .map_err(|e| e.to_string())
+                        .and_then(|sampler| config.check_sampler(&sampler))
+                        .map_err(|e| point_err(format!("evaluate {}: {e}", setting.tag())))?;
+                }
+            }
             points.push(Point {
                 index,
                 name,

@@ -163,7 +163,7 @@ pub fn collect(plan: &Plan) -> ResultsTable {
         for job in &plan.evals {
             let sampler = match job.setting.eta {
                 Some(eta) => format!("{} eta={eta}", job.setting.sampler),
-                None => job.setting.sampler.clone(),
+                None => job.setting.sampler.to_string(),
             };
             let mut row = ResultRow {
                 point: point.name.clone(),

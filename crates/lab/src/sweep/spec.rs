@@ -5,6 +5,7 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 
+use difflab_samplers::{SamplerKeys, SamplerKind};
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
@@ -121,11 +122,11 @@ fn default_seeds() -> Vec<u64> {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SamplerSpec {
-    /// Sampler kind as `difflab eval --sampler` takes it (ddpm, ddim, cold).
-    pub sampler: String,
+    /// The sampler, as `difflab eval --sampler` takes it (ddpm, ddim, cold).
+    pub sampler: SamplerKind,
     /// Sampling steps: one number or a list.
     pub steps: StepsSpec,
-    /// DDIM η (omitted: the eval command's default).
+    /// DDIM η (omitted: the run's, or the default); ddim only.
     #[serde(default)]
     pub eta: Option<f64>,
 }
@@ -206,10 +207,17 @@ pub fn parse_sweep(text: &str, path: &Path, out: Option<&Path>) -> Result<Sweep,
             ));
         }
         for (i, s) in eval.samplers.iter().enumerate() {
-            if !is_safe_name(&s.sampler) {
+            let keys = SamplerKeys {
+                eta: s.eta,
+                ..SamplerKeys::default()
+            };
+            if let Err(e) = keys.check(s.sampler) {
                 return Err(invalid(format!(
-                    "evaluate.samplers[{i}].sampler: {:?} is not a sampler name",
-                    s.sampler
+                    "evaluate.samplers[{i}].{} = {}: does not apply to sampler: {} (it takes {})",
+                    e.key,
+                    e.value,
+                    s.sampler,
+                    s.sampler.keys().join(", ")
                 )));
             }
             let steps = s.steps.values();
@@ -309,6 +317,27 @@ evaluate:
         .unwrap_err()
         .to_string();
         assert!(err.contains("evaluate.samplers[0].steps"), "{err}");
+        // η is a DDIM key: an error for ddpm, naming it.
+        let err = parse_sweep(
+            "name: s\nbase: b.yaml\nevaluate: {samples: 1, samplers: [{sampler: ddim, steps: 2}, {sampler: ddpm, steps: 10, eta: 1}]}\n",
+            Path::new("f.yaml"),
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("evaluate.samplers[1].eta = 1") && err.contains("sampler: ddpm"),
+            "{err}"
+        );
+        // Not a sampler: the parse error names it, with its line.
+        let err = parse_sweep(
+            "name: s\nbase: b.yaml\nevaluate:\n  samples: 1\n  samplers: [{sampler: euler, steps: 2}]\n",
+            Path::new("f.yaml"),
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("euler") && err.contains('5'), "{err}");
         let err = parse_sweep(
             "name: s\nbase: b.yaml\ngrid: {a: [1], a: [2]}\n",
             Path::new("f.yaml"),

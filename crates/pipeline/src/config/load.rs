@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use difflab_samplers::{SamplerConfig, SamplerKeys, SamplerKind};
 use serde_json::Value;
 
 use super::{ExperimentConfig, Override, apply_override};
@@ -55,22 +56,52 @@ pub fn parse_config(
         message: e.to_string(),
     };
     // Typed parse of the file first: its errors carry line and column.
-    let mut config: ExperimentConfig = serde_saphyr::from_str(text).map_err(parse_err)?;
-    if !overrides.is_empty() {
-        let mut tree: Value = serde_json::to_value(&config).expect("configs serialise");
-        for o in overrides {
-            apply_override(&mut tree, o)?;
-            // Re-check after each override so the error names the one that broke it.
-            config = serde_json::from_value(tree.clone()).map_err(|e| ConfigError::Override {
-                text: o.text.clone(),
-                reason: e.to_string(),
-            })?;
-        }
-    }
+    let config: ExperimentConfig = serde_saphyr::from_str(text).map_err(parse_err)?;
+    finish(config, path, overrides)
+}
+
+/// Apply `overrides` to a parsed config and validate the result.
+fn finish(
+    config: ExperimentConfig,
+    path: &Path,
+    overrides: &[Override],
+) -> Result<ExperimentConfig, ConfigError> {
+    let config = apply_overrides(config, overrides)?;
     validate(&config).map_err(|message| ConfigError::Invalid {
         path: path.to_path_buf(),
         message,
     })?;
+    Ok(config)
+}
+
+/// Apply `overrides` in order, except that `sampler.kind` goes first: switching sampler keeps
+/// the sampler keys the new one takes and resets the others (see
+/// [`SamplerConfig::with_kind`](difflab_samplers::SamplerConfig::with_kind)), and the other
+/// `sampler.*` overrides then apply to it, whichever order they were given in.
+fn apply_overrides(
+    mut config: ExperimentConfig,
+    overrides: &[Override],
+) -> Result<ExperimentConfig, ConfigError> {
+    let is_kind = |o: &&Override| o.path == ["sampler", "kind"];
+    let (kinds, others): (Vec<&Override>, Vec<&Override>) = overrides.iter().partition(is_kind);
+    let fail = |o: &Override, reason: String| ConfigError::Override {
+        text: o.text.clone(),
+        reason,
+    };
+    for o in kinds {
+        let kind: SamplerKind =
+            serde_json::from_value(o.value.clone()).map_err(|e| fail(o, e.to_string()))?;
+        config.sampler = config.sampler.with_kind(kind);
+    }
+    if others.is_empty() {
+        return Ok(config);
+    }
+    let mut tree: Value = serde_json::to_value(&config).expect("configs serialise");
+    for o in others {
+        apply_override(&mut tree, o)?;
+        // Re-check after each override so the error names the one that broke it.
+        config = serde_json::from_value(tree.clone()).map_err(|e| fail(o, e.to_string()))?;
+    }
     Ok(config)
 }
 
@@ -83,18 +114,55 @@ pub fn load_config(path: &Path, overrides: &[Override]) -> Result<ExperimentConf
     parse_config(&text, path, overrides)
 }
 
+/// Read the config a run recorded (`RUN/config.yaml`), with `overrides`, as [`load_config`]
+/// does. Runs recorded before each sampler took only its own keys wrote every sampler key
+/// whatever the kind (`eta` under `kind: ddpm`, `cold_algorithm` under `ddim`, …); the sampler
+/// ignored those then, and they are dropped here, so such runs load and sample as they did.
+pub fn load_recorded_config(
+    path: &Path,
+    overrides: &[Override],
+) -> Result<ExperimentConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+        path: path.to_path_buf(),
+        error,
+    })?;
+    let err = match parse_config(&text, path, overrides) {
+        Err(e @ ConfigError::Parse { .. }) => e,
+        other => return other,
+    };
+    let Some(tree) = without_inapplicable_sampler_keys(&text) else {
+        return Err(err);
+    };
+    let config: ExperimentConfig =
+        serde_json::from_value(tree).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+    finish(config, path, overrides)
+}
+
+/// The config tree of `text` without the `sampler:` keys its kind does not take; `None` when
+/// it has none (whatever fails to parse is something else).
+fn without_inapplicable_sampler_keys(text: &str) -> Option<Value> {
+    let mut tree: Value = serde_saphyr::from_str(text).ok()?;
+    let sampler = tree.get_mut("sampler")?.as_object_mut()?;
+    let kind = match sampler.get("kind") {
+        Some(kind) => serde_json::from_value::<SamplerKind>(kind.clone()).ok()?,
+        None => SamplerKind::default(),
+    };
+    let before = sampler.len();
+    // Unknown keys stay, to be reported as such.
+    sampler.retain(|key, _| {
+        key == "kind" || kind.takes(key) || !SamplerKeys::NAMES.contains(&key.as_str())
+    });
+    (sampler.len() < before).then_some(tree)
+}
+
 /// Range checks that serde cannot express, delegated to each section's owner.
 fn validate(config: &ExperimentConfig) -> Result<(), String> {
     // The name becomes the default run folder `runs/<name>`.
     crate::files::check_name("name", &config.name)?;
-    let schedule = config.schedule.build().map_err(|e| e.to_string())?;
-    config.sampler.x0_processing().map_err(|e| e.to_string())?;
-    if config.sampler.kind != difflab_samplers::SamplerKind::Cold {
-        config
-            .sampler
-            .build(&schedule, None)
-            .map_err(|e| e.to_string())?;
-    }
+    config.check_sampler(&config.sampler)?;
     config.model.validate().map_err(|e| format!("model: {e}"))?;
     config.data.validate().map_err(|e| e.to_string())?;
     config.training.validate()?;
@@ -108,30 +176,42 @@ fn validate(config: &ExperimentConfig) -> Result<(), String> {
     config.training.optimizer.validate()?;
     config.training.lr_schedule.validate()?;
     config.training.ema.validate()?;
-    use difflab_samplers::SamplerKind;
-    match (&config.process, config.sampler.kind) {
-        (super::ProcessConfig::Cold { degradation }, SamplerKind::Cold) => {
-            let d = degradation
-                .build(&schedule, tch::Device::Cpu)
-                .map_err(|e| e.to_string())?;
-            config
-                .sampler
-                .build(&schedule, Some(d))
-                .map_err(|e| e.to_string())?;
-        }
-        (super::ProcessConfig::Cold { .. }, kind) => {
-            return Err(format!(
-                "process.kind: cold is sampled with sampler.kind: cold (got {kind:?})"
-            ));
-        }
-        (super::ProcessConfig::Gaussian, SamplerKind::Cold) => {
-            return Err(
-                "sampler.kind: cold needs process.kind: cold (a degradation to invert)".into(),
-            );
-        }
-        _ => {}
-    }
     Ok(())
+}
+
+impl ExperimentConfig {
+    /// Whether `sampler` can sample this experiment's model: its settings in range for the
+    /// schedule (or the degradation), and cold sampling exactly for cold diffusion. `Err` names
+    /// the key and value. Checks the config's own `sampler:` on load; callers check the sampler
+    /// a run is about to use after overrides (`difflab eval --sampler`, sweep evaluations).
+    pub fn check_sampler(&self, sampler: &SamplerConfig) -> Result<(), String> {
+        let schedule = self.schedule.build().map_err(|e| e.to_string())?;
+        sampler.x0_processing().map_err(|e| e.to_string())?;
+        match (&self.process, sampler.kind()) {
+            (super::ProcessConfig::Cold { degradation }, SamplerKind::Cold) => {
+                let d = degradation
+                    .build(&schedule, tch::Device::Cpu)
+                    .map_err(|e| e.to_string())?;
+                sampler
+                    .build(&schedule, Some(d))
+                    .map_err(|e| e.to_string())?;
+            }
+            (super::ProcessConfig::Cold { .. }, kind) => {
+                return Err(format!(
+                    "process.kind: cold is sampled with sampler.kind: cold (got {kind})"
+                ));
+            }
+            (super::ProcessConfig::Gaussian, SamplerKind::Cold) => {
+                return Err(
+                    "sampler.kind: cold needs process.kind: cold (a degradation to invert)".into(),
+                );
+            }
+            (super::ProcessConfig::Gaussian, _) => {
+                sampler.build(&schedule, None).map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The resolved config as YAML (what `config check` prints and runs record).

@@ -11,7 +11,7 @@ mod resume;
 mod training;
 
 pub use experiment::{ExperimentConfig, ModelConfig};
-pub use load::{ConfigError, load_config, parse_config, to_yaml};
+pub use load::{ConfigError, load_config, load_recorded_config, parse_config, to_yaml};
 pub use lowres::{LowresNoiseConfig, check_sample_level};
 pub use optim::{EmaConfig, LrConfig, LrSchedule, OptimizerConfig, OptimizerKind};
 pub use overrides::{Override, apply_override};

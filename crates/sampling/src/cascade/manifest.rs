@@ -23,10 +23,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::manifest_file::{one_of, read_manifest};
-use crate::{
-    ClassChoice, EnsembleSpec, ModelInfo, SamplerOverrides, SamplingError, StageSettings,
-    WeightsKind,
-};
+use difflab_samplers::SamplerKeys;
+
+use crate::{ClassChoice, EnsembleSpec, ModelInfo, SamplingError, StageSettings, WeightsKind};
 
 /// A cascade manifest file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -57,9 +56,10 @@ pub struct StageEntry {
     /// EMA (default) or raw weights (runs and checkpoints).
     #[serde(default)]
     pub weights: WeightsKind,
-    /// Changes to the run's sampler settings.
-    #[serde(default)]
-    pub sampler: SamplerOverrides,
+    /// Changes to the run's sampler settings: any `sampler:` keys; a `kind` switches sampler
+    /// (see [`SamplerConfig::apply`](difflab_samplers::SamplerConfig::apply)).
+    #[serde(default, skip_serializing_if = "SamplerKeys::is_empty")]
+    pub sampler: SamplerKeys,
     /// Classifier-free guidance weight (default 1: none).
     #[serde(default)]
     pub guidance: Option<f64>,
@@ -101,7 +101,7 @@ pub struct PlannedStage {
     /// Its model.
     pub spec: StageSpec,
     /// Sampler changes from the manifest.
-    pub sampler: SamplerOverrides,
+    pub sampler: SamplerKeys,
     /// Guidance from the manifest.
     pub guidance: Option<f64>,
     /// Class from the manifest.
@@ -116,7 +116,7 @@ impl PlannedStage {
         Self {
             name: name.to_string(),
             spec,
-            sampler: SamplerOverrides::default(),
+            sampler: SamplerKeys::default(),
             guidance: None,
             class: None,
             noise_level: None,
@@ -124,11 +124,18 @@ impl PlannedStage {
     }
 
     /// Its settings with the command line's (`cli`) on top of the manifest's on top of the
-    /// run's; `--noise-level` reaches only SR stages.
-    pub fn settings(&self, cli: &CliStageSettings) -> StageSettings {
+    /// run's; `--noise-level` reaches only SR stages. Fails when a sampler key set by the
+    /// manifest or the command line does not apply to the stage's sampler.
+    pub fn settings(&self, cli: &CliStageSettings) -> Result<StageSettings, SamplingError> {
         let info = self.spec.info();
-        StageSettings {
-            sampler: self.sampler.then(&cli.sampler).apply(&info.sampler),
+        let sampler = info
+            .sampler
+            .apply(&self.sampler.then(&cli.sampler))
+            .map_err(|e| {
+                SamplingError::invalid(format!("stage {} ({}): {e}", self.name, info.label))
+            })?;
+        Ok(StageSettings {
+            sampler,
             guidance: cli.guidance.or(self.guidance).unwrap_or(1.0),
             class: match cli.class.or(self.class) {
                 Some(k) => ClassChoice::Fixed(k),
@@ -140,15 +147,15 @@ impl PlannedStage {
                 Some(_) => cli.noise_level.or(self.noise_level),
                 None => self.noise_level,
             },
-        }
+        })
     }
 }
 
 /// Settings given on the command line; they apply to every stage run.
 #[derive(Clone, Debug, Default)]
 pub struct CliStageSettings {
-    /// Sampler flags.
-    pub sampler: SamplerOverrides,
+    /// Sampler flags (`--sampler`, `--steps`, `--eta`, …) as sampler keys.
+    pub sampler: SamplerKeys,
     /// `--guidance`.
     pub guidance: Option<f64>,
     /// `--class`.
@@ -277,4 +284,57 @@ fn describe(shape: &[i64]) -> String {
         .map(i64::to_string)
         .collect::<Vec<_>>()
         .join("×")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use difflab_samplers::SamplerKind;
+
+    fn open(text: &str) -> Result<CascadeManifest, String> {
+        let dir = std::env::temp_dir().join(format!(
+            "difflab-manifest-{}-{}",
+            std::process::id(),
+            text.len()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("cascade.yaml");
+        std::fs::write(&path, text).unwrap();
+        let result = CascadeManifest::open(&path).map_err(|e| e.to_string());
+        std::fs::remove_dir_all(&dir).unwrap();
+        result
+    }
+
+    #[test]
+    fn stage_sampler_keys_are_any_sampler_keys_checked_against_their_kind() {
+        let m = open(
+            "stages:\n  - name: base\n    run: r\n    sampler: {kind: ddpm, steps: 10, variance: fixed_large, clip_sample: false}\n  - name: sr\n    run: s\n    sampler: {steps: 25, thresholding: true}\n",
+        )
+        .unwrap();
+        let base = &m.stages[0].sampler;
+        assert_eq!(base.kind, Some(SamplerKind::Ddpm));
+        assert_eq!(
+            (base.steps, base.clip_sample, base.eta),
+            (Some(10), Some(false), None)
+        );
+        assert_eq!(m.stages[1].sampler.thresholding, Some(true));
+        // Written back with the keys it set only.
+        let yaml = serde_saphyr::to_string(&m).unwrap();
+        assert!(!yaml.contains("eta"), "{yaml}");
+
+        // A key that does not apply to the stage's kind: named, with its line.
+        let err = open(
+            "stages:\n  - name: base\n    run: r\n    sampler:\n      kind: ddpm\n      eta: 0.5\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("sampler.eta = 0.5 does not apply to kind: ddpm")
+                && err.contains("line 6"),
+            "{err}"
+        );
+        // An unknown key.
+        let err =
+            open("stages:\n  - name: base\n    run: r\n    sampler: {stepz: 3}\n").unwrap_err();
+        assert!(err.contains("stepz") && err.contains("line 4"), "{err}");
+    }
 }

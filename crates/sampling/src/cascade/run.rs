@@ -3,7 +3,9 @@
 use tch::{Device, Tensor};
 
 use super::manifest::{CliStageSettings, PlannedStage, StageSpec};
-use crate::{JobOptions, OnStep, SamplingError, StageModel, StageOutput, sample_stage};
+use crate::{
+    JobOptions, OnStep, SamplingError, StageModel, StageOutput, StageSettings, sample_stage,
+};
 
 /// A stage's model, loaded now or when the stage runs.
 // A handful per process: the size difference between variants does not matter.
@@ -32,6 +34,12 @@ pub fn run_cascade(
     on_step: &mut dyn FnMut(&str, usize, usize, &difflab_samplers::StepInfo<'_>),
     on_stage_done: &mut dyn FnMut(usize, &StageOutput) -> Result<(), SamplingError>,
 ) -> Result<Vec<StageOutput>, SamplingError> {
+    // Every stage's settings first, so a flag that does not fit a stage fails before anything
+    // is loaded.
+    let settings: Vec<StageSettings> = stages
+        .iter()
+        .map(|s| s.settings(cli))
+        .collect::<Result<_, _>>()?;
     let load = |stage: &PlannedStage| -> Result<StageModel, SamplingError> {
         match &stage.spec {
             StageSpec::Single(info) => Ok(StageModel::Single(info.load(device)?)),
@@ -49,23 +57,20 @@ pub fn run_cascade(
     }
     let mut outputs: Vec<StageOutput> = Vec::with_capacity(stages.len());
     let mut next_input = input;
-    for (i, (stage, w)) in stages.iter().zip(weights.iter_mut()).enumerate() {
+    for (i, ((stage, w), settings)) in stages
+        .iter()
+        .zip(weights.iter_mut())
+        .zip(&settings)
+        .enumerate()
+    {
         let model = match std::mem::replace(w, StageWeights::Deferred) {
             StageWeights::Loaded(m) => m,
             StageWeights::Deferred => load(stage)?,
         };
-        let settings = stage.settings(cli);
         let name = stage.name.clone();
         let step: &mut OnStep<'_> = &mut |b, n, s| on_step(&name, b, n, s);
-        let output = sample_stage(
-            &model,
-            &settings,
-            next_input.as_ref(),
-            options,
-            device,
-            step,
-        )
-        .map_err(|e| SamplingError::invalid(format!("stage {}: {e}", stage.name)))?;
+        let output = sample_stage(&model, settings, next_input.as_ref(), options, device, step)
+            .map_err(|e| SamplingError::invalid(format!("stage {}: {e}", stage.name)))?;
         drop(model);
         on_stage_done(i, &output)?;
         next_input = Some(output.samples.shallow_clone());
