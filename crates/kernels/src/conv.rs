@@ -3,8 +3,8 @@
 //!
 //! For a batch-1 f32 input of at most 20480 elements and a kernel of at most 3×3, libtorch's
 //! `conv2d` skips oneDNN (`use_mkldnn` in ATen's `ConvUtils.h`) for `slow_conv2d`, whose im2col
-//! runs on one thread (its parallel loop is over the batch) before the BLAS product: at
-//! `[1, 64, 16, 16] → 64` that takes ~2x the product alone. [`ConvKernel::forward`] takes those
+//! runs on one thread (its parallel loop is over the batch) before the BLAS product, and can
+//! cost more than the product itself. [`ConvKernel::forward`] takes those
 //! shapes (the lower levels of a UNet sampling one image) and batch-1 1×1 convolutions (which
 //! need no im2col at all) itself: the columns written by difflab's loop on libtorch's OpenMP
 //! team ([`crate::omp_team`]), then one `sgemm_` ([`crate::blas::gemm`]) onto the bias rows.
@@ -25,8 +25,8 @@ use crate::winograd::{self, WinogradF2};
 /// Largest batch-1 input (elements) libtorch sends to `slow_conv2d` rather than oneDNN.
 pub const SLOW_PATH_MAX_INPUT: i64 = 20_480;
 
-/// Largest batch-1 input (elements) whose 1×1 convolution difflab's path takes (at
-/// `[1, 256, 64, 64]` oneDNN is faster: 0.8x for ours).
+/// Largest batch-1 input (elements) whose 1×1 convolution difflab's path takes (above it
+/// oneDNN is faster; see docs/performance.md).
 pub const POINTWISE_MAX_INPUT: i64 = 131_072;
 
 /// difflab's paths for one convolution layer with a square kernel, equal stride and zero
@@ -137,14 +137,14 @@ impl ConvKernel {
     }
 
     /// The implementation [`ConvKernel::forward`] picks for `x`: difflab's where it applies (see
-    /// [`ConvKernel::forward_with`]) and was measured faster than libtorch's (`cargo bench -p
-    /// difflab-pipeline --bench kernels -- conv`, 2 threads): every input libtorch sends to
-    /// `slow_conv2d` (kernel at most 3×3, at most [`SLOW_PATH_MAX_INPUT`] elements; 1.05–1.2x)
-    /// and a 1×1 kernel on at most [`POINTWISE_MAX_INPUT`] elements (1.05–2.4x: no columns to
-    /// write, and libtorch's oneDNN call costs more than the product). Larger inputs stay on
-    /// oneDNN (0.84–0.9x for ours there). Before both, 3×3 stride-1 kernels go through
-    /// Winograd's `F(2×2, 3×3)` where [`WinogradF2::pays_off`] (1.2–1.6x over the better of the
-    /// two at 16–32 px).
+    /// [`ConvKernel::forward_with`]) and beats libtorch's (`cargo bench -p difflab-lab --bench
+    /// kernels -- conv`, 2 threads; the figures are in docs/performance.md): every input
+    /// libtorch sends to `slow_conv2d` (kernel at most 3×3, at most [`SLOW_PATH_MAX_INPUT`]
+    /// elements: its im2col runs on one thread) and a 1×1 kernel on at most
+    /// [`POINTWISE_MAX_INPUT`] elements (no columns to write, and libtorch's oneDNN call costs
+    /// more than the product). Larger inputs stay on oneDNN, which is faster there. Before
+    /// both, 3×3 stride-1 kernels go through Winograd's `F(2×2, 3×3)` where
+    /// [`WinogradF2::pays_off`].
     pub fn path_for(&self, x: &Tensor) -> ConvPath {
         if self.winograd_applies(x) {
             let [_, c, h, w] = x.size()[..] else {
