@@ -28,6 +28,9 @@ pub use denoiser::{Denoiser, FnDenoiser};
 pub use difflab_schedulers::{is_shared_timestep, shared_timestep};
 pub use error::SampleError;
 pub use guidance::ClassifierFreeGuidance;
-pub use noise::{GeneratorLock, GlobalSeedNoise, NoiseSource, PerImageNoise, generator_lock};
+pub use noise::{
+    GeneratorLock, GlobalSeedNoise, NoiseSource, PerImageNoise, generator_lock, splitmix,
+    splitmix_63,
+};
 pub use sampler::{Sampler, StepInfo, StepOutput};
 pub use x0_processing::X0Processing;
