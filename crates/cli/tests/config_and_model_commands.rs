@@ -12,7 +12,7 @@ fn made_dir(tag: &str) -> PathBuf {
 }
 use std::path::{Path, PathBuf};
 
-use difflab_models::{UNet, UNetConfig, load_diffusers_unet};
+use difflab_models::{UNet, UNetConfig, UNetInputs, load_diffusers_unet};
 use tch::{Device, Kind, Tensor, nn};
 
 const CONFIG: &str = "\
@@ -162,10 +162,11 @@ fn export_writes_a_folder_that_loads_back_with_the_same_outputs() {
     assert_eq!(dconfig.sample_size(), Some((16, 16)));
     let x = Tensor::randn([2, 3, 16, 16], (Kind::Float, Device::Cpu));
     let t = Tensor::from_slice(&[3i64, 700]);
-    let diff = (unet.forward(&x, &t, None, false) - reloaded.forward(&x, &t, None, false))
-        .abs()
-        .max()
-        .double_value(&[]);
+    let diff = (unet.forward(&x, &t, &UNetInputs::classes(None), false)
+        - reloaded.forward(&x, &t, &UNetInputs::classes(None), false))
+    .abs()
+    .max()
+    .double_value(&[]);
     assert!(diff < 1e-6, "exported model differs by {diff}");
 
     // Refuses to overwrite, naming the folder.

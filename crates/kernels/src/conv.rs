@@ -84,14 +84,14 @@ impl ConvKernel {
     pub fn forward(&self, x: &Tensor, residual: Option<&Tensor>) -> Option<Tensor> {
         match self.path_for(x) {
             ConvPath::Libtorch => None,
-            path => self.forward_with(x, path, residual),
+            path => self.forward_on_path(x, path, residual),
         }
     }
 
     /// The convolution through a given path (for comparisons and tests), plus `residual`;
     /// `None` where that path does not apply to `x` (or the residual is not the output's
     /// shape, contiguous f32 CPU).
-    pub fn forward_with(
+    pub fn forward_on_path(
         &self,
         x: &Tensor,
         path: ConvPath,
@@ -137,7 +137,7 @@ impl ConvKernel {
     }
 
     /// The implementation [`ConvKernel::forward`] picks for `x`: difflab's where it applies (see
-    /// [`ConvKernel::forward_with`]) and beats libtorch's (`cargo bench -p difflab-lab --bench
+    /// [`ConvKernel::forward_on_path`]) and beats libtorch's (`cargo bench -p difflab-lab --bench
     /// kernels -- conv`, 2 threads; the figures are in docs/performance.md): every input
     /// libtorch sends to `slow_conv2d` (kernel at most 3×3, at most [`SLOW_PATH_MAX_INPUT`]
     /// elements: its im2col runs on one thread) and a 1×1 kernel on at most
@@ -435,7 +435,7 @@ mod tests {
             let conv = layer(vs.root(), c_in, c_out, k, s, p);
             let x = Tensor::randn([1, c_in, size, size], f32_cpu());
             let ours = conv
-                .forward_with(&x, ConvPath::Im2colGemm, None)
+                .forward_on_path(&x, ConvPath::Im2colGemm, None)
                 .expect("applies");
             let reference = conv.libtorch(&x);
             assert_eq!(ours.size(), reference.size());
@@ -466,7 +466,7 @@ mod tests {
             let x = Tensor::randn([1, c_in, h, w], f32_cpu());
             let reference = conv.libtorch(&x);
             let ours = conv
-                .forward_with(&x, ConvPath::Winograd, None)
+                .forward_on_path(&x, ConvPath::Winograd, None)
                 .expect("applies");
             assert_eq!(ours.size(), reference.size(), "{c_in} {h}x{w} p {p}");
             // Each output sums 9·c_in products of unit-scale terms.
@@ -496,19 +496,19 @@ mod tests {
         let conv = layer(vs.root(), 4, 4, 3, 1, 1);
         let x = Tensor::randn([1, 4, 6, 6], f32_cpu());
         let before = conv
-            .forward_with(&x, ConvPath::Winograd, None)
+            .forward_on_path(&x, ConvPath::Winograd, None)
             .expect("applies");
         // An in-place update (an optimizer step, an EMA copy, a checkpoint load).
         let mut weight = conv.weight.shallow_clone();
         let _ = weight.g_mul_scalar_(2.0);
         let after = conv
-            .forward_with(&x, ConvPath::Winograd, None)
+            .forward_on_path(&x, ConvPath::Winograd, None)
             .expect("applies");
         assert!(after.allclose(&conv.libtorch(&x), 1e-5, 1e-5, false));
         assert!(!after.allclose(&before, 1e-5, 1e-5, false));
         // Unchanged weights reuse the transform: the same values again.
         let again = conv
-            .forward_with(&x, ConvPath::Winograd, None)
+            .forward_on_path(&x, ConvPath::Winograd, None)
             .expect("applies");
         assert!(again.equal(&after));
     }
@@ -519,20 +519,24 @@ mod tests {
         let x = Tensor::randn([1, 4, 8, 8], f32_cpu());
         let conv = layer(vs.root() / "a", 4, 4, 3, 1, 1);
         // Grad mode with weights requiring grad: autograd must see the convolution.
-        assert!(conv.forward_with(&x, ConvPath::Winograd, None).is_none());
+        assert!(conv.forward_on_path(&x, ConvPath::Winograd, None).is_none());
         let _guard = tch::no_grad_guard();
-        assert!(conv.forward_with(&x, ConvPath::Winograd, None).is_some());
+        assert!(conv.forward_on_path(&x, ConvPath::Winograd, None).is_some());
         let strided = layer(vs.root() / "b", 4, 4, 3, 2, 1);
-        assert!(strided.forward_with(&x, ConvPath::Winograd, None).is_none());
+        assert!(
+            strided
+                .forward_on_path(&x, ConvPath::Winograd, None)
+                .is_none()
+        );
         let pointwise = layer(vs.root() / "c", 4, 4, 1, 1, 0);
         assert!(
             pointwise
-                .forward_with(&x, ConvPath::Winograd, None)
+                .forward_on_path(&x, ConvPath::Winograd, None)
                 .is_none()
         );
         let batch = Tensor::randn([2, 4, 8, 8], f32_cpu());
         assert!(
-            conv.forward_with(&batch, ConvPath::Winograd, None)
+            conv.forward_on_path(&batch, ConvPath::Winograd, None)
                 .is_none()
         );
     }
@@ -582,7 +586,7 @@ mod tests {
         // Twice: a reused output buffer must not carry the previous product.
         for _ in 0..2 {
             let ours = conv
-                .forward_with(&x, ConvPath::Im2colGemm, None)
+                .forward_on_path(&x, ConvPath::Im2colGemm, None)
                 .expect("applies");
             assert!(ours.allclose(&conv.libtorch(&x), 1e-5, 1e-5, false));
         }
@@ -627,7 +631,7 @@ mod tests {
         let five = layer(vs.root() / "five", 64, 64, 5, 1, 2);
         assert_eq!(five.path_for(&small), ConvPath::Libtorch);
         assert!(
-            five.forward_with(&small, ConvPath::Im2colGemm, None)
+            five.forward_on_path(&small, ConvPath::Im2colGemm, None)
                 .is_some()
         );
         let channels_last = small
