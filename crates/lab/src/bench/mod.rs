@@ -66,7 +66,7 @@ pub struct StepPhases {
     /// itself is in `update` where the optimizer's pass applies it).
     pub clip: f64,
     /// The AdamW step, zeroing the gradients and the EMA update (one pass over each parameter
-    /// where the fused kernel applies: `AdamW::step_fused`).
+    /// where the fused kernel applies: `AdamW::step_clip_zero_ema`).
     pub update: f64,
 }
 
