@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{difflab, fixture, repo};
+use common::{difflab_ok, fixture, repo};
 
 fn bench_json(args: &[&str]) -> serde_json::Value {
     let mut full = vec!["--threads", "1", "--device", "cpu", "bench"];
@@ -23,12 +23,7 @@ fn bench_json(args: &[&str]) -> serde_json::Value {
         "64",
         "--json",
     ]);
-    let run = difflab(&full);
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    let run = difflab_ok(&full);
     serde_json::from_slice(&run.stdout).expect("one JSON object on stdout")
 }
 
