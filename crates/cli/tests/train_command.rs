@@ -4,8 +4,10 @@
 mod common;
 
 use common::{TINY_QUICKSTART, difflab, difflab_ok, repo, s, stderr, temp_dir, train_args};
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 #[test]
@@ -96,6 +98,10 @@ fn a_tiny_quickstart_trains_and_writes_its_run_directory() {
     std::fs::remove_dir_all(out_dir).unwrap();
 }
 
+/// How long a child may take to reach a point of the test (generous: a slow 2-core CI machine
+/// running other tests beside it).
+const PATIENCE: Duration = Duration::from_secs(600);
+
 #[test]
 fn ctrl_c_writes_a_checkpoint_and_prints_the_resume_command() {
     let out_dir = temp_dir("sigint");
@@ -103,34 +109,68 @@ fn ctrl_c_writes_a_checkpoint_and_prints_the_resume_command() {
         &out_dir,
         &["training.steps=100000", "training.checkpoint_every=100000"],
     );
-    let child = Command::new(env!("CARGO_BIN_EXE_difflab"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_difflab"))
         .args(&args)
-        .stdout(Stdio::piped())
+        .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait until training has started (config.yaml written), then interrupt.
+    // Every stderr line, as it comes, to this thread.
+    let (lines, received) = mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // The trainer prints "training <name> (… parameters) on …" once the Ctrl-C handler is
+    // installed and the loop is about to run its first step: interrupt then, not after a
+    // guessed delay.
+    let mut err = String::new();
     let start = Instant::now();
-    while !out_dir.join("config.yaml").exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "training did not start"
-        );
-        std::thread::sleep(Duration::from_millis(100));
+    loop {
+        let left = PATIENCE.saturating_sub(start.elapsed());
+        match received.recv_timeout(left) {
+            Ok(line) => {
+                let ready = line.starts_with("training ");
+                err.push_str(&line);
+                err.push('\n');
+                if ready {
+                    break;
+                }
+            }
+            Err(_) => {
+                let _ = child.kill();
+                panic!("training did not start within {PATIENCE:?}: {err}");
+            }
+        }
     }
-    std::thread::sleep(Duration::from_millis(500));
     let killed = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
         .unwrap();
     assert!(killed.success());
-    let out = child.wait_with_output().unwrap();
-    let err = stderr(&out);
-    assert!(
-        out.status.success(),
-        "exit code {:?}: {err}",
-        out.status.code()
-    );
+    // The rest of stderr, until the child closes it by exiting.
+    loop {
+        let left = PATIENCE.saturating_sub(start.elapsed());
+        match received.recv_timeout(left) {
+            Ok(line) => {
+                err.push_str(&line);
+                err.push('\n');
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+            Err(RecvTimeoutError::Timeout) => {
+                let _ = child.kill();
+                panic!("no exit within {PATIENCE:?} of the start after Ctrl-C: {err}");
+            }
+        }
+    }
+    reader.join().unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "exit code {:?}: {err}", status.code());
     assert!(err.contains("--resume"), "resume command printed: {err}");
     let latest = std::fs::read_to_string(out_dir.join("checkpoints/latest")).unwrap();
     assert!(
