@@ -3,28 +3,8 @@
 
 mod common;
 
-use common::{difflab, repo, temp_dir};
+use common::{difflab_fails, difflab_ok, s, stdout, temp_dir, train};
 use std::path::{Path, PathBuf};
-
-fn ok(args: &[&str]) -> String {
-    let run = difflab(args);
-    assert!(
-        run.status.success(),
-        "difflab {args:?} failed:\n{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    String::from_utf8_lossy(&run.stdout).into_owned()
-}
-
-fn fails(args: &[&str], needle: &str) {
-    let run = difflab(args);
-    let err = String::from_utf8_lossy(&run.stderr);
-    assert!(!run.status.success(), "difflab {args:?} should fail");
-    assert!(
-        err.contains(needle),
-        "difflab {args:?}: stderr should mention {needle:?}:\n{err}"
-    );
-}
 
 /// Image `i` of a sample folder as RGB f64 in [0, 1] with its side length.
 fn image(dir: &Path, i: usize) -> (usize, Vec<f64>) {
@@ -64,25 +44,6 @@ fn mae(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum::<f64>() / a.len() as f64
 }
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn train(config: &str, out: &Path, extra: &[&str]) {
-    let config = repo().join(config);
-    let mut args = vec![
-        "train",
-        "--config",
-        s(&config),
-        "--out",
-        s(out),
-        "--device",
-        "cpu",
-    ];
-    args.extend(extra);
-    ok(&args);
-}
-
 #[test]
 fn tiny_cascade_trains_samples_and_chains_and_ensembles_route() {
     let dir = temp_dir("cascade");
@@ -91,12 +52,12 @@ fn tiny_cascade_trains_samples_and_chains_and_ensembles_route() {
     train(
         "configs/cascades/tiny-base.yaml",
         &base,
-        &["--set", "training.steps=150"],
+        &["training.steps=150"],
     );
     train(
         "configs/cascades/tiny-sr.yaml",
         &sr,
-        &["--set", "training.steps=150"],
+        &["training.steps=150"],
     );
 
     let manifest = dir.join("cascade.yaml");
@@ -112,7 +73,7 @@ fn tiny_cascade_trains_samples_and_chains_and_ensembles_route() {
 
     // base + sr: 32 px images whose low-pass is the base stage's output.
     let out = dir.join("out");
-    ok(&[
+    difflab_ok(&[
         "sample",
         "--config",
         s(&manifest),
@@ -162,7 +123,7 @@ fn tiny_cascade_trains_samples_and_chains_and_ensembles_route() {
     // the SR augmentation noise included), with offloading.
     let rebatched = dir.join("rebatched");
     let run_ddpm = |out: &PathBuf, batch: &str| {
-        ok(&[
+        difflab_ok(&[
             "sample",
             "--config",
             s(&manifest),
@@ -200,7 +161,7 @@ fn tiny_cascade_trains_samples_and_chains_and_ensembles_route() {
 
     // SR alone on given images; trajectory strip.
     let up = dir.join("up");
-    ok(&[
+    difflab_ok(&[
         "sample",
         "--config",
         s(&manifest),
@@ -225,7 +186,7 @@ fn tiny_cascade_trains_samples_and_chains_and_ensembles_route() {
 
     // Bad cascades name the stages.
     let m = s(&manifest);
-    fails(
+    difflab_fails(
         &[
             "sample",
             "--config",
@@ -239,7 +200,7 @@ fn tiny_cascade_trains_samples_and_chains_and_ensembles_route() {
         ],
         "not a super-resolution stage",
     );
-    fails(
+    difflab_fails(
         &[
             "sample",
             "--config",
@@ -253,7 +214,7 @@ fn tiny_cascade_trains_samples_and_chains_and_ensembles_route() {
         ],
         "no stage named \"up\"",
     );
-    fails(
+    difflab_fails(
         &[
             "sample",
             "--config",
@@ -267,7 +228,7 @@ fn tiny_cascade_trains_samples_and_chains_and_ensembles_route() {
         ],
         "--cond-image",
     );
-    fails(
+    difflab_fails(
         &[
             "sample",
             "--config",
@@ -281,7 +242,7 @@ fn tiny_cascade_trains_samples_and_chains_and_ensembles_route() {
         ],
         "trained with levels in [0, 0.5]",
     );
-    fails(
+    difflab_fails(
         &[
             "sample",
             "--config",
@@ -308,39 +269,31 @@ fn tiny_cascade_trains_samples_and_chains_and_ensembles_route() {
     .unwrap();
     let single = dir.join("single");
     let ens = dir.join("ens");
-    ok(&[
-        "sample",
-        "--run",
-        s(&base),
-        "-n",
-        "2",
-        "--seed",
-        "1",
-        "--device",
-        "cpu",
-        "--out",
-        s(&single),
-    ]);
-    ok(&[
-        "sample",
-        "--config",
-        s(&same),
-        "-n",
-        "2",
-        "--seed",
-        "1",
-        "--device",
-        "cpu",
-        "--out",
-        s(&ens),
-    ]);
+    // Two images, seed 1, from `--run DIR` or `--config FILE`.
+    let sample_two = |source: &str, from: &Path, out: &Path| {
+        difflab_ok(&[
+            "sample",
+            source,
+            s(from),
+            "-n",
+            "2",
+            "--seed",
+            "1",
+            "--device",
+            "cpu",
+            "--out",
+            s(out),
+        ]);
+    };
+    sample_two("--run", &base, &single);
+    sample_two("--config", &same, &ens);
     for i in 0..2 {
         assert_eq!(image(&single, i).1, image(&ens, i).1, "image {i}");
     }
 
     // Branch two experts off the base run, fine-tune each on its interval, sample through them.
     let experts = dir.join("experts");
-    let printed = ok(&[
+    let printed = stdout(&difflab_ok(&[
         "ensemble",
         "split",
         "--run",
@@ -351,7 +304,7 @@ fn tiny_cascade_trains_samples_and_chains_and_ensembles_route() {
         s(&experts),
         "--runs",
         s(&dir),
-    ]);
+    ]));
     assert!(printed.contains("--init"), "{printed}");
     let init = base.join("checkpoints/latest");
     for (name, range) in [
@@ -361,7 +314,7 @@ fn tiny_cascade_trains_samples_and_chains_and_ensembles_route() {
         let config = experts.join(format!("{name}.yaml"));
         let text = std::fs::read_to_string(&config).unwrap();
         assert!(text.contains(range), "{text}");
-        ok(&[
+        difflab_ok(&[
             "train",
             "--config",
             s(&config),
@@ -376,7 +329,7 @@ fn tiny_cascade_trains_samples_and_chains_and_ensembles_route() {
         ]);
     }
     let routed = dir.join("routed");
-    ok(&[
+    difflab_ok(&[
         "sample",
         "--config",
         s(&experts.join("ensemble.yaml")),
@@ -405,7 +358,7 @@ fn tiny_cascade_trains_samples_and_chains_and_ensembles_route() {
         "experts:\n  - {{name: a, run: {0}, interval: [0, 600]}}\n  - {{name: b, run: {0}, interval: [500, 1000]}}\n",
         base.display()
     ));
-    fails(
+    difflab_fails(
         &["sample", "--config", s(&bad), "-n", "1", "--out", s(&up)],
         "experts a and b overlap",
     );
@@ -414,7 +367,7 @@ fn tiny_cascade_trains_samples_and_chains_and_ensembles_route() {
         base.display(),
         sr.display()
     ));
-    fails(
+    difflab_fails(
         &["sample", "--config", s(&bad), "-n", "1", "--out", s(&up)],
         "experts a and b differ in output shape",
     );
@@ -422,7 +375,7 @@ fn tiny_cascade_trains_samples_and_chains_and_ensembles_route() {
         "experts:\n  - {{name: a, run: {0}, interval: [0, 500]}}\n",
         base.display()
     ));
-    fails(
+    difflab_fails(
         &["sample", "--config", s(&bad), "-n", "1", "--out", s(&up)],
         "no expert covers timesteps [500, 1000)",
     );

@@ -2,17 +2,10 @@
 
 mod common;
 
-use common::{difflab, temp_dir};
+use common::{difflab, difflab_ok, fixture, made_dir, s, stderr, stdout};
+use std::path::Path;
 
-/// [`temp_dir`], created.
-fn made_dir(tag: &str) -> PathBuf {
-    let dir = temp_dir(tag);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-use std::path::{Path, PathBuf};
-
-use difflab_models::{UNet, UNetConfig, load_diffusers_unet};
+use difflab_models::{UNet, UNetConfig, UNetInputs, load_diffusers_unet};
 use tch::{Device, Kind, Tensor, nn};
 
 const CONFIG: &str = "\
@@ -37,13 +30,8 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
 fn config_check_prints_the_resolved_config_and_names_errors() {
     let dir = made_dir("check");
     let good = write(&dir, "tiny.yaml", CONFIG);
-    let out = difflab(&["config", "check", &good, "--set", "schedule.kind=cosine"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let yaml = String::from_utf8_lossy(&out.stdout);
+    let out = difflab_ok(&["config", "check", &good, "--set", "schedule.kind=cosine"]);
+    let yaml = stdout(&out);
     assert!(
         yaml.contains("kind: cosine") && yaml.contains("timesteps: 1000"),
         "defaults filled in:\n{yaml}"
@@ -55,7 +43,7 @@ fn config_check_prints_the_resolved_config_and_names_errors() {
         &CONFIG.replace("layers_per_block", "layers_per_blok"),
     );
     let out = difflab(&["config", "check", &bad]);
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         err.contains("bad.yaml") && err.contains("layers_per_blok"),
@@ -67,7 +55,7 @@ fn config_check_prints_the_resolved_config_and_names_errors() {
         "check",
         dir.join("missing.yaml").to_str().unwrap(),
     ]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.yaml"));
+    assert!(stderr(&out).contains("missing.yaml"));
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -75,13 +63,8 @@ fn config_check_prints_the_resolved_config_and_names_errors() {
 fn model_summary_lists_blocks_and_the_parameter_total() {
     let dir = made_dir("summary");
     let cfg = write(&dir, "tiny.yaml", CONFIG);
-    let out = difflab(&["model", "summary", "--config", &cfg, "--resolution", "16"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let table = String::from_utf8_lossy(&out.stdout);
+    let out = difflab_ok(&["model", "summary", "--config", &cfg, "--resolution", "16"]);
+    let table = stdout(&out);
     let vs = nn::VarStore::new(Device::Cpu);
     let config: UNetConfig = serde_json::from_value(serde_json::json!({
         "in_channels": 3, "out_channels": 3, "block_out_channels": [8, 16], "attention": ["none", "full"],
@@ -98,19 +81,12 @@ fn model_summary_lists_blocks_and_the_parameter_total() {
         "{table}"
     );
 
-    let fixture =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/golden/unet2d/uncond");
-    let out = difflab(&[
+    difflab_ok(&[
         "model",
         "summary",
         "--diffusers-model",
-        fixture.to_str().unwrap(),
+        fixture("uncond").to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -141,48 +117,31 @@ fn export_writes_a_folder_that_loads_back_with_the_same_outputs() {
     let weights = dir.join("model.safetensors");
     vs.save(&weights).unwrap();
 
+    // `difflab export --diffusers <to> --config <config> --weights <weights>`, then `extra`.
+    let export = |to: &Path, config: &str, extra: &[&str]| {
+        let mut args = vec!["export", "--diffusers", s(to), "--config", config];
+        args.extend(["--weights", s(&weights)]);
+        args.extend(extra);
+        difflab(&args)
+    };
     let out_dir = dir.join("diffusers");
-    let out = difflab(&[
-        "export",
-        "--diffusers",
-        out_dir.to_str().unwrap(),
-        "--config",
-        &cfg,
-        "--weights",
-        weights.to_str().unwrap(),
-        "--sample-size",
-        "16",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = export(&out_dir, &cfg, &["--sample-size", "16"]);
+    assert!(out.status.success(), "{}", stderr(&out));
     let (reloaded, _vs, dconfig) = load_diffusers_unet(&out_dir, Device::Cpu).unwrap();
     assert_eq!(dconfig.sample_size(), Some((16, 16)));
     let x = Tensor::randn([2, 3, 16, 16], (Kind::Float, Device::Cpu));
     let t = Tensor::from_slice(&[3i64, 700]);
-    let diff = (unet.forward(&x, &t, None, false) - reloaded.forward(&x, &t, None, false))
-        .abs()
-        .max()
-        .double_value(&[]);
+    let diff = (unet.forward(&x, &t, &UNetInputs::classes(None), false)
+        - reloaded.forward(&x, &t, &UNetInputs::classes(None), false))
+    .abs()
+    .max()
+    .double_value(&[]);
     assert!(diff < 1e-6, "exported model differs by {diff}");
 
     // Refuses to overwrite, naming the folder.
-    let again = difflab(&[
-        "export",
-        "--diffusers",
-        out_dir.to_str().unwrap(),
-        "--config",
-        &cfg,
-        "--weights",
-        weights.to_str().unwrap(),
-    ]);
+    let again = export(&out_dir, &cfg, &[]);
     assert!(!again.status.success());
-    assert!(
-        String::from_utf8_lossy(&again.stderr).contains("diffusers"),
-        "names the folder"
-    );
+    assert!(stderr(&again).contains("diffusers"), "names the folder");
 
     // A config diffusers cannot express is refused with the key.
     let linear = write(
@@ -190,16 +149,8 @@ fn export_writes_a_folder_that_loads_back_with_the_same_outputs() {
         "linear.yaml",
         &CONFIG.replace("[none, full]", "[none, linear]"),
     );
-    let out = difflab(&[
-        "export",
-        "--diffusers",
-        dir.join("x").to_str().unwrap(),
-        "--config",
-        &linear,
-        "--weights",
-        weights.to_str().unwrap(),
-    ]);
-    let err = String::from_utf8_lossy(&out.stderr);
+    let out = export(&dir.join("x"), &linear, &[]);
+    let err = stderr(&out);
     assert!(!out.status.success() && err.contains("linear"), "{err}");
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -7,7 +7,7 @@ mod needs;
 
 mod common;
 
-use common::{difflab, repo, temp_dir};
+use common::{difflab, difflab_fails, difflab_ok, stderr, stdout, temp_dir, train, train_args};
 use std::path::Path;
 
 fn read_json(path: &Path) -> serde_json::Value {
@@ -29,26 +29,14 @@ fn check_shape(report: &serde_json::Value, metrics: &[&str]) {
 #[test]
 fn a_tiny_toy_run_is_sampled_and_scored() {
     let run_dir = temp_dir("eval-toy");
-    let config = repo().join("configs/toy2d.yaml");
-    let train = difflab(&[
-        "train",
-        "--config",
-        config.to_str().unwrap(),
-        "--out",
-        run_dir.to_str().unwrap(),
-        "--device",
-        "cpu",
-        "--set",
-        "training.steps=20",
-        "--set",
-        "training.preview_images=4",
-        "--set",
-        "schedule.timesteps=50",
-    ]);
-    assert!(
-        train.status.success(),
-        "{}",
-        String::from_utf8_lossy(&train.stderr)
+    train(
+        "configs/toy2d.yaml",
+        &run_dir,
+        &[
+            "training.steps=20",
+            "training.preview_images=4",
+            "schedule.timesteps=50",
+        ],
     );
     // Sampler flags are checked against the run's sampler (ddpm, T = 50) before sampling.
     for (flags, needle) in [
@@ -65,7 +53,7 @@ fn a_tiny_toy_run_is_sampled_and_scored() {
         assert!(!run.status.success(), "{flags:?} should fail");
         assert!(err.contains(needle), "{flags:?}: {err}");
     }
-    let eval = difflab(&[
+    let eval = difflab_ok(&[
         "eval",
         "--run",
         run_dir.to_str().unwrap(),
@@ -75,11 +63,6 @@ fn a_tiny_toy_run_is_sampled_and_scored() {
         "cpu",
         "--json",
     ]);
-    assert!(
-        eval.status.success(),
-        "{}",
-        String::from_utf8_lossy(&eval.stderr)
-    );
     let printed: serde_json::Value =
         serde_json::from_slice(&eval.stdout).expect("--json prints JSON");
     let out = run_dir.join("eval/ddpm-default-n200-seed0");
@@ -96,7 +79,7 @@ fn a_tiny_toy_run_is_sampled_and_scored() {
     assert_eq!(report["floor"]["mode_coverage"], 1.0);
 
     // The same samples as a folder, with the config saying what they are; prints a table.
-    let again = difflab(&[
+    let again = difflab_ok(&[
         "eval",
         "--samples",
         out.join("samples").to_str().unwrap(),
@@ -105,12 +88,7 @@ fn a_tiny_toy_run_is_sampled_and_scored() {
         "--out",
         run_dir.join("again").to_str().unwrap(),
     ]);
-    assert!(
-        again.status.success(),
-        "{}",
-        String::from_utf8_lossy(&again.stderr)
-    );
-    let table = String::from_utf8_lossy(&again.stdout);
+    let table = stdout(&again);
     assert!(
         table.contains("mmd_rbf") && table.contains("floor"),
         "{table}"
@@ -149,7 +127,7 @@ fn real_images_score_near_the_floor_and_noise_scores_worse() {
 
     let mut reports = Vec::new();
     for d in [&dir, &noise_dir] {
-        let eval = difflab(&[
+        difflab_ok(&[
             "eval",
             "--samples",
             d.to_str().unwrap(),
@@ -157,11 +135,6 @@ fn real_images_score_near_the_floor_and_noise_scores_worse() {
             "cpu",
             "--json",
         ]);
-        assert!(
-            eval.status.success(),
-            "{}",
-            String::from_utf8_lossy(&eval.stderr)
-        );
         let report = read_json(&d.join("eval.json"));
         check_shape(&report, &["cfid", "kid", "precision", "recall"]);
         assert_eq!(report["feature_network"]["data"], "fashion_mnist");
@@ -182,7 +155,7 @@ fn real_images_score_near_the_floor_and_noise_scores_worse() {
     );
 
     // One class asked for: class_accuracy of real images is the classifier's accuracy there.
-    let eval = difflab(&[
+    difflab_ok(&[
         "eval",
         "--samples",
         dir.to_str().unwrap(),
@@ -192,11 +165,6 @@ fn real_images_score_near_the_floor_and_noise_scores_worse() {
         "cpu",
         "--json",
     ]);
-    assert!(
-        eval.status.success(),
-        "{}",
-        String::from_utf8_lossy(&eval.stderr)
-    );
     let report = read_json(&dir.join("eval.json"));
     assert!(report["metrics"]["class_accuracy"].is_number());
     for d in [dir, noise_dir] {
@@ -224,54 +192,33 @@ fn bad_requests_fail_clearly() {
         ),
     ];
     for (args, needle) in cases {
-        let run = difflab(&args);
-        let err = String::from_utf8_lossy(&run.stderr);
-        assert!(!run.status.success(), "{args:?} should fail");
-        assert!(err.contains(needle), "{args:?}: {err}");
+        difflab_fails(&args, needle);
     }
 }
 
 #[test]
 fn training_evaluates_its_checkpoints_every_eval_every_steps() {
     let run_dir = temp_dir("eval-every");
-    let config = repo().join("configs/toy2d.yaml");
     let base = [
-        "train",
-        "--config",
-        config.to_str().unwrap(),
-        "--out",
-        run_dir.to_str().unwrap(),
-        "--device",
-        "cpu",
-        "--set",
         "training.steps=4",
-        "--set",
         "training.checkpoint_every=2",
-        "--set",
         "data.toy2d.num_points=200",
-        "--set",
         "model.hidden=16",
-        "--set",
         "training.batch_size=16",
-        "--set",
         "logging.eval_samples=64",
     ];
     // Evaluations run on checkpoints: a period that misses them is refused up front.
-    let mut bad = base.to_vec();
-    bad.extend(["--set", "logging.eval_every=3"]);
-    let run = difflab(&bad);
-    let err = String::from_utf8_lossy(&run.stderr);
+    let bad = [&base[..], &["logging.eval_every=3"]].concat();
+    let run = difflab(&train_args("configs/toy2d.yaml", &run_dir, &bad));
+    let err = stderr(&run);
     assert!(!run.status.success());
     assert!(
         err.contains("logging.eval_every = 3") && err.contains("checkpoint_every (2)"),
         "{err}"
     );
 
-    let mut good = base.to_vec();
-    good.extend(["--set", "logging.eval_every=2"]);
-    let run = difflab(&good);
-    let err = String::from_utf8_lossy(&run.stderr);
-    assert!(run.status.success(), "{err}");
+    let good = [&base[..], &["logging.eval_every=2"]].concat();
+    let err = stderr(&train("configs/toy2d.yaml", &run_dir, &good));
     assert!(
         err.contains("eval at step 2: ") && err.contains("eval at step 4: "),
         "{err}"

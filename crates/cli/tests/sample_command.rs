@@ -6,7 +6,7 @@ mod common;
 #[path = "../../../tests/support/npy.rs"]
 mod npy;
 
-use common::{difflab, fixture, temp_dir};
+use common::{difflab_fails, difflab_ok, fixture, temp_dir};
 use std::path::Path;
 
 /// All images OUT/000000.png … as one NHWC u8 buffer.
@@ -25,7 +25,7 @@ fn read_images(dir: &Path, n: usize) -> Vec<u8> {
 fn ddim_20_reproduces_the_diffusers_pipeline_images() {
     let out = temp_dir("golden");
     let model = fixture("uncond");
-    let run = difflab(&[
+    difflab_ok(&[
         "sample",
         "--diffusers-model",
         model.to_str().unwrap(),
@@ -44,11 +44,6 @@ fn ddim_20_reproduces_the_diffusers_pipeline_images() {
         "--out",
         out.to_str().unwrap(),
     ]);
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
     let (shape, reference) = npy::read_npy_u8(&model.join("ddim_seed0_steps20_n4.npy"));
     assert_eq!(shape, [4, 16, 16, 3]);
     let ours = read_images(&out, 4);
@@ -86,7 +81,7 @@ fn ddim_20_reproduces_the_diffusers_pipeline_images() {
     // Batching bounds memory without changing the images (up to float rounding: libtorch picks
     // different matmul/conv kernels for different batch sizes).
     let batched = temp_dir("batched");
-    let run = difflab(&[
+    difflab_ok(&[
         "sample",
         "--diffusers-model",
         model.to_str().unwrap(),
@@ -101,11 +96,6 @@ fn ddim_20_reproduces_the_diffusers_pipeline_images() {
         "--out",
         batched.to_str().unwrap(),
     ]);
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
     let rebatched = read_images(&batched, 4);
     let worst = rebatched
         .iter()
@@ -127,7 +117,7 @@ fn ddim_20_reproduces_the_diffusers_pipeline_images() {
 fn class_conditional_model_samples_a_requested_class() {
     let out = temp_dir("class");
     let model = fixture("classcond_scaleshift");
-    let run = difflab(&[
+    difflab_ok(&[
         "sample",
         "--diffusers-model",
         model.to_str().unwrap(),
@@ -144,11 +134,6 @@ fn class_conditional_model_samples_a_requested_class() {
         "--out",
         out.to_str().unwrap(),
     ]);
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
     let img = image::open(out.join("000001.png")).unwrap();
     assert_eq!((img.width(), img.height()), (16, 16));
     assert_eq!(
@@ -246,13 +231,7 @@ fn bad_requests_fail_with_a_clear_message() {
     for (args, needle) in cases {
         let mut full = vec!["sample", "--out", o];
         full.extend(args.iter().copied());
-        let run = difflab(&full);
-        let err = String::from_utf8_lossy(&run.stderr);
-        assert!(!run.status.success(), "{args:?} should fail");
-        assert!(
-            err.contains(needle),
-            "{args:?}: stderr should mention {needle:?}: {err}"
-        );
+        difflab_fails(&full, needle);
     }
     assert!(
         !out.join("grid.png").exists(),

@@ -9,17 +9,13 @@ mod common;
 #[path = "../../../tests/support/golden.rs"]
 mod golden;
 
-use common::difflab;
+use common::{difflab, difflab_ok, stderr, stdout};
 use golden::{assert_close, f64s, schedulers_json};
 use serde_json::Value;
 use std::process::{Command, Output};
 
 fn stdout_json(out: &Output) -> Value {
-    assert!(
-        out.status.success(),
-        "difflab failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "difflab failed: {}", stderr(out));
     serde_json::from_slice(&out.stdout).expect("one JSON object on stdout")
 }
 
@@ -107,7 +103,7 @@ fn plot_writes_a_png_with_four_panels() {
     let dir = std::env::temp_dir().join(format!("difflab-schedule-plot-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("schedules.png");
-    let out = difflab(&[
+    difflab_ok(&[
         "schedule",
         "--kind",
         "linear",
@@ -116,11 +112,6 @@ fn plot_writes_a_png_with_four_panels() {
         "--plot",
         path.to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let bytes = std::fs::read(&path).unwrap();
     assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
     let (w, h) = (
@@ -170,7 +161,7 @@ fn bad_input_is_reported_with_the_key_and_value() {
     ];
     for (args, code, needle) in cases {
         let out = difflab(args);
-        let err = String::from_utf8_lossy(&out.stderr);
+        let err = stderr(&out);
         assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
         assert!(
             err.contains(needle),
@@ -195,7 +186,7 @@ fn binary_keeps_libtorch_cuda_linked_when_libtorch_has_it() {
         .arg(env!("CARGO_BIN_EXE_difflab"))
         .output()
         .expect("ldd");
-    let deps = String::from_utf8_lossy(&out.stdout);
+    let deps = stdout(&out);
     assert!(
         deps.contains("libtorch_cuda.so"),
         "difflab does not link libtorch_cuda:\n{deps}"

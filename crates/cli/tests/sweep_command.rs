@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{repo, temp_dir};
+use common::{repo, stderr, stdout, temp_dir};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -20,11 +20,7 @@ fn sweep(args: &[&str], env: &[(&str, &Path)]) -> Output {
 }
 
 fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    format!("{}{}", stdout(out), stderr(out))
 }
 
 fn read(path: impl AsRef<Path>) -> String {
@@ -77,7 +73,7 @@ fn every_shipped_sweep_validates_in_a_dry_run() {
                 &[],
             );
             assert!(run.status.success(), "{}: {}", path.display(), text(&run));
-            let stdout = String::from_utf8_lossy(&run.stdout);
+            let stdout = stdout(&run);
             assert!(
                 stdout.contains("[0] ") && stdout.contains(" train --config "),
                 "{stdout}"
@@ -348,7 +344,7 @@ fn dry_run_slurm_point_and_collect() {
 
     let dry = sweep(&[f, "--out", o, "--dry-run"], &[]);
     assert!(dry.status.success(), "{}", text(&dry));
-    let stdout = String::from_utf8_lossy(&dry.stdout);
+    let stdout = stdout(&dry);
     assert!(
         stdout.contains("[3] kind-cosine_objective-v  schedule.kind=cosine objective=v"),
         "{stdout}"

@@ -3,9 +3,11 @@
 
 mod common;
 
-use common::{difflab, repo, temp_dir};
+use common::{TINY_QUICKSTART, difflab, difflab_ok, repo, s, stderr, temp_dir, train_args};
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 #[test]
@@ -17,13 +19,7 @@ fn every_shipped_config_passes_config_check() {
     for entry in configs {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "yaml") {
-            let out = difflab(&["config", "check", path.to_str().unwrap()]);
-            assert!(
-                out.status.success(),
-                "{}: {}",
-                path.display(),
-                String::from_utf8_lossy(&out.stderr)
-            );
+            difflab_ok(&["config", "check", path.to_str().unwrap()]);
             checked += 1;
         }
     }
@@ -33,49 +29,22 @@ fn every_shipped_config_passes_config_check() {
     );
 }
 
-const TINY: [&str; 12] = [
-    "--set",
-    "data.resolution=8",
-    "--set",
-    "data.shapes.num_images=32",
-    "--set",
-    "model.block_out_channels=[8, 16]",
-    "--set",
-    "model.attention=[none, none]",
-    "--set",
-    "model.norm_num_groups=4",
-    "--set",
-    "training.batch_size=4",
-];
+/// The tiny quickstart run of these tests: [`TINY_QUICKSTART`] plus `sets`.
+fn tiny_quickstart(out: &Path, sets: &[&str]) -> Vec<String> {
+    let sets: Vec<&str> = TINY_QUICKSTART.iter().chain(sets).copied().collect();
+    train_args("configs/quickstart.yaml", out, &sets)
+}
 
 #[test]
 fn a_tiny_quickstart_trains_and_writes_its_run_directory() {
     let out_dir = temp_dir("tiny");
-    let config = repo().join("configs/quickstart.yaml");
-    let mut args = vec![
-        "train",
-        "--config",
-        config.to_str().unwrap(),
-        "--out",
-        out_dir.to_str().unwrap(),
-        "--device",
-        "cpu",
-    ];
-    args.extend(TINY);
-    args.extend([
-        "--set",
+    let sets = [
         "training.steps=3",
-        "--set",
         "sampler.steps=3",
-        "--set",
         "training.preview_images=4",
-    ]);
-    let run = difflab(&args);
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    ];
+    let args = tiny_quickstart(&out_dir, &sets);
+    difflab_ok(&args);
     for file in [
         "config.yaml",
         "checkpoints/latest",
@@ -89,24 +58,19 @@ fn a_tiny_quickstart_trains_and_writes_its_run_directory() {
     }
     // The run samples from the CLI with its own config (EMA weights by default).
     let samples = out_dir.join("sampled");
-    let sample = difflab(&[
+    difflab_ok(&[
         "sample",
         "--run",
-        out_dir.to_str().unwrap(),
+        s(&out_dir),
         "-n",
         "3",
         "--steps",
         "4",
         "--out",
-        samples.to_str().unwrap(),
+        s(&samples),
         "--device",
         "cpu",
     ]);
-    assert!(
-        sample.status.success(),
-        "{}",
-        String::from_utf8_lossy(&sample.stderr)
-    );
     assert!(samples.join("000002.png").exists() && samples.join("grid.png").exists());
     let record: serde_json::Value =
         serde_json::from_slice(&std::fs::read(samples.join("sample.json")).unwrap()).unwrap();
@@ -118,15 +82,14 @@ fn a_tiny_quickstart_trains_and_writes_its_run_directory() {
     // Running again without --resume/--overwrite refuses and leaves the run alone.
     let again = difflab(&args);
     assert_eq!(again.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&again.stderr).contains("--resume"));
+    assert!(stderr(&again).contains("--resume"));
     // A run branched from this one's weights says where it started.
     let branch = out_dir.join("branch");
-    let mut branch_args = args.clone();
-    branch_args[4] = branch.to_str().unwrap();
     let latest = out_dir.join("checkpoints/latest");
-    branch_args.extend(["--init", latest.to_str().unwrap()]);
+    let mut branch_args = tiny_quickstart(&branch, &sets);
+    branch_args.extend(["--init".to_string(), s(&latest).to_string()]);
     let branched = difflab(&branch_args);
-    let said = String::from_utf8_lossy(&branched.stderr);
+    let said = stderr(&branched);
     assert!(branched.status.success(), "{said}");
     assert!(
         said.contains("from weights") && !said.contains("from scratch"),
@@ -135,54 +98,79 @@ fn a_tiny_quickstart_trains_and_writes_its_run_directory() {
     std::fs::remove_dir_all(out_dir).unwrap();
 }
 
+/// How long a child may take to reach a point of the test (generous: a slow 2-core CI machine
+/// running other tests beside it).
+const PATIENCE: Duration = Duration::from_secs(600);
+
 #[test]
 fn ctrl_c_writes_a_checkpoint_and_prints_the_resume_command() {
     let out_dir = temp_dir("sigint");
-    let config = repo().join("configs/quickstart.yaml");
-    let mut args = vec![
-        "train",
-        "--config",
-        config.to_str().unwrap(),
-        "--out",
-        out_dir.to_str().unwrap(),
-        "--device",
-        "cpu",
-    ];
-    args.extend(TINY);
-    args.extend([
-        "--set",
-        "training.steps=100000",
-        "--set",
-        "training.checkpoint_every=100000",
-    ]);
-    let child = Command::new(env!("CARGO_BIN_EXE_difflab"))
+    let args = tiny_quickstart(
+        &out_dir,
+        &["training.steps=100000", "training.checkpoint_every=100000"],
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_difflab"))
         .args(&args)
-        .stdout(Stdio::piped())
+        .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait until training has started (config.yaml written), then interrupt.
+    // Every stderr line, as it comes, to this thread.
+    let (lines, received) = mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // The trainer prints "training <name> (… parameters) on …" once the Ctrl-C handler is
+    // installed and the loop is about to run its first step: interrupt then, not after a
+    // guessed delay.
+    let mut err = String::new();
     let start = Instant::now();
-    while !out_dir.join("config.yaml").exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "training did not start"
-        );
-        std::thread::sleep(Duration::from_millis(100));
+    loop {
+        let left = PATIENCE.saturating_sub(start.elapsed());
+        match received.recv_timeout(left) {
+            Ok(line) => {
+                let ready = line.starts_with("training ");
+                err.push_str(&line);
+                err.push('\n');
+                if ready {
+                    break;
+                }
+            }
+            Err(_) => {
+                let _ = child.kill();
+                panic!("training did not start within {PATIENCE:?}: {err}");
+            }
+        }
     }
-    std::thread::sleep(Duration::from_millis(500));
     let killed = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
         .unwrap();
     assert!(killed.success());
-    let out = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "exit code {:?}: {err}",
-        out.status.code()
-    );
+    // The rest of stderr, until the child closes it by exiting.
+    loop {
+        let left = PATIENCE.saturating_sub(start.elapsed());
+        match received.recv_timeout(left) {
+            Ok(line) => {
+                err.push_str(&line);
+                err.push('\n');
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+            Err(RecvTimeoutError::Timeout) => {
+                let _ = child.kill();
+                panic!("no exit within {PATIENCE:?} of the start after Ctrl-C: {err}");
+            }
+        }
+    }
+    reader.join().unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "exit code {:?}: {err}", status.code());
     assert!(err.contains("--resume"), "resume command printed: {err}");
     let latest = std::fs::read_to_string(out_dir.join("checkpoints/latest")).unwrap();
     assert!(
@@ -214,7 +202,7 @@ fn bad_input_exits_non_zero_with_a_clear_message() {
         "--out",
         dir.join("run").to_str().unwrap(),
     ]);
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         err.contains("typo.yaml") && err.contains("stepz") && err.contains("line 5"),
@@ -232,7 +220,7 @@ fn bad_input_exits_non_zero_with_a_clear_message() {
         "--out",
         dir.join("run").to_str().unwrap(),
     ]);
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1));
     assert!(err.contains("/no/such/folder"), "{err}");
     assert!(!dir.join("run").exists(), "nothing written");

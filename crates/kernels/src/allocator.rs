@@ -5,7 +5,7 @@
 //! freed memory at the top of the heap back to the kernel once more than the trim threshold
 //! (128 KiB) is free. A training or sampling step allocates and frees the same activation
 //! sizes over and over, so without tuning every step pays for page faults and zeroed pages
-//! again: 5–10 % of the CPU time of the 2-D toy's steps went to the kernel's page-fault path.
+//! again (for the 2-D toy a visible share of its CPU time; see docs/performance.md).
 //! Keeping up to [`MMAP_THRESHOLD`]-sized blocks on the heap and never trimming it lets every
 //! step reuse the pages of the previous one (the same effect PyTorch users get from jemalloc
 //! or tcmalloc).

@@ -1,8 +1,9 @@
 //! Single-precision matrix products straight through the BLAS that libtorch carries (MKL's
 //! `sgemm_` in the PyPI wheels), for the hand-written training pass of the small MLPs.
 //!
-//! At the 2-D toy's sizes (`[25, 256] × [256, 256]`, ~30 µs each) a libtorch `addmm`/`mm` adds
-//! several µs of dispatch, output allocation and shape checks around the same BLAS call, and
+//! At the 2-D toy's sizes (`[25, 256] × [256, 256]`) a libtorch `addmm`/`mm` adds dispatch,
+//! output allocation and shape checks, a sizeable share of so small a product, around the
+//! same BLAS call, and
 //! the bias and accumulation steps around it are separate operations. [`gemm`] calls `sgemm_`
 //! on the tensors' memory with the accumulation (`β = 1`) folded in.
 //!

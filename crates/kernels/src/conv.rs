@@ -3,8 +3,8 @@
 //!
 //! For a batch-1 f32 input of at most 20480 elements and a kernel of at most 3×3, libtorch's
 //! `conv2d` skips oneDNN (`use_mkldnn` in ATen's `ConvUtils.h`) for `slow_conv2d`, whose im2col
-//! runs on one thread (its parallel loop is over the batch) before the BLAS product: at
-//! `[1, 64, 16, 16] → 64` that takes ~2x the product alone. [`ConvKernel::forward`] takes those
+//! runs on one thread (its parallel loop is over the batch) before the BLAS product, and can
+//! cost more than the product itself. [`ConvKernel::forward`] takes those
 //! shapes (the lower levels of a UNet sampling one image) and batch-1 1×1 convolutions (which
 //! need no im2col at all) itself: the columns written by difflab's loop on libtorch's OpenMP
 //! team ([`crate::omp_team`]), then one `sgemm_` ([`crate::blas::gemm`]) onto the bias rows.
@@ -25,8 +25,8 @@ use crate::winograd::{self, WinogradF2};
 /// Largest batch-1 input (elements) libtorch sends to `slow_conv2d` rather than oneDNN.
 pub const SLOW_PATH_MAX_INPUT: i64 = 20_480;
 
-/// Largest batch-1 input (elements) whose 1×1 convolution difflab's path takes (at
-/// `[1, 256, 64, 64]` oneDNN is faster: 0.8x for ours).
+/// Largest batch-1 input (elements) whose 1×1 convolution difflab's path takes (above it
+/// oneDNN is faster; see docs/performance.md).
 pub const POINTWISE_MAX_INPUT: i64 = 131_072;
 
 /// difflab's paths for one convolution layer with a square kernel, equal stride and zero
@@ -84,14 +84,14 @@ impl ConvKernel {
     pub fn forward(&self, x: &Tensor, residual: Option<&Tensor>) -> Option<Tensor> {
         match self.path_for(x) {
             ConvPath::Libtorch => None,
-            path => self.forward_with(x, path, residual),
+            path => self.forward_on_path(x, path, residual),
         }
     }
 
     /// The convolution through a given path (for comparisons and tests), plus `residual`;
     /// `None` where that path does not apply to `x` (or the residual is not the output's
     /// shape, contiguous f32 CPU).
-    pub fn forward_with(
+    pub fn forward_on_path(
         &self,
         x: &Tensor,
         path: ConvPath,
@@ -137,14 +137,14 @@ impl ConvKernel {
     }
 
     /// The implementation [`ConvKernel::forward`] picks for `x`: difflab's where it applies (see
-    /// [`ConvKernel::forward_with`]) and was measured faster than libtorch's (`cargo bench -p
-    /// difflab-pipeline --bench kernels -- conv`, 2 threads): every input libtorch sends to
-    /// `slow_conv2d` (kernel at most 3×3, at most [`SLOW_PATH_MAX_INPUT`] elements; 1.05–1.2x)
-    /// and a 1×1 kernel on at most [`POINTWISE_MAX_INPUT`] elements (1.05–2.4x: no columns to
-    /// write, and libtorch's oneDNN call costs more than the product). Larger inputs stay on
-    /// oneDNN (0.84–0.9x for ours there). Before both, 3×3 stride-1 kernels go through
-    /// Winograd's `F(2×2, 3×3)` where [`WinogradF2::pays_off`] (1.2–1.6x over the better of the
-    /// two at 16–32 px).
+    /// [`ConvKernel::forward_on_path`]) and beats libtorch's (`cargo bench -p difflab-lab --bench
+    /// kernels -- conv`, 2 threads; the figures are in docs/performance.md): every input
+    /// libtorch sends to `slow_conv2d` (kernel at most 3×3, at most [`SLOW_PATH_MAX_INPUT`]
+    /// elements: its im2col runs on one thread) and a 1×1 kernel on at most
+    /// [`POINTWISE_MAX_INPUT`] elements (no columns to write, and libtorch's oneDNN call costs
+    /// more than the product). Larger inputs stay on oneDNN, which is faster there. Before
+    /// both, 3×3 stride-1 kernels go through Winograd's `F(2×2, 3×3)` where
+    /// [`WinogradF2::pays_off`].
     pub fn path_for(&self, x: &Tensor) -> ConvPath {
         if self.winograd_applies(x) {
             let [_, c, h, w] = x.size()[..] else {
@@ -435,7 +435,7 @@ mod tests {
             let conv = layer(vs.root(), c_in, c_out, k, s, p);
             let x = Tensor::randn([1, c_in, size, size], f32_cpu());
             let ours = conv
-                .forward_with(&x, ConvPath::Im2colGemm, None)
+                .forward_on_path(&x, ConvPath::Im2colGemm, None)
                 .expect("applies");
             let reference = conv.libtorch(&x);
             assert_eq!(ours.size(), reference.size());
@@ -466,7 +466,7 @@ mod tests {
             let x = Tensor::randn([1, c_in, h, w], f32_cpu());
             let reference = conv.libtorch(&x);
             let ours = conv
-                .forward_with(&x, ConvPath::Winograd, None)
+                .forward_on_path(&x, ConvPath::Winograd, None)
                 .expect("applies");
             assert_eq!(ours.size(), reference.size(), "{c_in} {h}x{w} p {p}");
             // Each output sums 9·c_in products of unit-scale terms.
@@ -496,19 +496,19 @@ mod tests {
         let conv = layer(vs.root(), 4, 4, 3, 1, 1);
         let x = Tensor::randn([1, 4, 6, 6], f32_cpu());
         let before = conv
-            .forward_with(&x, ConvPath::Winograd, None)
+            .forward_on_path(&x, ConvPath::Winograd, None)
             .expect("applies");
         // An in-place update (an optimizer step, an EMA copy, a checkpoint load).
         let mut weight = conv.weight.shallow_clone();
         let _ = weight.g_mul_scalar_(2.0);
         let after = conv
-            .forward_with(&x, ConvPath::Winograd, None)
+            .forward_on_path(&x, ConvPath::Winograd, None)
             .expect("applies");
         assert!(after.allclose(&conv.libtorch(&x), 1e-5, 1e-5, false));
         assert!(!after.allclose(&before, 1e-5, 1e-5, false));
         // Unchanged weights reuse the transform: the same values again.
         let again = conv
-            .forward_with(&x, ConvPath::Winograd, None)
+            .forward_on_path(&x, ConvPath::Winograd, None)
             .expect("applies");
         assert!(again.equal(&after));
     }
@@ -519,20 +519,24 @@ mod tests {
         let x = Tensor::randn([1, 4, 8, 8], f32_cpu());
         let conv = layer(vs.root() / "a", 4, 4, 3, 1, 1);
         // Grad mode with weights requiring grad: autograd must see the convolution.
-        assert!(conv.forward_with(&x, ConvPath::Winograd, None).is_none());
+        assert!(conv.forward_on_path(&x, ConvPath::Winograd, None).is_none());
         let _guard = tch::no_grad_guard();
-        assert!(conv.forward_with(&x, ConvPath::Winograd, None).is_some());
+        assert!(conv.forward_on_path(&x, ConvPath::Winograd, None).is_some());
         let strided = layer(vs.root() / "b", 4, 4, 3, 2, 1);
-        assert!(strided.forward_with(&x, ConvPath::Winograd, None).is_none());
+        assert!(
+            strided
+                .forward_on_path(&x, ConvPath::Winograd, None)
+                .is_none()
+        );
         let pointwise = layer(vs.root() / "c", 4, 4, 1, 1, 0);
         assert!(
             pointwise
-                .forward_with(&x, ConvPath::Winograd, None)
+                .forward_on_path(&x, ConvPath::Winograd, None)
                 .is_none()
         );
         let batch = Tensor::randn([2, 4, 8, 8], f32_cpu());
         assert!(
-            conv.forward_with(&batch, ConvPath::Winograd, None)
+            conv.forward_on_path(&batch, ConvPath::Winograd, None)
                 .is_none()
         );
     }
@@ -582,7 +586,7 @@ mod tests {
         // Twice: a reused output buffer must not carry the previous product.
         for _ in 0..2 {
             let ours = conv
-                .forward_with(&x, ConvPath::Im2colGemm, None)
+                .forward_on_path(&x, ConvPath::Im2colGemm, None)
                 .expect("applies");
             assert!(ours.allclose(&conv.libtorch(&x), 1e-5, 1e-5, false));
         }
@@ -627,7 +631,7 @@ mod tests {
         let five = layer(vs.root() / "five", 64, 64, 5, 1, 2);
         assert_eq!(five.path_for(&small), ConvPath::Libtorch);
         assert!(
-            five.forward_with(&small, ConvPath::Im2colGemm, None)
+            five.forward_on_path(&small, ConvPath::Im2colGemm, None)
                 .is_some()
         );
         let channels_last = small

@@ -1,14 +1,13 @@
 //! Hand-written CPU kernels for what libtorch does slowly at the sizes difflab runs: SiLU at
 //! inference, in place, and at the same cost for every input — libtorch's SLEEF `expf` takes a
-//! slow path for arguments beyond about ±88, which made SiLU 5x slower on the diverging
-//! samples of an untrained network.
+//! slow path for arguments beyond about ±88, which slows SiLU down several-fold on the
+//! diverging samples of an untrained network (see docs/performance.md).
 //!
 //! The kernels run on f32 CPU tensors that fill one dense block of memory
 //! ([`is_dense_cpu_f32`]) and need no autograd record; anything else falls back to the libtorch
 //! operation, so callers can use them unconditionally. Large tensors are split over libtorch's
 //! own OpenMP threads ([`omp_team`]) from the same size on as libtorch's kernels would split
-//! them; a thread of our own competes with libtorch's spinning OpenMP workers instead
-//! (measured: splitting SiLU over two scoped threads made sampling 1.05–1.5x slower).
+//! them; a thread of our own would compete with libtorch's spinning OpenMP workers instead.
 
 use tch::{Device, Kind, Tensor};
 
@@ -272,8 +271,8 @@ fn silu_backward_elements(out: &mut [f32], grad: &[f32], z: &[f32]) {
 }
 
 /// The vectorised SiLU: [`exp_finite`] 16 (AVX-512F) or 8 (AVX2+FMA) lanes at a time, and
-/// `1 / (1 + e^{−x})` from the hardware reciprocal estimate refined by one Newton step (a
-/// division took over 40 % of the loop). Every element of a call takes the same instruction
+/// `1 / (1 + e^{−x})` from the hardware reciprocal estimate refined by one Newton step (cheaper
+/// than a division, within the same accuracy bound). Every element of a call takes the same instruction
 /// sequence, the last partial vector too (masked, or through a padded copy), so an element's
 /// result does not depend on its position.
 #[cfg(target_arch = "x86_64")]

@@ -5,7 +5,7 @@
 //! instead, and each says where it applies: a function here returns `None` (or `false`) for
 //! inputs it does not take, and the caller falls back to libtorch. The models call them through
 //! one seam (`difflab_models::ops`), the trainer through one step engine
-//! (`difflab_pipeline::train::FusedCpuEngine`); with the `kernels` feature of those crates off
+//! (`difflab_train`'s fused CPU engine); with the `kernels` feature of those crates off
 //! nothing here is compiled in, and difflab is pure libtorch.
 //!
 //! | module | what |

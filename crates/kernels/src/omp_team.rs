@@ -2,8 +2,8 @@
 //!
 //! libtorch runs its CPU kernels on an OpenMP team (GNU libgomp in the PyPI wheels). Between
 //! operations its worker threads spin, waiting for the next parallel region, so a thread of
-//! difflab's own competes with them for the cores: splitting a kernel over scoped threads made
-//! sampling 1.05–1.5x slower. Opening the parallel region through the same runtime
+//! difflab's own competes with them for the cores (scoped threads made sampling slower; see
+//! docs/performance.md). Opening the parallel region through the same runtime
 //! (`GOMP_parallel`, the entry point `#pragma omp parallel` compiles to) hands the work to
 //! those spinning threads instead, as `at::parallel_for` does.
 //!

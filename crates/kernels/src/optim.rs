@@ -1,7 +1,7 @@
 //! Fused CPU kernels for the element-wise updates of [`super::AdamW`] and [`super::Ema`]: one
 //! pass over each parameter's memory in Rust instead of five to eight libtorch operations, each
-//! allocating a temporary and crossing the dispatcher (for the 2-D toy's 3×256 MLP the tensor-op
-//! AdamW step took more time than forward and backward together).
+//! allocating a temporary and crossing the dispatcher (for a small model those operations cost
+//! more than the arithmetic; see docs/performance.md).
 //!
 //! Every per-element formula repeats, operation for operation and rounding for rounding, the
 //! tensor-op sequence it replaces (PyTorch's single-tensor `torch.optim.AdamW`), including the
@@ -99,10 +99,9 @@ impl<'a> Extras<'a> {
 /// averaged. Returns `false` (touching nothing) unless all the tensors are dense f32 CPU tensors
 /// laid out alike ([`same_dense_layout`]) in pairwise disjoint memory.
 ///
-/// Large parameters are split over libtorch's own OpenMP threads ([`omp_team`]); threads of
-/// our own were tried first and made the 2-D toy's step 1.6x slower (libtorch's OpenMP
-/// workers spin on the other cores between operations, and a spawned thread competes with
-/// them).
+/// Large parameters are split over libtorch's own OpenMP threads ([`omp_team`]), not threads
+/// of our own: libtorch's OpenMP workers spin on the other cores between operations, and a
+/// spawned thread would compete with them.
 pub fn adam_step(
     var: &Tensor,
     grad: &Tensor,

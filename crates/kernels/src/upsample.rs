@@ -2,8 +2,8 @@
 //! diffusers' `Upsample2D` and the up-resampling resnet blocks).
 //!
 //! libtorch's `upsample_nearest2d` copies its (already contiguous) input once more before the
-//! kernel on this path, which made the decoder's three upsamplings ~3.5 % of a batch-1 sampling
-//! step of the 32 px bench model. For a contiguous f32 CPU tensor that needs no autograd record
+//! kernel on this path (a visible share of a batch-1 sampling step; see docs/performance.md).
+//! For a contiguous f32 CPU tensor that needs no autograd record
 //! [`upsample_nearest2x`] writes each output row pair straight from the input row instead,
 //! planes split over libtorch's OpenMP team ([`crate::omp_team`]).
 

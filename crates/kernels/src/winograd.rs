@@ -27,12 +27,12 @@
 //! elsewhere portable loops and the BLAS (one thread per call inside the region) do the same
 //! work, and [`crate::conv::Conv2d`] does not pick this path.
 //!
-//! Where it pays off ([`WinogradF2::pays_off`], measured with `cargo bench -p
-//! difflab-pipeline --bench kernels -- conv`): batch-1 inference at 8–128 px with up to 192
-//! channels in and out, 1.2–1.6x over libtorch's oneDNN convolution at 32 px, 1.3–1.8x over
-//! difflab's im2col at 16 px and ~3x at 8 px. At 8 px (at most
-//! [`CHANNEL_SPLIT_MAX_TILES`] tiles) the threads split the output channels instead of the
-//! tiles, each transforming the whole (small) input itself.
+//! Where it pays off ([`WinogradF2::pays_off`], set from `cargo bench -p difflab-lab --bench
+//! kernels -- conv`; the figures are in docs/performance.md): batch-1 inference at 8–128 px
+//! with up to [`MAX_CHANNELS`] channels in and out, where it beats both libtorch's oneDNN
+//! convolution and difflab's im2col. At 8 px (at most [`CHANNEL_SPLIT_MAX_TILES`] tiles) the
+//! threads split the output channels instead of the tiles, each transforming the whole
+//! (small) input itself.
 
 use std::ops::Range;
 
@@ -47,8 +47,8 @@ pub const TILE_POSITIONS: usize = 16;
 /// Fewest tiles per row for which [`WinogradF2::pays_off`] (a vector holds 16 tiles).
 pub const MIN_TILES_PER_ROW: usize = 4;
 
-/// Fewest input channels for which [`WinogradF2::pays_off`] (the products' inner size: at 3
-/// channels, a UNet's first convolution, im2col was 1.25x faster).
+/// Fewest input channels for which [`WinogradF2::pays_off`] (the products' inner size: with
+/// fewer, as in a UNet's first convolution, im2col is faster).
 pub const MIN_INPUT_CHANNELS: usize = 16;
 
 /// Most tiles for which each thread takes a share of the output channels (every tile, its own
@@ -60,9 +60,9 @@ pub const CHANNEL_SPLIT_MAX_TILES: usize = 32;
 /// `WinogradF2::band_rows`): half of a 1 MiB second-level cache.
 pub const BAND_BYTES: usize = 512 << 10;
 
-/// Most input plus output channels for which [`WinogradF2::pays_off`]: up to 64 + 128 it was
-/// 1.1–1.7x faster than libtorch at 16–128 px; at 128 + 128 and 256 + 128 it ranged from
-/// 0.8x to 1.7x (the transformed weights, 16·C_out·C_in floats, no longer stay in cache).
+/// Most input plus output channels for which [`WinogradF2::pays_off`]: above it the
+/// transformed weights, 16·C_out·C_in floats re-read per band, no longer stay in cache, and the
+/// path stops reliably beating libtorch.
 pub const MAX_CHANNELS: usize = 192;
 
 /// The transformed weights `U = G g Gᵀ` of a `[C_out, C_in, 3, 3]` weight, as `[16, C_out,
@@ -157,8 +157,8 @@ impl WinogradF2 {
         }
     }
 
-    /// Whether this geometry is one where difflab's Winograd path was measured faster than
-    /// libtorch's and im2col's (`cargo bench -p difflab-lab --bench kernels -- conv`):
+    /// Whether this geometry is one where difflab's Winograd path beats libtorch's and
+    /// im2col's (`cargo bench -p difflab-lab --bench kernels -- conv`; docs/performance.md):
     /// the AVX-512 kernels present, at least [`MIN_TILES_PER_ROW`] tiles per row and
     /// [`MIN_INPUT_CHANNELS`] input channels, and at most [`MAX_CHANNELS`] input plus output
     /// channels.
@@ -200,8 +200,7 @@ impl WinogradF2 {
 
     /// Elements from one row of `V` or `M` to the next: the tiles plus 16, so that rows (and,
     /// with [`WinogradF2::plane_stride`], the 16 planes a transform touches at once) do not lie
-    /// a power of two apart and compete for the same cache sets (at `[1, 32, 32, 32]` the
-    /// unpadded planes were 32 KiB apart and the input transform took as long as the products).
+    /// a power of two apart and compete for the same cache sets (see docs/performance.md).
     fn row_stride(&self) -> usize {
         self.tiles() + 16
     }

@@ -254,14 +254,16 @@ fn batch1_convolutions(quick: bool) {
             ConvPath::Im2colGemm => "im2col+BLAS",
             ConvPath::Winograd => "Winograd",
         };
-        let winograd = kernel.forward_with(&x, ConvPath::Winograd, None).is_some();
+        let winograd = kernel
+            .forward_on_path(&x, ConvPath::Winograd, None)
+            .is_some();
         let mut fs: Vec<Box<dyn FnMut()>> = vec![
             Box::new(|| drop(kernel.libtorch(&x))),
-            Box::new(|| drop(kernel.forward_with(&x, ConvPath::Im2colGemm, None))),
+            Box::new(|| drop(kernel.forward_on_path(&x, ConvPath::Im2colGemm, None))),
         ];
         if winograd {
             fs.push(Box::new(|| {
-                drop(kernel.forward_with(&x, ConvPath::Winograd, None))
+                drop(kernel.forward_on_path(&x, ConvPath::Winograd, None))
             }));
         }
         let mut refs: Vec<&mut dyn FnMut()> = fs

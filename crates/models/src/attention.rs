@@ -116,7 +116,7 @@ impl SpatialAttention {
     /// on the tokens of `n = GroupNorm(x)`.
     ///
     /// # Panics
-    /// If `x` is not 4-D with `channels` channels (the UNet checks its inputs in `f_forward`).
+    /// If `x` is not 4-D with `channels` channels (the UNet checks its inputs in `try_forward`).
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let out = ops::self_attention(
             self.projections(),

@@ -4,6 +4,7 @@
 //! by DDPM, Ho et al. 2020, App. B) passed through a two-layer MLP; a class label is a learned
 //! embedding row added to that vector (Dhariwal & Nichol 2021, §4).
 
+use difflab_schedulers::is_shared_timestep;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor, nn, nn::Module};
 
@@ -32,24 +33,16 @@ impl Default for SinusoidalConfig {
     }
 }
 
-/// Whether the `[B]` tensor `t` holds one value for the whole batch by construction: one
-/// element, or one broadcast with stride 0 (the form `difflab_samplers::shared_timestep` gives
-/// every denoiser call, and `[1]`/scalar inputs take after the models' input checks). Reads no
-/// values, so it costs nothing on any device.
-pub fn is_shared_across_batch(t: &Tensor) -> bool {
-    t.dim() == 1 && (t.size()[0] == 1 || t.stride()[0] == 0)
-}
-
 /// Sinusoidal embedding of `t` (`[B]`, integer or float) into `[B, dim]` float32:
 /// with `half = dim / 2` and `f_i = exp(−ln(P)·i / (half − s))`, `i = 0..half`,
 /// the code is `[sin(t·f), cos(t·f)]` (or `[cos, sin]` when flipped), zero-padded by one column
 /// when `dim` is odd. Computed in float32 in the same order as diffusers'
 /// `get_timestep_embedding`, so the codes agree bit for bit. A `t` the whole batch shares
-/// ([`is_shared_across_batch`]) gives a single row `[1, dim]`, for the caller to broadcast.
+/// ([`is_shared_timestep`]) gives a single row `[1, dim]`, for the caller to broadcast.
 pub fn sinusoidal_embedding(t: &Tensor, dim: i64, config: &SinusoidalConfig) -> Tensor {
     // A timestep the whole batch shares (as samplers pass it) is embedded once: `[1, dim]`,
     // which every use broadcasts, so the time MLP and each block's projection run on one row.
-    let t = if is_shared_across_batch(t) {
+    let t = if is_shared_timestep(t) {
         t.narrow(0, 0, 1)
     } else {
         t.shallow_clone()
@@ -277,14 +270,14 @@ mod tests {
         let rows = sinusoidal_embedding(&Tensor::from_slice(&[417i64, 417, 417]), 8, &cfg);
         // Broadcast (stride 0), as the samplers pass it: one row, equal to each per-row code.
         let shared = Tensor::from_slice(&[417i64]).expand([3], false);
-        assert!(is_shared_across_batch(&shared));
+        assert!(is_shared_timestep(&shared));
         let once = sinusoidal_embedding(&shared, 8, &cfg);
         assert_eq!(once.size(), [1, 8]);
         assert!(rows.equal(&once.expand([3, 8], false)));
         // A materialised [B] is embedded row by row, even when its values happen to agree.
-        assert!(!is_shared_across_batch(&Tensor::from_slice(&[
+        assert!(!is_shared_timestep(&Tensor::from_slice(&[
             417i64, 417, 417
         ])));
-        assert!(is_shared_across_batch(&Tensor::from_slice(&[417i64])));
+        assert!(is_shared_timestep(&Tensor::from_slice(&[417i64])));
     }
 }

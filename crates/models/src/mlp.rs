@@ -190,14 +190,15 @@ impl MlpDenoiser {
     /// `[B]`, `[1]` or scalar).
     ///
     /// # Panics
-    /// On invalid inputs, with the message of [`MlpDenoiser::f_forward`]'s error.
+    /// On invalid inputs, with the message of [`MlpDenoiser::try_forward`]'s error.
     pub fn forward(&self, x: &Tensor, t: &Tensor) -> Tensor {
-        self.f_forward(x, t)
+        self.try_forward(x, t)
             .unwrap_or_else(|e| panic!("MlpDenoiser::forward: {e}"))
     }
 
-    /// [`MlpDenoiser::forward`] returning an error that names the bad input (`x` or `t`).
-    pub fn f_forward(&self, x: &Tensor, t: &Tensor) -> Result<Tensor, ModelError> {
+    /// [`MlpDenoiser::forward`] returning an error that names the bad input (`x` or `t`)
+    /// instead of panicking.
+    pub fn try_forward(&self, x: &Tensor, t: &Tensor) -> Result<Tensor, ModelError> {
         let t = self.check(x, t)?;
         Ok(self.run(x, &t, &mut |_, _| {}))
     }

@@ -34,7 +34,7 @@ impl MlpDenoiser {
         })
     }
 
-    /// The prediction for `x` at `t`, as [`MlpDenoiser::f_forward`] computes it (to float
+    /// The prediction for `x` at `t`, as [`MlpDenoiser::try_forward`] computes it (to float
     /// rounding), without an autograd graph: the output and the tape
     /// [`MlpDenoiser::backward`] reads ([`mlp_tape::forward_taped`]). `Ok(None)` where the
     /// hand-written pass does not apply (a GELU network, no BLAS, tensors that are not

@@ -216,44 +216,29 @@ impl SrUNet {
     }
 
     /// The prediction for high-resolution `x` (`[B, C, H, W]`) at timesteps `t` given the
-    /// low-resolution image `lowres` (`[B, C', h, w]`) and its noise-augmentation level
-    /// `noise_level` (`[B]`, `[1]` or scalar; int64 `>= 0` or float in `[0, 1]`).
+    /// low-resolution image `lowres` (`[B, C', h, w]`) and `inputs`: its noise-augmentation
+    /// level `inputs.lowres_noise_level` (required: `[B]`, `[1]` or scalar; int64 `>= 0` or
+    /// float in `[0, 1]`; [`UNetInputs::noise_level`] gives inputs with only that), the extra
+    /// conditioning image `inputs.cond_image` (when `unet.cond_channels > 0`), appended after
+    /// the upsampled low-resolution image, and the other routes as in [`UNetInputs`].
     ///
     /// # Panics
-    /// On invalid inputs, with the message of [`SrUNet::f_forward`]'s error.
+    /// On invalid inputs, with the message of [`SrUNet::try_forward`]'s error.
     pub fn forward(
         &self,
         x: &Tensor,
         t: &Tensor,
         lowres: &Tensor,
-        noise_level: &Tensor,
+        inputs: &UNetInputs<'_>,
         train: bool,
     ) -> Tensor {
-        self.f_forward(x, t, lowres, noise_level, train)
+        self.try_forward(x, t, lowres, inputs, train)
             .unwrap_or_else(|e| panic!("SrUNet::forward: {e}"))
     }
 
     /// [`SrUNet::forward`] returning an error that names the bad input (`x`, `t`, `lowres`,
-    /// `lowres_noise_level`, …) instead of panicking.
-    pub fn f_forward(
-        &self,
-        x: &Tensor,
-        t: &Tensor,
-        lowres: &Tensor,
-        noise_level: &Tensor,
-        train: bool,
-    ) -> Result<Tensor, ModelError> {
-        let inputs = UNetInputs {
-            lowres_noise_level: Some(noise_level),
-            ..UNetInputs::default()
-        };
-        self.f_forward_with(x, t, lowres, &inputs, train)
-    }
-
-    /// The general form: `inputs.lowres_noise_level` is the noise level (required),
-    /// `inputs.cond_image` the extra conditioning image (when `unet.cond_channels > 0`),
-    /// appended after the upsampled low-resolution image; other routes as in [`UNetInputs`].
-    pub fn f_forward_with(
+    /// `lowres_noise_level`, `cond_image`, …) instead of panicking.
+    pub fn try_forward(
         &self,
         x: &Tensor,
         t: &Tensor,
@@ -297,23 +282,7 @@ impl SrUNet {
             cond_image: Some(&cond),
             ..*inputs
         };
-        self.unet.f_forward_with(x, t, &inputs, train)
-    }
-
-    /// [`SrUNet::f_forward_with`], panicking on invalid inputs.
-    ///
-    /// # Panics
-    /// On invalid inputs, with the error's message.
-    pub fn forward_with(
-        &self,
-        x: &Tensor,
-        t: &Tensor,
-        lowres: &Tensor,
-        inputs: &UNetInputs<'_>,
-        train: bool,
-    ) -> Tensor {
-        self.f_forward_with(x, t, lowres, inputs, train)
-            .unwrap_or_else(|e| panic!("SrUNet::forward: {e}"))
+        self.unet.try_forward(x, t, &inputs, train)
     }
 
     /// The wrapped UNet's per-block summary for a `height × width` output.

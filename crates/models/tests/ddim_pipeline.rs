@@ -6,7 +6,7 @@ mod npy;
 
 use std::path::PathBuf;
 
-use difflab_models::load_diffusers_unet;
+use difflab_models::{UNetInputs, load_diffusers_unet};
 use difflab_samplers::{
     Conditioning, DdimSampler, FnDenoiser, GlobalSeedNoise, NoiseSource, Sampler, X0Processing,
 };
@@ -39,7 +39,9 @@ fn ddim_20_steps_reproduces_diffusers_pipeline() {
     .expect("sampler");
     let denoiser = FnDenoiser::new(
         Prediction::Eps,
-        |x: &Tensor, t: &Tensor, _: &Conditioning| unet.forward(x, t, None, false),
+        |x: &Tensor, t: &Tensor, _: &Conditioning| {
+            unet.forward(x, t, &UNetInputs::classes(None), false)
+        },
     );
     // torch.manual_seed(0); torch.randn([4, C, H, W]); eta = 0 draws nothing more.
     let mut noise = GlobalSeedNoise::new(0);

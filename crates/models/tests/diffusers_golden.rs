@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use difflab_models::load_diffusers_unet;
+use difflab_models::{UNetInputs, load_diffusers_unet};
 use tch::{Device, Tensor};
 
 fn fixture(name: &str) -> PathBuf {
@@ -20,7 +20,14 @@ fn check(name: &str) {
         .into_iter()
         .collect();
     let labels = io.get("class_labels");
-    let out = tch::no_grad(|| unet.forward(&io["sample"], &io["timestep"], labels, false));
+    let out = tch::no_grad(|| {
+        unet.forward(
+            &io["sample"],
+            &io["timestep"],
+            &UNetInputs::classes(labels),
+            false,
+        )
+    });
     let reference = &io["output"];
     assert_eq!(out.size(), reference.size());
     let max_diff = (&out - reference).abs().max().double_value(&[]);

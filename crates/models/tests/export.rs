@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use difflab_models::{
-    DiffusersUNetConfig, ModelError, UNet, UNetConfig, export_diffusers_unet, load_diffusers_unet,
+    DiffusersUNetConfig, ModelError, UNet, UNetConfig, UNetInputs, export_diffusers_unet,
+    load_diffusers_unet,
 };
 use serde_json::Value;
 use tch::{Device, Kind, Tensor, nn};
@@ -167,8 +168,8 @@ fn native_round_trip(scale_shift: bool) {
     let y = Tensor::from_slice(&[2i64, 0]);
     let (a, b) = tch::no_grad(|| {
         (
-            unet.forward(&x, &t, Some(&y), false),
-            reloaded.forward(&x, &t, Some(&y), false),
+            unet.forward(&x, &t, &UNetInputs::classes(Some(&y)), false),
+            reloaded.forward(&x, &t, &UNetInputs::classes(Some(&y)), false),
         )
     });
     assert_eq!(a.size(), [2, 4, 16, 16]);

@@ -239,7 +239,7 @@ fn zero_out_zeroes_the_branch_outputs_and_the_output() {
     let x = Tensor::randn([2, 1, 28, 28], (Kind::Float, Device::Cpu));
     let t = Tensor::from_slice(&[3i64, 700]);
     let labels = Tensor::from_slice(&[1i64, 9]);
-    let out = unet.forward_with(&x, &t, &UNetInputs::classes(Some(&labels)), false);
+    let out = unet.forward(&x, &t, &UNetInputs::classes(Some(&labels)), false);
     assert_eq!(stats(&out).0, 0.0, "the output starts at 0");
 
     let rng = seeded(4);

@@ -140,11 +140,11 @@ fn summary_counts_every_parameter() {
 fn bad_inputs_and_configs_are_named() {
     let (model, _vs) = build(&small(Activation::Relu));
     let err = model
-        .f_forward(&Tensor::zeros([4, 3], FLOAT), &Tensor::from(1i64))
+        .try_forward(&Tensor::zeros([4, 3], FLOAT), &Tensor::from(1i64))
         .unwrap_err();
     assert!(err.to_string().contains("`x`"), "{err}");
     let err = model
-        .f_forward(&Tensor::zeros([4, 2], FLOAT), &Tensor::zeros([3], FLOAT))
+        .try_forward(&Tensor::zeros([4, 2], FLOAT), &Tensor::zeros([3], FLOAT))
         .unwrap_err();
     assert!(err.to_string().contains("`t`"), "{err}");
 

@@ -1,7 +1,7 @@
 //! The native UNetConfig: tiny models with full and linear attention and AdaGN build, run,
 //! count their parameters, and reject bad configs and inputs with named errors.
 
-use difflab_models::{AttentionKind, ModelError, TimeConditioning, UNet, UNetConfig};
+use difflab_models::{AttentionKind, ModelError, TimeConditioning, UNet, UNetConfig, UNetInputs};
 use tch::{Device, Kind, Tensor, nn};
 
 const TINY: &str = r#"{
@@ -48,7 +48,7 @@ fn tiny_config_builds_runs_and_counts() {
     let x = Tensor::randn([2, 3, 16, 16], (Kind::Float, Device::Cpu));
     let t = Tensor::from_slice(&[10i64, 500]);
     let y = Tensor::from_slice(&[0i64, 2]);
-    let out = unet.forward(&x, &t, Some(&y), false);
+    let out = unet.forward(&x, &t, &UNetInputs::classes(Some(&y)), false);
     assert_eq!(
         out.size(),
         [2, 6, 16, 16],
@@ -103,7 +103,9 @@ fn tiny_config_builds_runs_and_counts() {
     plain.learned_variance = false;
     let (plain_unet, plain_vs) = build(&plain);
     assert_eq!(
-        plain_unet.forward(&x, &t, Some(&y), false).size(),
+        plain_unet
+            .forward(&x, &t, &UNetInputs::classes(Some(&y)), false)
+            .size(),
         [2, 3, 16, 16]
     );
     assert_eq!(total - stored_params(&plain_vs), 3 * 4 * 9 + 3);
@@ -115,7 +117,10 @@ fn every_parameter_gets_a_gradient() {
     tch::manual_seed(2);
     let x = Tensor::randn([2, 3, 16, 16], (Kind::Float, Device::Cpu));
     let t = Tensor::from_slice(&[3.5f32, 700.0]);
-    let loss = unet.forward(&x, &t, None, true).square().mean(Kind::Float);
+    let loss = unet
+        .forward(&x, &t, &UNetInputs::classes(None), true)
+        .square()
+        .mean(Kind::Float);
     loss.backward();
     for (name, var) in vs.variables() {
         let grad = var.grad();
@@ -131,11 +136,11 @@ fn every_parameter_gets_a_gradient() {
 fn null_class_is_the_default_label_and_scalar_t_broadcasts() {
     let (unet, _vs) = build(&tiny());
     let x = Tensor::ones([2, 3, 8, 8], (Kind::Float, Device::Cpu));
-    let none = unet.forward(&x, &Tensor::from(5i64), None, false);
+    let none = unet.forward(&x, &Tensor::from(5i64), &UNetInputs::classes(None), false);
     let null = unet.forward(
         &x,
         &Tensor::from_slice(&[5i64, 5]),
-        Some(&Tensor::from_slice(&[3i64, 3])),
+        &UNetInputs::classes(Some(&Tensor::from_slice(&[3i64, 3]))),
         false,
     );
     // A scalar t is shared by the batch, so its embedding is computed for one row and
@@ -145,7 +150,7 @@ fn null_class_is_the_default_label_and_scalar_t_broadcasts() {
     let class0 = unet.forward(
         &x,
         &Tensor::from_slice(&[5i64]),
-        Some(&Tensor::from_slice(&[0i64, 0])),
+        &UNetInputs::classes(Some(&Tensor::from_slice(&[0i64, 0]))),
         false,
     );
     assert!((class0 - null).abs().max().double_value(&[]) > 1e-4);
@@ -161,7 +166,7 @@ fn channels_from_base_and_multipliers() {
     let out = unet.forward(
         &Tensor::zeros([1, 3, 8, 8], (Kind::Float, Device::Cpu)),
         &Tensor::from(0i64),
-        None,
+        &UNetInputs::classes(None),
         false,
     );
     assert_eq!(out.size(), [1, 3, 8, 8]);
@@ -234,40 +239,55 @@ fn bad_inputs_are_named_not_panics() {
     let y = Tensor::from_slice(&[0i64, 1]);
     let cases: Vec<(Result<Tensor, ModelError>, &str)> = vec![
         (
-            unet.f_forward(&Tensor::zeros([2, 1, 16, 16], cpu), &t, Some(&y), false),
+            unet.try_forward(
+                &Tensor::zeros([2, 1, 16, 16], cpu),
+                &t,
+                &UNetInputs::classes(Some(&y)),
+                false,
+            ),
             "`x`",
         ),
         (
-            unet.f_forward(&Tensor::zeros([2, 3, 15, 16], cpu), &t, Some(&y), false),
+            unet.try_forward(
+                &Tensor::zeros([2, 3, 15, 16], cpu),
+                &t,
+                &UNetInputs::classes(Some(&y)),
+                false,
+            ),
             "multiples of 2",
         ),
         (
-            unet.f_forward(&Tensor::zeros([2, 3, 16], cpu), &t, Some(&y), false),
+            unet.try_forward(
+                &Tensor::zeros([2, 3, 16], cpu),
+                &t,
+                &UNetInputs::classes(Some(&y)),
+                false,
+            ),
             "[B, C, H, W]",
         ),
         (
-            unet.f_forward(
+            unet.try_forward(
                 &Tensor::zeros([2, 3, 16, 16], cpu),
                 &Tensor::from_slice(&[1i64, 2, 3]),
-                Some(&y),
+                &UNetInputs::classes(Some(&y)),
                 false,
             ),
             "`t`",
         ),
         (
-            unet.f_forward(
+            unet.try_forward(
                 &Tensor::zeros([2, 3, 16, 16], cpu),
                 &t,
-                Some(&Tensor::from_slice(&[0i64, 4])),
+                &UNetInputs::classes(Some(&Tensor::from_slice(&[0i64, 4]))),
                 false,
             ),
             "0..4",
         ),
         (
-            unet.f_forward(
+            unet.try_forward(
                 &Tensor::zeros([2, 3, 16, 16], cpu),
                 &t,
-                Some(&Tensor::from_slice(&[0.0f32, 1.0])),
+                &UNetInputs::classes(Some(&Tensor::from_slice(&[0.0f32, 1.0]))),
                 false,
             ),
             "int64",
@@ -283,14 +303,24 @@ fn bad_inputs_are_named_not_panics() {
     uncond.null_class = false;
     let (uncond_unet, _vs) = build(&uncond);
     let err = uncond_unet
-        .f_forward(&Tensor::zeros([2, 3, 16, 16], cpu), &t, Some(&y), false)
+        .try_forward(
+            &Tensor::zeros([2, 3, 16, 16], cpu),
+            &t,
+            &UNetInputs::classes(Some(&y)),
+            false,
+        )
         .unwrap_err();
     assert!(err.to_string().contains("no class embedding"), "{err}");
     let mut no_null = tiny();
     no_null.null_class = false;
     let (no_null_unet, _vs) = build(&no_null);
     let err = no_null_unet
-        .f_forward(&Tensor::zeros([2, 3, 16, 16], cpu), &t, None, false)
+        .try_forward(
+            &Tensor::zeros([2, 3, 16, 16], cpu),
+            &t,
+            &UNetInputs::classes(None),
+            false,
+        )
         .unwrap_err();
     assert!(err.to_string().contains("required"), "{err}");
 }
@@ -321,8 +351,13 @@ fn batch_one_inference_paths_match_the_batched_ones() {
     let f = (Kind::Float, Device::Cpu);
     let x = Tensor::randn([2, 3, 32, 32], f);
     let t = Tensor::from_slice(&[7i64, 7]);
-    let batched = unet.forward(&x, &t, None, false);
-    let one = unet.forward(&x.narrow(0, 0, 1), &t.narrow(0, 0, 1), None, false);
+    let batched = unet.forward(&x, &t, &UNetInputs::classes(None), false);
+    let one = unet.forward(
+        &x.narrow(0, 0, 1),
+        &t.narrow(0, 0, 1),
+        &UNetInputs::classes(None),
+        false,
+    );
     let scale = batched.abs().max().double_value(&[]);
     let err = (one - batched.narrow(0, 0, 1))
         .abs()

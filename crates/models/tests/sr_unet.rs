@@ -49,7 +49,7 @@ fn output_has_the_high_resolution_shape() {
         let float_level = Tensor::from_slice(&[0.0f32, 0.3]);
         let int_level = Tensor::from(250i64);
         for level in [&float_level, &int_level] {
-            let out = model.forward(&x, &t, &lowres, level, false);
+            let out = model.forward(&x, &t, &lowres, &UNetInputs::noise_level(level), false);
             assert_eq!(out.size(), [2, 3, 32, 32], "{upsample:?}");
         }
         let summary = model.summary(32, 32).expect("summary");
@@ -68,7 +68,7 @@ fn output_has_the_high_resolution_shape() {
         &Tensor::randn([1, 3, 64, 64], FLOAT),
         &Tensor::from(1i64),
         &Tensor::randn([1, 3, 16, 16], FLOAT),
-        &Tensor::from(0.5f32),
+        &UNetInputs::noise_level(&Tensor::from(0.5f32)),
         false,
     );
     assert_eq!(out.size(), [1, 3, 64, 64]);
@@ -92,7 +92,8 @@ fn wrong_lowres_sizes_and_non_integer_scales_are_named() {
     ];
     for (model, shape, expected) in cases {
         let lowres = Tensor::zeros(shape.as_slice(), FLOAT);
-        let msg = match model.f_forward(&x, &t, &lowres, &level, false) {
+        let msg = match model.try_forward(&x, &t, &lowres, &UNetInputs::noise_level(&level), false)
+        {
             Ok(_) => panic!("lowres {shape:?} accepted"),
             Err(e) => e.to_string(),
         };
@@ -104,11 +105,17 @@ fn wrong_lowres_sizes_and_non_integer_scales_are_named() {
     // The noise level is checked and required.
     let lowres = Tensor::zeros([2, 3, 16, 16], FLOAT);
     let err = fixed
-        .f_forward(&x, &t, &lowres, &Tensor::from(1.5f32), false)
+        .try_forward(
+            &x,
+            &t,
+            &lowres,
+            &UNetInputs::noise_level(&Tensor::from(1.5f32)),
+            false,
+        )
         .unwrap_err();
     assert!(err.to_string().contains("[0, 1]"), "{err}");
     let err = fixed
-        .f_forward_with(&x, &t, &lowres, &UNetInputs::default(), false)
+        .try_forward(&x, &t, &lowres, &UNetInputs::default(), false)
         .unwrap_err();
     assert!(err.to_string().contains("`lowres_noise_level`"), "{err}");
 }
@@ -163,19 +170,28 @@ fn noise_level_changes_the_output_and_everything_trains() {
     let x = Tensor::randn([2, 3, 16, 16], FLOAT);
     let lowres = Tensor::randn([2, 3, 8, 8], FLOAT);
     let t = Tensor::from_slice(&[10i64, 10]);
-    let run = |level: &Tensor| tch::no_grad(|| model.forward(&x, &t, &lowres, level, false));
+    let run = |level: &Tensor| {
+        tch::no_grad(|| model.forward(&x, &t, &lowres, &UNetInputs::noise_level(level), false))
+    };
     let clean = run(&Tensor::from(0.0f32));
     assert!(max_diff(&clean, &run(&Tensor::from(0.5f32))) > 1e-6);
     assert!(max_diff(&run(&Tensor::from(0i64)), &run(&Tensor::from(250i64))) > 1e-6);
     // A float level s is coded as 1000·s by default: 0.25 and integer level 250 agree.
     assert!(max_diff(&run(&Tensor::from(0.25f32)), &run(&Tensor::from(250i64))) < 1e-5);
     // The low-resolution image matters too.
-    let other =
-        tch::no_grad(|| model.forward(&x, &t, &lowres.zeros_like(), &Tensor::from(0.0f32), false));
+    let other = tch::no_grad(|| {
+        model.forward(
+            &x,
+            &t,
+            &lowres.zeros_like(),
+            &UNetInputs::noise_level(&Tensor::from(0.0f32)),
+            false,
+        )
+    });
     assert!(max_diff(&clean, &other) > 1e-6);
 
     let levels = Tensor::from_slice(&[0.1f32, 0.7]);
-    let out = model.forward(&x, &t, &lowres, &levels, true);
+    let out = model.forward(&x, &t, &lowres, &UNetInputs::noise_level(&levels), true);
     out.square().mean(Kind::Float).backward();
     assert_every_param_has_grad(&vs, "SR-UNet");
 }
@@ -193,7 +209,9 @@ fn sr_unet_survives_a_safetensors_round_trip() {
     let x = Tensor::randn([1, 3, 16, 16], FLOAT);
     let lowres = Tensor::randn([1, 3, 8, 8], FLOAT);
     let (t, level) = (Tensor::from(5i64), Tensor::from(0.2f32));
-    let a = tch::no_grad(|| model.forward(&x, &t, &lowres, &level, false));
-    let b = tch::no_grad(|| fresh.forward(&x, &t, &lowres, &level, false));
+    let a =
+        tch::no_grad(|| model.forward(&x, &t, &lowres, &UNetInputs::noise_level(&level), false));
+    let b =
+        tch::no_grad(|| fresh.forward(&x, &t, &lowres, &UNetInputs::noise_level(&level), false));
     assert!(bit_identical(&a, &b));
 }

@@ -161,9 +161,8 @@ fn build(config: &UNetConfig) -> (UNet, nn::VarStore) {
 fn check_shape(config: &UNetConfig, routes: Routes, b: i64, side: i64) {
     let (unet, _vs) = build(config);
     let inputs = Inputs::new(routes, b, side);
-    let out =
-        tch::no_grad(|| unet.f_forward_with(&inputs.x, &inputs.t, &inputs.unet_inputs(), false))
-            .unwrap_or_else(|e| panic!("{routes:?} at {side}: {e}"));
+    let out = tch::no_grad(|| unet.try_forward(&inputs.x, &inputs.t, &inputs.unet_inputs(), false))
+        .unwrap_or_else(|e| panic!("{routes:?} at {side}: {e}"));
     let c = if routes.learned_variance { 6 } else { 3 };
     assert_eq!(out.size(), [b, c, side, side], "{routes:?} {config:?}");
     assert!(
@@ -285,7 +284,7 @@ fn check_grads(config: &UNetConfig, routes: Routes, what: &str) {
     let (unet, vs) = build(config);
     let inputs = Inputs::new(routes, 2, 16);
     let out = unet
-        .f_forward_with(&inputs.x, &inputs.t, &inputs.unet_inputs(), true)
+        .try_forward(&inputs.x, &inputs.t, &inputs.unet_inputs(), true)
         .unwrap_or_else(|e| panic!("{what}: {e}"));
     // A loss that depends on every output channel and position.
     let target = Tensor::randn(out.size(), FLOAT);
@@ -354,7 +353,7 @@ fn context_gain_is_the_identity_at_init_and_then_matters() {
             context: Some(context),
             ..UNetInputs::default()
         };
-        tch::no_grad(|| unet.forward_with(&inputs.x, &inputs.t, &i, false))
+        tch::no_grad(|| unet.forward(&inputs.x, &inputs.t, &i, false))
     };
     let a = run(inputs.context.as_ref().expect("context"));
     let b = run(&Tensor::zeros([2, CONTEXT_DIM], FLOAT));
@@ -401,7 +400,7 @@ fn self_cond_defaults_to_zeros_and_label_vector_matters() {
             label_vector: Some(label_vector),
             ..UNetInputs::default()
         };
-        tch::no_grad(|| unet.forward_with(&inputs.x, &inputs.t, &i, false))
+        tch::no_grad(|| unet.forward(&inputs.x, &inputs.t, &i, false))
     };
     assert!(bit_identical(&run(None, v), &run(Some(&zeros), v)));
     let prev = inputs.self_cond.as_ref().expect("self cond");
@@ -436,9 +435,8 @@ fn all_routes_survive_a_safetensors_round_trip_bit_for_bit() {
     tch::manual_seed(99);
     let (fresh, mut fresh_vs) = build(&cfg);
     let inputs = Inputs::new(Routes::ALL, 2, 16);
-    let run = |m: &UNet| {
-        tch::no_grad(|| m.forward_with(&inputs.x, &inputs.t, &inputs.unet_inputs(), false))
-    };
+    let run =
+        |m: &UNet| tch::no_grad(|| m.forward(&inputs.x, &inputs.t, &inputs.unet_inputs(), false));
     let before = run(&fresh);
     let reference = run(&unet);
     assert!(
@@ -503,7 +501,7 @@ fn missing_extra_and_misshapen_inputs_are_named() {
     let inputs = Inputs::new(Routes::ALL, 2, 16);
     let full = inputs.unet_inputs();
     let err = |i: UNetInputs<'_>| -> String {
-        match unet.f_forward_with(&inputs.x, &inputs.t, &i, false) {
+        match unet.try_forward(&inputs.x, &inputs.t, &i, false) {
             Ok(_) => panic!("{i:?} ran, expected an error"),
             Err(e) => e.to_string(),
         }
@@ -642,7 +640,7 @@ fn missing_extra_and_misshapen_inputs_are_named() {
             },
         ),
     ] {
-        let msg = match plain.f_forward_with(&inputs.x, &inputs.t, &i, false) {
+        let msg = match plain.try_forward(&inputs.x, &inputs.t, &i, false) {
             Ok(_) => panic!("{name} accepted by a model without it"),
             Err(e) => e.to_string(),
         };
@@ -665,7 +663,12 @@ fn missing_extra_and_misshapen_inputs_are_named() {
     ));
     assert_eq!(
         class_unet
-            .forward(&inputs.x, &inputs.t, inputs.labels.as_ref(), false)
+            .forward(
+                &inputs.x,
+                &inputs.t,
+                &UNetInputs::classes(inputs.labels.as_ref()),
+                false
+            )
             .size(),
         [2, 3, 16, 16]
     );

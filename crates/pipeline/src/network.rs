@@ -72,7 +72,7 @@ impl Network {
                     context: cond.context.as_ref(),
                     ..UNetInputs::default()
                 };
-                unet.forward_with(x_t, t, &inputs, train)
+                unet.forward(x_t, t, &inputs, train)
             }
             Network::Mlp(mlp) => mlp.forward(x_t, t),
             Network::SrUnet(sr) => {
@@ -88,7 +88,7 @@ impl Network {
                     lowres_noise_level: Some(level),
                     ..UNetInputs::default()
                 };
-                sr.f_forward_with(x_t, t, lowres, &inputs, train)
+                sr.try_forward(x_t, t, lowres, &inputs, train)
                     .unwrap_or_else(|e| panic!("SR-UNet: {e}"))
             }
         }

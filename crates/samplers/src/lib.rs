@@ -26,9 +26,13 @@ pub use config::{ColdConfig, DdimConfig, DdpmConfig, SamplerConfig, SamplerKind,
 pub use ddim::{DdimSampler, ddim_step};
 pub use ddpm::{DdpmSampler, ddpm_step};
 pub use denoiser::{Denoiser, FnDenoiser};
+pub use difflab_schedulers::{is_shared_timestep, shared_timestep};
 pub use error::SampleError;
 pub use guidance::ClassifierFreeGuidance;
 pub use keys::{InapplicableKey, SamplerKeys};
-pub use noise::{GeneratorLock, GlobalSeedNoise, NoiseSource, PerImageNoise, generator_lock};
-pub use sampler::{Sampler, StepInfo, StepOutput, is_shared_timestep, shared_timestep};
+pub use noise::{
+    GeneratorLock, GlobalSeedNoise, NoiseSource, PerImageNoise, generator_lock, splitmix,
+    splitmix_63,
+};
+pub use sampler::{Sampler, StepInfo, StepOutput};
 pub use x0_processing::X0Processing;

@@ -80,8 +80,8 @@ impl NoiseSource for GlobalSeedNoise {
 /// One independent stream per image, so image `i` gets the same noise whatever batch it is
 /// sampled in: changing `--batch-size` never changes the images.
 ///
-/// Image `i`'s stream is a `ChaCha8` generator seeded with `mix(seed, i)` (SplitMix64, see
-/// `mix`); each draw takes the next `C·H·W` standard normals from it, made by the Box–Muller
+/// Image `i`'s stream is a `ChaCha8` generator seeded with `splitmix(seed, i)` (see
+/// [`splitmix`]); each draw takes the next `C·H·W` standard normals from it, made by the Box–Muller
 /// transform of pairs of 53-bit uniforms (computed in f64, rounded to f32). The whole batch is
 /// drawn on the host, without touching libtorch's global generator, and moved to the device in
 /// one copy.
@@ -90,11 +90,11 @@ pub struct PerImageNoise {
 }
 
 impl PerImageNoise {
-    /// Image `i` of the batch is image `first_index + i` of the run: stream `mix(seed, first_index + i)`.
+    /// Image `i` of the batch is image `first_index + i` of the run: stream `splitmix(seed, first_index + i)`.
     pub fn new(seed: u64, first_index: u64, batch: usize) -> Self {
         Self::from_seeds(
             (0..batch as u64)
-                .map(|i| mix(seed, first_index + i))
+                .map(|i| splitmix(seed, first_index + i))
                 .collect(),
         )
     }
@@ -163,12 +163,65 @@ impl NoiseSource for PerImageNoise {
     }
 }
 
-/// SplitMix64 finaliser of `a` combined with `b`: a cheap, well-mixed seed derivation.
-pub(crate) fn mix(a: u64, b: u64) -> u64 {
+/// A seed derived from a seed `a` and a counter `b`, all 64 bits: `a ^ ((b + γ)·c₁)` through
+/// SplitMix64's finaliser (`z ^= z >> 30; z *= c₁; z ^= z >> 27; z *= c₂; z ^= z >> 31`, with
+/// SplitMix64's constants γ = `0x9E3779B97F4A7C15`, c₁ = `0xBF58476D1CE4E5B9`, c₂ =
+/// `0x94D049BB133111EB`). Cheap and well mixed: nearby counters give unrelated seeds. The
+/// per-image noise streams are seeded with `splitmix(seed, image index)` ([`PerImageNoise`]).
+pub fn splitmix(a: u64, b: u64) -> u64 {
     let mut z = a ^ b
         .wrapping_add(0x9E37_79B9_7F4A_7C15)
         .wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
+}
+
+/// [`splitmix`] shifted right by one bit: a 63-bit seed, so `as i64` is never negative (what
+/// `tch::manual_seed` takes). The training step's seeds: step `s`, micro-batch `m` re-seeds
+/// libtorch's generator with `splitmix_63(seed, s·grad_accum + m)` (`difflab_train::mix`),
+/// and the trainer's previews and the bench derive their seeds with it too. Kept apart from
+/// [`splitmix`] because the two give different values and both are baked into results: a
+/// training run's draws come from this one, per-image sampling noise from [`splitmix`].
+pub fn splitmix_63(a: u64, b: u64) -> u64 {
+    splitmix(a, b) >> 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splitmix_and_splitmix_63_keep_their_values() {
+        // Computed independently (Python, integers masked to 64 bits) from the formula the
+        // noise streams and the trainer's per-step seeds were written with before they shared
+        // this implementation: `splitmix_63` is the trainer's `mix`.
+        let cases = [
+            (0, 0, 0x5c47_22af_355e_9512, 0x2e23_9157_9aaf_4a89),
+            (42, 7, 0x028b_68a1_14d8_7371, 0x0145_b450_8a6c_39b8),
+            (7, 0x5EED, 0xc01d_6b5d_208d_1808, 0x600e_b5ae_9046_8c04),
+            (7, u64::MAX, 0x4bed_7bf0_3ee5_247e, 0x25f6_bdf8_1f72_923f),
+            (
+                u64::MAX,
+                u64::MAX,
+                0x4a93_86f4_9346_2018,
+                0x2549_c37a_49a3_100c,
+            ),
+        ];
+        for (a, b, full, seed63) in cases {
+            assert_eq!(splitmix(a, b), full, "splitmix({a}, {b})");
+            assert_eq!(splitmix_63(a, b), seed63, "splitmix_63({a}, {b})");
+        }
+    }
+
+    #[test]
+    fn splitmix_63_is_splitmix_without_its_low_bit_and_never_negative() {
+        let mut x = 0x0123_4567_89ab_cdef_u64;
+        for i in 0..10_000_u64 {
+            x = splitmix(x, i);
+            let (seed, n) = (x, x.rotate_left(17) ^ i);
+            assert_eq!(splitmix_63(seed, n), splitmix(seed, n) >> 1);
+            assert!(splitmix_63(seed, n) as i64 >= 0);
+        }
+    }
 }

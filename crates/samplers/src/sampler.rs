@@ -1,8 +1,8 @@
 //! The sampler trait and what a step reports.
 
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
-use crate::{Conditioning, Denoiser, NoiseSource, SampleError};
+use crate::{Conditioning, Denoiser, NoiseSource, SampleError, shared_timestep};
 
 /// What one step produced: the new sample and the x₀ it was built from.
 pub struct StepOutput {
@@ -51,19 +51,6 @@ pub trait Sampler {
 /// [`shared_timestep`]).
 pub(crate) fn timestep_batch(t: i64, x: &Tensor) -> Tensor {
     shared_timestep(t, x.size()[0], x.device())
-}
-
-/// A timestep shared by a batch of `b`: `[b]` int64 with stride 0 (one element broadcast), the
-/// form samplers pass to a [`Denoiser`]. Networks recognise it ([`is_shared_timestep`]) and
-/// compute the time embedding for one row instead of `b`.
-pub fn shared_timestep(t: i64, b: i64, device: tch::Device) -> Tensor {
-    Tensor::full([1], t, (Kind::Int64, device)).expand([b], false)
-}
-
-/// Whether the `[B]` tensor `t` holds one value for the whole batch by construction: a single
-/// element, or a broadcast one (stride 0, as [`shared_timestep`] makes it). Reads no values.
-pub fn is_shared_timestep(t: &Tensor) -> bool {
-    t.dim() == 1 && (t.size()[0] == 1 || t.stride()[0] == 0)
 }
 
 /// The shared loop: evaluate, step, report; then check the result is finite.

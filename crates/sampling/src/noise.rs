@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum NoiseMode {
-    /// One stream per image (`ChaCha8` seeded with `mix(seed, image index)`, see
+    /// One stream per image (`ChaCha8` seeded with `splitmix(seed, image index)`, see
     /// [`PerImageNoise`]): image `i` is the same whatever the batch size, the number of images
     /// or the device. Each image's stream gives, in order: the noise of its conditioning
     /// input (an SR stage's augmentation), its starting x_T, then one draw per stochastic step.

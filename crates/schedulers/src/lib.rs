@@ -2,7 +2,9 @@
 //!
 //! - [`ScheduleConfig`] / [`NoiseSchedule`]: beta tables (`linear`, `scaled_linear`, `cosine`,
 //!   `sigmoid`), optional zero-terminal-SNR rescale, ᾱ_t and SNR(t).
-//! - [`inference_timesteps`]: the timesteps a few-step sampler visits (leading / trailing / linspace).
+//! - [`inference_timesteps`]: the timesteps a few-step sampler visits (leading / trailing / linspace);
+//!   [`shared_timestep`] / [`is_shared_timestep`]: the one-broadcast-element form of a timestep
+//!   the whole batch shares, which samplers pass and networks recognise.
 //! - [`ForwardProcess`]: q(x_t | x_0) for a per-sample timestep tensor and the training targets.
 //! - [`Prediction`]: what a network outputs (ε, x₀ or v) and conversions between them.
 //! - [`posterior`]: the DDPM posterior q(x_{t-1} | x_t, x_0) mean coefficients and variances.
@@ -29,4 +31,4 @@ pub use forward::ForwardProcess;
 pub use posterior::VarianceType;
 pub use prediction::Prediction;
 pub use schedule::{NoiseSchedule, Schedule};
-pub use timesteps::{TimestepSpacing, inference_timesteps};
+pub use timesteps::{TimestepSpacing, inference_timesteps, is_shared_timestep, shared_timestep};

@@ -1,6 +1,8 @@
-//! Which training timesteps a few-step sampler visits.
+//! Which training timesteps a few-step sampler visits, and how a batch's timestep tensor says
+//! that every example shares one.
 
 use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
 
 use crate::ScheduleError;
 
@@ -100,4 +102,39 @@ pub fn inference_timesteps(
         }
     };
     Ok(ts)
+}
+
+/// A timestep shared by a batch of `b`: `[b]` int64 with stride 0 (one element broadcast), the
+/// form samplers pass to a denoiser. Networks recognise it ([`is_shared_timestep`]) and compute
+/// the time embedding for one row instead of `b`.
+pub fn shared_timestep(t: i64, b: i64, device: Device) -> Tensor {
+    Tensor::full([1], t, (Kind::Int64, device)).expand([b], false)
+}
+
+/// Whether the `[B]` tensor `t` holds one value for the whole batch by construction: a single
+/// element, or one broadcast with stride 0 (as [`shared_timestep`] makes it, and `[1]`/scalar
+/// inputs take after the models' input checks). Reads no values, so it costs nothing on any
+/// device. The samplers and the networks both decide with this one function.
+pub fn is_shared_timestep(t: &Tensor) -> bool {
+    t.dim() == 1 && (t.size()[0] == 1 || t.stride()[0] == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shared_timestep_is_one_broadcast_element_and_is_recognised() {
+        let t = shared_timestep(417, 3, Device::Cpu);
+        assert_eq!(t.size(), [3]);
+        assert_eq!(t.stride(), [0]);
+        assert_eq!(Vec::<i64>::try_from(&t).unwrap(), [417, 417, 417]);
+        assert!(is_shared_timestep(&t));
+        // A materialised [B] is not, even when its values happen to agree; one element is.
+        assert!(!is_shared_timestep(&Tensor::from_slice(&[
+            417i64, 417, 417
+        ])));
+        assert!(is_shared_timestep(&Tensor::from_slice(&[417i64])));
+        assert!(!is_shared_timestep(&Tensor::from(417i64)));
+    }
 }

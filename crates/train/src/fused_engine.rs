@@ -7,7 +7,7 @@
 //! - The clipping norm is summed in difflab's pass (for the taped MLP, partly inside its
 //!   backward pass), and the clipping factor left to the update.
 //! - The update is one pass per parameter: the clipping factor, AdamW, zeroing the gradient and
-//!   the EMA ([`crate::optim::AdamW::step_fused`]). For the taped MLP it skips the zeroing: its
+//!   the EMA ([`crate::optim::AdamW::step_clip_zero_ema`]). For the taped MLP it skips the zeroing: its
 //!   next backward pass overwrites the gradients instead ([`GradBuffers`]).
 
 use difflab_models::GradSquares;
@@ -95,7 +95,7 @@ impl StepEngine for FusedCpuEngine {
         let weight = self.ema.averaging_weight(update.step);
         let shadows = weight.map(|_| ema_vs.variables());
         let zero = self.grads.zero_in_update();
-        self.optimizer.step_fused(
+        self.optimizer.step_clip_zero_ema(
             update.lr,
             update.grad_scale,
             shadows.as_ref().zip(weight),

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use difflab_samplers::{GeneratorLock, generator_lock};
+use difflab_samplers::{GeneratorLock, generator_lock, splitmix_63};
 use difflab_schedulers::NoiseSchedule;
 use serde::{Deserialize, Serialize};
 use tch::{Device, nn::VarStore};
@@ -81,12 +81,12 @@ pub struct StepReport {
 type MicroBatch = (StepInputs, Option<GeneratorLock>);
 
 /// Hold libtorch's global generator, seeded for micro-batch `micro` of step `step`
-/// (`mix(seed, step·grad_accum + micro)`): every draw of a step is a pure function of
+/// (`splitmix_63(seed, step·grad_accum + micro)`): every draw of a step is a pure function of
 /// (seed, step), so a resumed run draws what the uninterrupted one would have.
 fn seed(config: &ExperimentConfig, step: u64, micro: usize) -> GeneratorLock {
     let rng = generator_lock();
     let accum = config.training.grad_accum as u64;
-    tch::manual_seed(super::mix(config.seed, step * accum + micro as u64) as i64);
+    tch::manual_seed(splitmix_63(config.seed, step * accum + micro as u64) as i64);
     rng
 }
 
@@ -185,7 +185,7 @@ impl Learner {
     /// ```
     ///
     /// Each micro-batch comes from `next_batch`, its timesteps, noise and label dropout drawn
-    /// from libtorch's generator seeded with `mix(seed, step·grad_accum + micro)` (a pure
+    /// from libtorch's generator seeded with `splitmix_63(seed, step·grad_accum + micro)` (a pure
     /// function of seed and step, so a resumed run draws what the uninterrupted one would
     /// have). A NaN/inf loss or gradient norm drops the step's gradients and updates nothing
     /// (the report says which). `observe` sees each stage as it ends.

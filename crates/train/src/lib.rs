@@ -32,6 +32,9 @@ pub use difflab_pipeline::config::{
 pub mod logging;
 pub mod optim;
 pub mod synthetic;
+/// The per-step seed, `mix(seed, step·grad_accum + micro)`: [`difflab_samplers::splitmix_63`],
+/// the one implementation.
+pub use difflab_samplers::splitmix_63 as mix;
 #[cfg(feature = "kernels")]
 pub(crate) use fused_engine::FusedCpuEngine;
 #[cfg(feature = "kernels")]
@@ -46,7 +49,6 @@ pub use precision::Autocast;
 pub use synthetic::synthetic_batch;
 #[cfg(all(test, feature = "kernels"))]
 pub(crate) use toy_step::ToyStep;
-pub use trainer::mix;
 pub use trainer::{
     CheckpointEvaluator, TrainError, TrainOptions, TrainOutcome, train, train_with_evaluator,
 };

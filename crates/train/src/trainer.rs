@@ -137,16 +137,6 @@ pub struct TrainOutcome {
     pub preview: Option<PathBuf>,
 }
 
-/// SplitMix64-style mix of a seed with a counter (the per-step seed).
-pub fn mix(seed: u64, n: u64) -> u64 {
-    let mut z = seed
-        ^ n.wrapping_add(0x9E37_79B9_7F4A_7C15)
-            .wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    (z ^ (z >> 31)) >> 1
-}
-
 /// Fingerprint of what determines the parameter layout: the model section.
 fn model_fingerprint(model: &ModelConfig) -> String {
     let json = serde_json::to_string(model).expect("configs serialise");

@@ -11,7 +11,7 @@ use std::time::Instant;
 use difflab_models::flops::{mlp_forward_flops, training_flops, unet_forward_flops};
 use difflab_samplers::{
     Conditioning, GlobalSeedNoise, NoiseSource, SampleError, SamplerKeys, SamplerKind,
-    generator_lock,
+    generator_lock, splitmix_63,
 };
 use difflab_schedulers::NoiseSchedule;
 use serde::Serialize;
@@ -19,7 +19,7 @@ use tch::{Device, Kind, Tensor, nn};
 
 use difflab_pipeline::{ExperimentConfig, ModelConfig, Network};
 use difflab_sampling::NetworkDenoiser;
-use difflab_train::{Autocast, Engine, Learner, StepEvent, TrainError, mix, synthetic_batch};
+use difflab_train::{Autocast, Engine, Learner, StepEvent, TrainError, synthetic_batch};
 
 /// What to measure and how much.
 #[derive(Clone, Debug)]
@@ -67,7 +67,7 @@ pub struct StepPhases {
     /// itself is in `update` where the optimizer's pass applies it).
     pub clip: f64,
     /// The AdamW step, zeroing the gradients and the EMA update (one pass over each parameter
-    /// where the fused kernel applies: `AdamW::step_fused`).
+    /// where the fused kernel applies: `AdamW::step_clip_zero_ema`).
     pub update: f64,
 }
 
@@ -246,7 +246,7 @@ pub fn bench_sampling(
         .map_err(SampleError::from)?;
     let sampler = sampler_config.build(&schedule, None)?;
     let rng = generator_lock();
-    tch::manual_seed(mix(config.seed, u64::MAX) as i64);
+    tch::manual_seed(splitmix_63(config.seed, u64::MAX) as i64);
     let vs = nn::VarStore::new(device);
     let network = Network::build(&vs.root(), &config.model)?;
     drop(rng);
@@ -261,7 +261,7 @@ pub fn bench_sampling(
     };
     let shape =
         difflab_train::synthetic::example_shape(config, settings.batch, settings.resolution);
-    let mut noise = GlobalSeedNoise::new(mix(config.seed, 0x5EED));
+    let mut noise = GlobalSeedNoise::new(splitmix_63(config.seed, 0x5EED));
     let bf16 = config.training.precision.uses_bf16(device);
     let mut times = Vec::with_capacity(settings.sample_runs);
     for run in 0..settings.sample_runs + 1 {

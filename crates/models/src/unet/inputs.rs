@@ -30,10 +30,20 @@ pub struct UNetInputs<'a> {
 }
 
 impl<'a> UNetInputs<'a> {
-    /// Only class labels (the inputs of [`UNet::forward`](super::UNet::forward)).
+    /// Only class labels: the inputs of a class-conditional model (`None`: the null class), or,
+    /// with `None`, of an unconditional one.
     pub fn classes(class_labels: Option<&'a Tensor>) -> Self {
         Self {
             class_labels,
+            ..Self::default()
+        }
+    }
+
+    /// Only the low-resolution image's noise-augmentation level: the one input an
+    /// [`SrUNet`](crate::SrUNet) requires besides the image itself.
+    pub fn noise_level(level: &'a Tensor) -> Self {
+        Self {
+            lowres_noise_level: Some(level),
             ..Self::default()
         }
     }

@@ -201,58 +201,25 @@ impl UNet {
     }
 
     /// The network output for `x` (`[B, in_channels, H, W]`), timesteps `t` (int64 or float,
-    /// `[B]`, `[1]` or scalar) and, for class-conditional models, `class_labels` (int64 `[B]`;
-    /// `None` means the null class when the model has one). `train` enables dropout.
-    /// Models with other conditioning routes use [`UNet::forward_with`].
-    ///
-    /// # Panics
-    /// On invalid inputs, with the message of [`UNet::f_forward`]'s error.
-    pub fn forward(
-        &self,
-        x: &Tensor,
-        t: &Tensor,
-        class_labels: Option<&Tensor>,
-        train: bool,
-    ) -> Tensor {
-        self.forward_with(x, t, &UNetInputs::classes(class_labels), train)
-    }
-
-    /// [`UNet::forward`] that checks its inputs and returns an error naming the bad one:
-    /// `x` must be 4-D floating with `in_channels` channels and H, W divisible by
-    /// 2^(levels−1); `t` must hold 1 or B values; labels must be in range.
-    pub fn f_forward(
-        &self,
-        x: &Tensor,
-        t: &Tensor,
-        class_labels: Option<&Tensor>,
-        train: bool,
-    ) -> Result<Tensor, ModelError> {
-        self.f_forward_with(x, t, &UNetInputs::classes(class_labels), train)
-    }
-
-    /// The network output for `x` (`[B, in_channels, H, W]`), timesteps `t` (int64 or float,
     /// `[B]`, `[1]` or scalar) and every conditioning input in `inputs` (see [`UNetInputs`]
-    /// for shapes and defaults). The output is `[B, out_channels (×2 with learned_variance),
-    /// H, W]`. `train` enables dropout.
+    /// for shapes and defaults; [`UNetInputs::classes`] for a class-conditional or
+    /// unconditional model). The output is `[B, out_channels (×2 with learned_variance), H,
+    /// W]`. `train` enables dropout.
     ///
     /// # Panics
-    /// On invalid inputs, with the message of [`UNet::f_forward_with`]'s error.
-    pub fn forward_with(
-        &self,
-        x: &Tensor,
-        t: &Tensor,
-        inputs: &UNetInputs<'_>,
-        train: bool,
-    ) -> Tensor {
-        self.f_forward_with(x, t, inputs, train)
+    /// On invalid inputs, with the message of [`UNet::try_forward`]'s error.
+    pub fn forward(&self, x: &Tensor, t: &Tensor, inputs: &UNetInputs<'_>, train: bool) -> Tensor {
+        self.try_forward(x, t, inputs, train)
             .unwrap_or_else(|e| panic!("UNet::forward: {e}"))
     }
 
-    /// [`UNet::forward_with`] that checks its inputs and returns an error naming the bad one
-    /// (`x`, `t`, `class_labels`, `label_vector`, `cond_image`, `context`, `self_cond`,
-    /// `lowres_noise_level`): wrong shape or dtype, out of range, required by the model but
-    /// missing, or given to a model without that route.
-    pub fn f_forward_with(
+    /// [`UNet::forward`] that checks its inputs and returns an error naming the bad one
+    /// instead of panicking: `x` must be 4-D floating with `in_channels` channels and H, W
+    /// divisible by 2^(levels−1); `t` must hold 1 or B values; and each of `class_labels`,
+    /// `label_vector`, `cond_image`, `context`, `self_cond` and `lowres_noise_level` must have
+    /// the right shape, dtype and range, be given when the model has its route and be absent
+    /// when it has not.
+    pub fn try_forward(
         &self,
         x: &Tensor,
         t: &Tensor,

@@ -83,12 +83,12 @@ pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_secs(10);
 /// (`events.out.tfevents.<unix_secs>.<hostname>.<pid>.difflab`) in a log directory.
 ///
 /// ```no_run
-/// # use difflab_pipeline::logging::EventWriter;
+/// # use difflab_train::logging::EventWriter;
 /// let mut tb = EventWriter::new("runs/example")?;
 /// tb.add_scalar("train/loss", 0.042, 100)?;
 /// tb.add_text("config", "**lr** = 2e-4", 0)?;
 /// tb.flush()?;
-/// # Ok::<(), difflab_pipeline::logging::LogError>(())
+/// # Ok::<(), difflab_train::logging::LogError>(())
 /// ```
 #[derive(Debug)]
 pub struct EventWriter {

@@ -90,10 +90,23 @@ impl AdamW {
     }
 
     /// One update with learning rate `lr` (the schedule's value for this step) from each
-    /// variable's `.grad()`, in place and without recording gradients. Variables whose gradient
-    /// is undefined (never reached by a backward pass) are skipped, their moments and step
-    /// count unchanged. Gradients are read, never modified.
+    /// variable's `.grad()`, in place and without recording gradients, in libtorch's operations
+    /// (PyTorch's `AdamW.step()`, the reference of the other two forms: with the `kernels`
+    /// feature, `AdamW::step_kernel` is the same update through difflab's one-pass kernel and
+    /// `AdamW::step_clip_zero_ema` the training step's whole update stage in one pass).
+    /// Variables whose gradient is undefined (never reached by a backward pass) are skipped,
+    /// their moments and step count unchanged. Gradients are read, never modified.
     pub fn step(&mut self, lr: f64) {
+        self.step_each(|config, p, grad| tensor_step(config, p, grad, lr));
+    }
+
+    /// One step of the optimizer without recording gradients: `update(config, parameter,
+    /// gradient)` for each variable with a defined gradient, its step count already advanced.
+    /// Variables without one are skipped (see [`AdamW::step`]).
+    pub(crate) fn step_each(
+        &mut self,
+        mut update: impl FnMut(&OptimizerConfig, &mut ParamState, Tensor),
+    ) {
         let _guard = tch::no_grad_guard();
         let config = self.config.clone();
         self.steps += 1;
@@ -103,7 +116,7 @@ impl AdamW {
                 continue;
             }
             p.step += 1;
-            tensor_step(&config, p, grad, lr);
+            update(&config, p, grad);
         }
     }
 

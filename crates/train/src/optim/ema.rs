@@ -110,7 +110,7 @@ impl Ema {
 
     /// The weight `w = 1 − d` when [`Ema::update`] at `step` averages the trainable
     /// variables, for an optimizer that averages them in its own pass
-    /// ([`super::AdamW::step_fused`]); `None` at steps that copy or leave the EMA alone.
+    /// ([`super::AdamW::step_clip_zero_ema`]); `None` at steps that copy or leave the EMA alone.
     pub fn averaging_weight(&self, step: u64) -> Option<f64> {
         let c = &self.config;
         let copy_only = step <= c.start_step;

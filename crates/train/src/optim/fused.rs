@@ -16,27 +16,22 @@ use super::clip::{tensor_clip, trainable_grads};
 use super::{AdamW, OptimizerConfig, OptimizerKind};
 
 impl AdamW {
-    /// [`AdamW::step`] with dense f32 CPU parameters through difflab's one-pass kernel.
-    pub fn step_kernels(&mut self, lr: f64) {
-        let _guard = tch::no_grad_guard();
-        let config = self.config.clone();
-        self.steps += 1;
-        for p in &mut self.params {
-            let grad = p.var.grad();
-            if !grad.defined() {
-                continue;
-            }
-            p.step += 1;
-            let scalars = step_scalars(&config, lr, p.step);
+    /// [`AdamW::step`] with dense f32 CPU parameters through difflab's one-pass kernel (the
+    /// others through libtorch's operations, as [`AdamW::step`]): the same moments bit for bit,
+    /// the parameters to within a few ulp (see the module docs).
+    pub fn step_kernel(&mut self, lr: f64) {
+        self.step_each(|config, p, grad| {
+            let scalars = step_scalars(config, lr, p.step);
             let (var, m, v) = (&p.var, &p.exp_avg, &p.exp_avg_sq);
             if !fused_cpu::adam_step(var, &grad, m, v, scalars, fused_cpu::Extras::NONE) {
-                tensor_step(&config, p, grad, lr);
+                tensor_step(config, p, grad, lr);
             }
-        }
+        });
     }
 
-    /// [`AdamW::step`], [`AdamW::zero_grad`] and an EMA update in one pass over each parameter
-    /// where difflab's kernel takes it (dense f32 CPU tensors laid out alike), instead of three
+    /// The training step's whole update stage: the deferred clipping factor, [`AdamW::step`],
+    /// [`AdamW::zero_grad`] and an EMA update in one pass over each parameter where difflab's
+    /// kernel takes it (dense f32 CPU tensors laid out alike), instead of three
     /// passes over memory and three parallel regions per parameter: each gradient multiplied by
     /// `grad_scale` first (the factor [`clip_grad_norm_deferred`] left to apply; 1 for
     /// none), zeroed once read with `zero_grad` (without, the gradients are left holding
@@ -54,7 +49,7 @@ impl AdamW {
     /// # Panics
     /// When `shadows` lacks an optimised variable (the EMA store is checked against the model's
     /// at [`super::Ema::new`]).
-    pub fn step_fused(
+    pub fn step_clip_zero_ema(
         &mut self,
         lr: f64,
         grad_scale: f32,
@@ -67,7 +62,10 @@ impl AdamW {
         for p in &mut self.params {
             let shadow = ema.map(|(shadows, weight)| {
                 let shadow = shadows.get(&p.name).unwrap_or_else(|| {
-                    panic!("AdamW::step_fused: `{}` missing from the EMA store", p.name)
+                    panic!(
+                        "AdamW::step_clip_zero_ema: `{}` missing from the EMA store",
+                        p.name
+                    )
                 });
                 (shadow, weight)
             });
@@ -105,7 +103,7 @@ impl AdamW {
     }
 
     /// [`AdamW::zero_grad`] with one pass of difflab's fill per dense f32 CPU gradient.
-    pub fn zero_grad_kernels(&mut self) {
+    pub fn zero_grad_kernel(&mut self) {
         for p in &mut self.params {
             if !fused_cpu::zero_in_place(&p.var.grad()) {
                 p.var.zero_grad();
@@ -142,7 +140,7 @@ fn step_scalars(config: &OptimizerConfig, lr: f64, step: i64) -> fused_cpu::Adam
 /// [`clip_grad_norm`], except that where the gradients are all dense f32 CPU tensors the
 /// scaling is left to the caller: returns `(norm, factor)`, `factor` being what each gradient
 /// must be multiplied by (1 for none), for an optimizer to apply while it reads the gradients
-/// anyway ([`super::AdamW::step_fused`]) instead of a pass of its own. Other gradients are
+/// anyway ([`super::AdamW::step_clip_zero_ema`]) instead of a pass of its own. Other gradients are
 /// scaled in place, as [`clip_grad_norm`] does, and the factor is 1.
 pub fn clip_grad_norm_deferred(vs: &VarStore, max_norm: f64) -> (f64, f32) {
     clip_grad_norm_deferred_with(vs, max_norm, &GradSquares::default())
@@ -264,7 +262,7 @@ mod tests {
                 }
             }
             let lr = 1e-3 * (1.0 + step as f64);
-            opts[0].step_kernels(lr);
+            opts[0].step_kernel(lr);
             opts[1].step(lr);
         }
         // Moments and parameters: equal except where MKL's vectorised `sqrt` (the tensor path)
@@ -311,13 +309,13 @@ mod tests {
         }
     }
 
-    /// `step_fused` (clipping factor, Adam, zeroing and the EMA in one pass) leaves the same
+    /// `step_clip_zero_ema` (clipping factor, Adam, zeroing and the EMA in one pass) leaves the same
     /// bits as the separate calls it replaces: on f32 tensors (the fused kernel; one of them
     /// channels-last against a contiguous EMA copy, which takes the fused step without the EMA
     /// and then the EMA's own pass), on f64 (the tensor path), and for a variable without a
     /// gradient (not stepped, still averaged).
     #[test]
-    fn step_fused_equals_the_separate_calls() {
+    fn step_clip_zero_ema_equals_the_separate_calls() {
         let config = OptimizerConfig {
             weight_decay: 0.05,
             ..OptimizerConfig::default()
@@ -373,7 +371,7 @@ mod tests {
             // The middle step leaves the gradients for an overwriting backward pass; they are
             // zeroed here instead, as that pass would overwrite them.
             let zero = step != 1;
-            fused.step_fused(1e-3, scale, Some((&ema_a.variables(), weight)), zero);
+            fused.step_clip_zero_ema(1e-3, scale, Some((&ema_a.variables(), weight)), zero);
             if !zero {
                 let left = vs_a.variables()["a"].grad().abs().max().double_value(&[]);
                 assert!(left > 0.0, "gradients left in place");
@@ -385,8 +383,8 @@ mod tests {
                     let _ = g.shallow_clone().g_mul_scalar_(f64::from(scale));
                 }
             }
-            separate.step_kernels(1e-3);
-            separate.zero_grad_kernels();
+            separate.step_kernel(1e-3);
+            separate.zero_grad_kernel();
             let shadows = ema_b.variables();
             tch::no_grad(|| {
                 for (name, v) in vs_b.variables() {
