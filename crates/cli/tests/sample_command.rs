@@ -238,3 +238,136 @@ fn bad_requests_fail_with_a_clear_message() {
         "failed runs write no images"
     );
 }
+
+/// `difflab sample` on the golden diffusers fixture with per-image noise, 12 images in
+/// batches of 2, into `out`, plus `extra` flags.
+fn sample_args(out: &Path, extra: &[&str]) -> Vec<String> {
+    let model = fixture("uncond");
+    let mut args: Vec<String> = [
+        "sample",
+        "--diffusers-model",
+        model.to_str().unwrap(),
+        "--steps",
+        "40",
+        "-n",
+        "12",
+        "--batch-size",
+        "2",
+        "--noise",
+        "per-image",
+        "--device",
+        "cpu",
+        "--out",
+        out.to_str().unwrap(),
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+fn file_bytes(dir: &Path, names: &[String]) -> Vec<Vec<u8>> {
+    names
+        .iter()
+        .map(|n| std::fs::read(dir.join(n)).unwrap_or_else(|e| panic!("{n}: {e}")))
+        .collect()
+}
+
+/// Outputs never mix: a used folder is refused, `--overwrite` removes only what the previous
+/// job wrote, a killed job keeps the images it made, and `--resume` finishes it with exactly
+/// the images an uninterrupted job makes.
+#[test]
+fn outputs_never_mix_and_a_killed_job_resumes_exactly() {
+    let names: Vec<String> = (0..12)
+        .map(|i| format!("{i:06}.png"))
+        .chain(["grid.png".to_string()])
+        .collect();
+    let whole = temp_dir("sample-whole");
+    difflab_ok(&sample_args(&whole, &[]));
+    let reference = file_bytes(&whole, &names);
+
+    // The same command again: refused, nothing touched.
+    let err = difflab_fails(&sample_args(&whole, &[]), "is not empty");
+    assert!(
+        err.contains("--overwrite") && err.contains("--resume"),
+        "{err}"
+    );
+    // --overwrite replaces the job's files and keeps the user's.
+    std::fs::write(whole.join("notes.txt"), "mine").unwrap();
+    difflab_ok(&sample_args(&whole, &["--overwrite"]));
+    assert_eq!(
+        std::fs::read_to_string(whole.join("notes.txt")).unwrap(),
+        "mine"
+    );
+    assert_eq!(
+        file_bytes(&whole, &names),
+        reference,
+        "same command, same images"
+    );
+    // A folder difflab did not write is never overwritten.
+    let foreign = temp_dir("sample-foreign");
+    std::fs::create_dir_all(&foreign).unwrap();
+    std::fs::write(foreign.join("000000.png"), "not ours").unwrap();
+    difflab_fails(&sample_args(&foreign, &["--overwrite"]), "no sample.json");
+    assert_eq!(
+        std::fs::read_to_string(foreign.join("000000.png")).unwrap(),
+        "not ours"
+    );
+
+    // Kill a job once it has written two batches.
+    let cut = temp_dir("sample-cut");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_difflab"))
+        .args(sample_args(&cut, &[]))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !cut.join("000003.png").exists() {
+        assert!(started.elapsed().as_secs() < 300, "no images after 300 s");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(cut.join("sample.json")).unwrap()).unwrap();
+    let kept: Vec<&str> = record["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f.as_str())
+        .collect();
+    assert!(kept.contains(&"000003.png"), "{record}");
+    if !cut.join("grid.png").exists() {
+        assert_eq!(record["status"], "running", "{record}");
+    }
+    // A different job is not mixed into it; the same one finishes exactly.
+    difflab_fails(
+        &sample_args(&cut, &["--resume", "--seed", "1"]),
+        "different job",
+    );
+    difflab_ok(&sample_args(&cut, &["--resume"]));
+    assert_eq!(
+        file_bytes(&cut, &names),
+        reference,
+        "resumed == uninterrupted"
+    );
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(cut.join("sample.json")).unwrap()).unwrap();
+    assert_eq!(record["status"], "complete");
+
+    // Torch-global noise cannot be resumed exactly: said so.
+    let global = temp_dir("sample-global");
+    let torch = |extra: &[&str]| {
+        let mut a = sample_args(&global, extra);
+        let i = a.iter().position(|x| x == "per-image").unwrap();
+        a[i] = "torch-global".into();
+        a
+    };
+    difflab_ok(&torch(&[]));
+    std::fs::remove_file(global.join("000011.png")).unwrap();
+    std::fs::remove_file(global.join("000010.png")).unwrap();
+    difflab_fails(&torch(&["--resume"]), "torch-global");
+    for d in [whole, foreign, cut, global] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}

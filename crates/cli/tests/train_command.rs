@@ -3,7 +3,9 @@
 
 mod common;
 
-use common::{TINY_QUICKSTART, difflab, difflab_ok, repo, s, stderr, temp_dir, train_args};
+use common::{
+    TINY_QUICKSTART, difflab, difflab_fails, difflab_ok, repo, s, stderr, temp_dir, train_args,
+};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -79,6 +81,86 @@ fn a_tiny_quickstart_trains_and_writes_its_run_directory() {
         record["stages"][0]["timesteps"].as_array().unwrap().len(),
         4
     );
+    // A checkpoint of the run, by name; another run's checkpoint is not one of its.
+    let by_name = out_dir.join("sampled-step-3");
+    difflab_ok(&[
+        "sample",
+        "--run",
+        s(&out_dir),
+        "--checkpoint",
+        "step-3",
+        "-n",
+        "2",
+        "--steps",
+        "2",
+        "--out",
+        s(&by_name),
+        "--device",
+        "cpu",
+    ]);
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(by_name.join("sample.json")).unwrap()).unwrap();
+    assert!(
+        record["stages"][0]["model"]["checkpoint"]
+            .as_str()
+            .unwrap()
+            .ends_with("step-3"),
+        "{record}"
+    );
+    let elsewhere = temp_dir("tiny-other-run");
+    std::fs::create_dir_all(elsewhere.join("checkpoints")).unwrap();
+    difflab_fails(
+        &[
+            "sample",
+            "--run",
+            s(&elsewhere),
+            "--checkpoint",
+            s(&out_dir.join("checkpoints/step-3")),
+            "--out",
+            s(&out_dir.join("nope")),
+        ],
+        "is not a checkpoint of --run",
+    );
+    let _ = std::fs::remove_dir_all(elsewhere);
+
+    // --resume without --config continues with the run's own config.yaml, and restores it
+    // from the checkpoint when it was deleted.
+    let resume = |steps: &str| {
+        difflab_ok(&[
+            "train",
+            "--out",
+            s(&out_dir),
+            "--resume",
+            "--device",
+            "cpu",
+            "--set",
+            &format!("training.steps={steps}"),
+        ])
+    };
+    resume("4");
+    std::fs::remove_file(out_dir.join("config.yaml")).unwrap();
+    let said = stderr(&resume("5"));
+    assert!(said.contains("was missing"), "{said}");
+    assert!(
+        std::fs::read_to_string(out_dir.join("config.yaml"))
+            .unwrap()
+            .contains("steps: 5")
+    );
+    // A change that makes it another experiment is refused, naming the key.
+    difflab_fails(
+        &[
+            "train",
+            "--out",
+            s(&out_dir),
+            "--resume",
+            "--set",
+            "training.optimizer.lr=0.5",
+            "--set",
+            "training.steps=6",
+        ],
+        "training.optimizer.lr",
+    );
+
     // Running again without --resume/--overwrite refuses and leaves the run alone.
     let again = difflab(&args);
     assert_eq!(again.status.code(), Some(1));
@@ -102,6 +184,98 @@ fn a_tiny_quickstart_trains_and_writes_its_run_directory() {
 /// running other tests beside it).
 const PATIENCE: Duration = Duration::from_secs(600);
 
+/// A `difflab` child whose stderr lines arrive on a channel as they come.
+struct Child {
+    process: std::process::Child,
+    lines: mpsc::Receiver<String>,
+    reader: std::thread::JoinHandle<()>,
+    start: Instant,
+    err: String,
+}
+
+impl Child {
+    fn spawn(args: &[String]) -> Self {
+        let mut process = Command::new(env!("CARGO_BIN_EXE_difflab"))
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (send, lines) = mpsc::channel();
+        let stderr = process.stderr.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if send.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            process,
+            lines,
+            reader,
+            start: Instant::now(),
+            err: String::new(),
+        }
+    }
+
+    /// Wait for the trainer's "training <name> (… parameters) on …" line: it comes once the
+    /// Ctrl-C handler is installed and the loop is about to run its first step.
+    fn wait_until_training(&mut self) {
+        self.wait_for_line("training ");
+    }
+
+    /// Wait for a stderr line that starts with `prefix`.
+    fn wait_for_line(&mut self, prefix: &str) {
+        loop {
+            let left = PATIENCE.saturating_sub(self.start.elapsed());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let found = line.starts_with(prefix);
+                    self.err.push_str(&line);
+                    self.err.push('\n');
+                    if found {
+                        return;
+                    }
+                }
+                Err(_) => {
+                    let _ = self.process.kill();
+                    panic!("no line {prefix:?} within {PATIENCE:?}: {}", self.err);
+                }
+            }
+        }
+    }
+
+    fn interrupt(&self) {
+        let killed = Command::new("kill")
+            .args(["-INT", &self.process.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+    }
+
+    /// The rest of stderr until the child exits, and how it exited.
+    fn finish(mut self) -> (std::process::ExitStatus, String) {
+        loop {
+            let left = PATIENCE.saturating_sub(self.start.elapsed());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.err.push_str(&line);
+                    self.err.push('\n');
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => {
+                    let _ = self.process.kill();
+                    panic!("no exit within {PATIENCE:?} of the start: {}", self.err);
+                }
+            }
+        }
+        self.reader.join().unwrap();
+        (self.process.wait().unwrap(), self.err)
+    }
+}
+
 #[test]
 fn ctrl_c_writes_a_checkpoint_and_prints_the_resume_command() {
     let out_dir = temp_dir("sigint");
@@ -109,67 +283,18 @@ fn ctrl_c_writes_a_checkpoint_and_prints_the_resume_command() {
         &out_dir,
         &["training.steps=100000", "training.checkpoint_every=100000"],
     );
-    let mut child = Command::new(env!("CARGO_BIN_EXE_difflab"))
-        .args(&args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Every stderr line, as it comes, to this thread.
-    let (lines, received) = mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if lines.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    // The trainer prints "training <name> (… parameters) on …" once the Ctrl-C handler is
-    // installed and the loop is about to run its first step: interrupt then, not after a
-    // guessed delay.
-    let mut err = String::new();
-    let start = Instant::now();
-    loop {
-        let left = PATIENCE.saturating_sub(start.elapsed());
-        match received.recv_timeout(left) {
-            Ok(line) => {
-                let ready = line.starts_with("training ");
-                err.push_str(&line);
-                err.push('\n');
-                if ready {
-                    break;
-                }
-            }
-            Err(_) => {
-                let _ = child.kill();
-                panic!("training did not start within {PATIENCE:?}: {err}");
-            }
-        }
-    }
-    let killed = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    // The rest of stderr, until the child closes it by exiting.
-    loop {
-        let left = PATIENCE.saturating_sub(start.elapsed());
-        match received.recv_timeout(left) {
-            Ok(line) => {
-                err.push_str(&line);
-                err.push('\n');
-            }
-            Err(RecvTimeoutError::Disconnected) => break,
-            Err(RecvTimeoutError::Timeout) => {
-                let _ = child.kill();
-                panic!("no exit within {PATIENCE:?} of the start after Ctrl-C: {err}");
-            }
-        }
-    }
-    reader.join().unwrap();
-    let status = child.wait().unwrap();
+    let mut child = Child::spawn(&args);
+    child.wait_until_training();
+    // One writer per run folder: a second trainer on it fails at once, naming this one.
+    let second = difflab(&["train", "--out", s(&out_dir), "--resume", "--device", "cpu"]);
+    let said = stderr(&second);
+    assert_eq!(second.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("in use by process") && said.contains(&child.process.id().to_string()),
+        "{said}"
+    );
+    child.interrupt();
+    let (status, err) = child.finish();
     assert!(status.success(), "exit code {:?}: {err}", status.code());
     assert!(err.contains("--resume"), "resume command printed: {err}");
     let latest = std::fs::read_to_string(out_dir.join("checkpoints/latest")).unwrap();
@@ -182,6 +307,47 @@ fn ctrl_c_writes_a_checkpoint_and_prints_the_resume_command() {
             .join("model.safetensors")
             .exists()
     );
+    std::fs::remove_dir_all(out_dir).unwrap();
+}
+
+/// A second Ctrl-C ends the process at once (exit 130, one message), never with a crash, and
+/// the run resumes from its last complete checkpoint.
+#[test]
+fn a_second_ctrl_c_exits_at_once_without_a_crash() {
+    use std::os::unix::process::ExitStatusExt;
+    let out_dir = temp_dir("sigint-twice");
+    // The quickstart's own model: steps long enough for both interrupts to land in one.
+    let args = train_args(
+        "configs/quickstart.yaml",
+        &out_dir,
+        &["training.steps=100000", "training.checkpoint_every=1"],
+    );
+    let mut child = Child::spawn(&args);
+    child.wait_until_training();
+    child.interrupt();
+    child.wait_for_line("interrupt: finishing this step");
+    child.interrupt();
+    let (status, err) = child.finish();
+    assert_eq!(status.signal(), None, "killed by a signal: {err}");
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert_eq!(err.matches("second interrupt").count(), 1, "{err}");
+    // The run goes on from what is complete (if the exit came after its first checkpoint).
+    if let Ok(latest) = std::fs::read_to_string(out_dir.join("checkpoints/latest")) {
+        let step: u64 = latest.trim().trim_start_matches("step-").parse().unwrap();
+        let steps = format!("training.steps={}", step + 1);
+        let resumed = difflab_ok(&[
+            "train",
+            "--out",
+            s(&out_dir),
+            "--resume",
+            "--device",
+            "cpu",
+            "--set",
+            &steps,
+        ]);
+        let said = stderr(&resumed);
+        assert!(said.contains(&format!("done: step {}", step + 1)), "{said}");
+    }
     std::fs::remove_dir_all(out_dir).unwrap();
 }
 

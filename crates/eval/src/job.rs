@@ -11,7 +11,9 @@ use difflab_pipeline::config::load_recorded_config;
 use difflab_pipeline::{ExperimentConfig, ModelConfig};
 use difflab_samplers::{SamplerConfig, SamplerKeys, SamplerKind};
 use difflab_sampling::cascade::CliStageSettings;
-use difflab_sampling::{SampleRequest, SampleSource, WeightsKind, class_dir, sample_classes};
+use difflab_sampling::{
+    OutputMode, SampleRequest, SampleSource, WeightsKind, class_dir, sample_classes,
+};
 use serde_json::json;
 use tch::{Device, Tensor};
 
@@ -298,6 +300,8 @@ fn draw_samples(
         offload: false,
         out: dir.to_path_buf(),
         command: std::env::args().collect(),
+        // The evaluation's own sample folder: a rerun replaces what the last one sampled.
+        output: OutputMode::Overwrite,
     };
     eprintln!("sampling {n} into {}", dir.display());
     let records = sample_classes(&request, classes, device, &mut |_, _, _, _| {})

@@ -56,6 +56,28 @@ pub struct JobOptions {
     pub noise: NoiseMode,
     /// Record a trajectory strip of the first images.
     pub trajectory: bool,
+    /// Images `0..first_image` were made earlier (a resumed job) and are skipped: the job
+    /// samples images `first_image..num_images`. Exact only with per-image noise, where image
+    /// `i` depends on `(seed, i)` alone.
+    pub first_image: usize,
+    /// The image index of the input's first row: `0` for input images (image `i` uses row
+    /// `i mod M`), `first_image` for a previous stage's output in a cascade.
+    pub input_first: usize,
+}
+
+impl JobOptions {
+    /// All `num_images` images in batches of `batch_size`.
+    pub fn new(num_images: usize, batch_size: usize, seed: u64, noise: NoiseMode) -> Self {
+        Self {
+            num_images,
+            batch_size,
+            seed,
+            noise,
+            trajectory: false,
+            first_image: 0,
+            input_first: 0,
+        }
+    }
 }
 
 /// What a stage produced.
@@ -70,8 +92,22 @@ pub struct StageOutput {
     pub record: serde_json::Value,
 }
 
-/// Progress of a job: `(batch index, number of batches, the step just taken)`.
-pub type OnStep<'a> = dyn FnMut(usize, usize, &StepInfo<'_>) + 'a;
+/// What a sampling job tells its caller as it runs: a progress bar follows the steps, a writer
+/// saves each batch as it finishes (so an interrupted job keeps what it made).
+pub trait JobObserver {
+    /// Step `info` of batch `batch` (of `batches`) was taken.
+    fn step(&mut self, batch: usize, batches: usize, info: &StepInfo<'_>) {
+        let _ = (batch, batches, info);
+    }
+    /// Images `range` (indices within the job) are done: `samples`, on the CPU.
+    fn batch_done(&mut self, range: Range<usize>, samples: &Tensor) -> Result<(), SamplingError> {
+        let _ = (range, samples);
+        Ok(())
+    }
+}
+
+/// Observes nothing (previews).
+impl JobObserver for () {}
 
 /// Run one stage. `input` (`[M, C, h, w]` on the CPU, in [−1, 1]) is the low-resolution image
 /// of an SR stage, the conditioning image of an image-to-image model, or the clean images a
@@ -83,7 +119,7 @@ pub fn sample_stage(
     input: Option<&Tensor>,
     options: &JobOptions,
     device: Device,
-    on_step: &mut OnStep<'_>,
+    observer: &mut dyn JobObserver,
 ) -> Result<StageOutput, SamplingError> {
     let denoiser = model.denoiser()?;
     let mut output = sample_with(
@@ -93,7 +129,7 @@ pub fn sample_stage(
         input,
         options,
         device,
-        on_step,
+        observer,
     )?;
     output.record["model"] = model.record();
     Ok(output)
@@ -108,9 +144,9 @@ pub fn sample_with(
     input: Option<&Tensor>,
     options: &JobOptions,
     device: Device,
-    on_step: &mut OnStep<'_>,
+    observer: &mut dyn JobObserver,
 ) -> Result<StageOutput, SamplingError> {
-    let plan = BatchInputs::new(info, settings, input, options.num_images, device)?;
+    let plan = BatchInputs::new(info, settings, input, options, device)?;
     let (sampler, noise_level) = (&plan.sampler, plan.noise_level);
     let denoiser: Box<dyn Denoiser + '_> = if settings.guidance == 1.0 {
         base
@@ -124,9 +160,12 @@ pub fn sample_with(
         let null = info.conditioning.num_classes.unwrap_or(0);
         Box::new(ClassifierFreeGuidance::new(base, settings.guidance, null))
     };
-    if options.num_images == 0 || options.batch_size == 0 {
+    if options.num_images == 0
+        || options.batch_size == 0
+        || options.first_image >= options.num_images
+    {
         return Err(SamplingError::invalid(
-            "the number of images and the batch size must be at least 1",
+            "the number of images and the batch size must be at least 1, and some images left to make",
         ));
     }
     let mut noise = JobNoise::new(options.noise, options.seed);
@@ -135,13 +174,14 @@ pub fn sample_with(
         JobNoise::Global(g) => Some(plan.start(0..options.num_images, g)?),
         JobNoise::PerImage { .. } => None,
     };
-    let batches = options.num_images.div_ceil(options.batch_size);
+    let first_image = options.first_image;
+    let batches = (options.num_images - first_image).div_ceil(options.batch_size);
     let mut trajectory = options
         .trajectory
         .then(|| Trajectory::new(4, 8, sampler.timesteps().len()));
     let mut outputs = Vec::with_capacity(batches);
     for b in 0..batches {
-        let first = b * options.batch_size;
+        let first = first_image + b * options.batch_size;
         let range = first..(first + options.batch_size).min(options.num_images);
         let x = noise.with_batch(range.start, range.len(), |source| {
             let cond = plan.conditioning(range.clone(), source)?;
@@ -155,7 +195,7 @@ pub fn sample_with(
                 {
                     t.observe(s);
                 }
-                on_step(b, batches, s);
+                observer.step(b, batches, s);
             };
             sampler
                 .sample(denoiser.as_ref(), start, &cond, source, &mut step)
@@ -169,7 +209,9 @@ pub fn sample_with(
                     )),
                 })
         })?;
-        outputs.push(x.to_device(Device::Cpu));
+        let x = x.to_device(Device::Cpu);
+        observer.batch_done(range, &x)?;
+        outputs.push(x);
     }
     let record = serde_json::json!({
         "model": info.record,
@@ -201,14 +243,22 @@ struct BatchInputs {
     labels: Option<Tensor>,
     /// SR low-resolution input or image-to-image conditioning image, `[M, ...]`.
     cond_image: Option<Tensor>,
+    /// The image index of the input's first row (see [`JobOptions::input_first`]).
+    input_first: usize,
     noise_level: Option<f64>,
-    /// Cold diffusion: clean images `[M, ...]` and the degradation's top level.
-    cold: Option<(Tensor, Box<dyn difflab_schedulers::Degradation>)>,
+    /// Cold diffusion: clean images `[M, ...]`, the image index of their first row, and the
+    /// degradation.
+    cold: Option<(Tensor, usize, Box<dyn difflab_schedulers::Degradation>)>,
 }
 
-fn rows(x: &Tensor, range: &Range<usize>, device: Device) -> Tensor {
+/// Rows of `x` for images `range`, when row 0 is image `first`: image `i` uses row
+/// `(i - first) mod M`.
+fn rows(x: &Tensor, first: usize, range: &Range<usize>, device: Device) -> Tensor {
     let m = x.size()[0];
-    let idx: Vec<i64> = range.clone().map(|i| i as i64 % m).collect();
+    let idx: Vec<i64> = range
+        .clone()
+        .map(|i| i.saturating_sub(first) as i64 % m)
+        .collect();
     x.index_select(0, &Tensor::from_slice(&idx))
         .to_device(device)
 }
@@ -218,7 +268,7 @@ impl BatchInputs {
         info: &ModelInfo,
         settings: &StageSettings,
         input: Option<&Tensor>,
-        num_images: usize,
+        options: &JobOptions,
         device: Device,
     ) -> Result<Self, SamplingError> {
         let label = &info.label;
@@ -330,14 +380,19 @@ impl BatchInputs {
                             )))
                         }
                     })?,
-                    None => data_examples(info, num_images)?,
+                    None => data_examples(info, options.num_images)?,
+                };
+                let first = if input.is_some() {
+                    options.input_first
+                } else {
+                    0
                 };
                 let sampler = settings
                     .sampler
                     .build(&schedule, Some(degradation.build(&schedule, device)?))?;
                 (
                     sampler,
-                    Some((clean, degradation.build(&schedule, device)?)),
+                    Some((clean, first, degradation.build(&schedule, device)?)),
                 )
             }
         };
@@ -349,6 +404,7 @@ impl BatchInputs {
             num_classes: spec.num_classes.unwrap_or(1),
             labels,
             cond_image,
+            input_first: options.input_first,
             noise_level,
             cold,
         })
@@ -375,10 +431,11 @@ impl BatchInputs {
             .map(|v| v.unsqueeze(0).expand([b, -1], false).to_device(d));
         let (image, noise_level) = match (&self.cond_image, self.noise_level) {
             (Some(lowres), Some(level)) => {
-                let (z, s) = augment_at_level(&rows(lowres, &range, d), level, noise);
+                let low = rows(lowres, self.input_first, &range, d);
+                let (z, s) = augment_at_level(&low, level, noise);
                 (Some(z), Some(s))
             }
-            (Some(image), None) => (Some(rows(image, &range, d)), None),
+            (Some(image), None) => (Some(rows(image, self.input_first, &range, d)), None),
             _ => (None, None),
         };
         Ok(Conditioning {
@@ -401,8 +458,8 @@ impl BatchInputs {
         let z = noise.draw(&shape, Kind::Float, self.device);
         Ok(match &self.cold {
             None => z,
-            Some((clean, degradation)) => {
-                let x0 = rows(clean, &range, self.device);
+            Some((clean, first, degradation)) => {
+                let x0 = rows(clean, *first, &range, self.device);
                 let top = Tensor::full(
                     [range.len() as i64],
                     degradation.num_steps(),

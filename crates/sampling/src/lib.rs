@@ -14,6 +14,7 @@ mod job;
 pub(crate) mod manifest_file;
 mod model;
 mod noise;
+pub mod output_folder;
 mod request;
 mod trajectory;
 
@@ -21,7 +22,7 @@ pub use ensemble::{EnsembleManifest, EnsembleSpec, ExpertEntry, StageModel};
 pub use error::SamplingError;
 pub use inputs::load_input_images;
 pub use job::{
-    ClassChoice, JobOptions, OnStep, StageOutput, StageSettings, sample_stage, sample_with,
+    ClassChoice, JobObserver, JobOptions, StageOutput, StageSettings, sample_stage, sample_with,
 };
 pub use model::{
     ConditioningSpec, DiffusersModelSpec, LoadedModel, LowresSpec, ModelInfo, WeightsKind,
@@ -30,6 +31,7 @@ pub use model::{
 pub use network_denoiser::NetworkDenoiser;
 pub(crate) use noise::JobNoise;
 pub use noise::NoiseMode;
+pub use output_folder::OutputMode;
 pub use request::{
     OnSampleStep, SampleRequest, SampleSource, SampleSummary, class_dir, sample_classes,
     sample_to_folder,

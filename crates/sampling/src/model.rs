@@ -219,6 +219,15 @@ impl ModelInfo {
         })
     }
 
+    /// SHA-256 of the weights file (a diffusers folder's `diffusion_pytorch_model.safetensors`).
+    pub fn weights_digest(&self) -> Result<String, SamplingError> {
+        let file = match &self.weights {
+            WeightsSource::Difflab(file) => file.clone(),
+            WeightsSource::Diffusers(dir) => dir.join("diffusion_pytorch_model.safetensors"),
+        };
+        Ok(sha256_file(&file)?)
+    }
+
     /// Load the weights onto `device`.
     pub fn load(&self, device: Device) -> Result<LoadedModel, SamplingError> {
         match &self.weights {

@@ -5,14 +5,17 @@
 use std::path::{Path, PathBuf};
 
 use difflab_data::images::{grid_columns, save_grid, save_images};
+use difflab_data::load_image;
 use difflab_samplers::{DdimConfig, SamplerConfig, StepInfo};
 use difflab_schedulers::TimestepSpacing;
 use serde_json::json;
-use tch::Device;
+use tch::{Device, Tensor};
 
 use crate::cascade::{
-    CascadeManifest, CliStageSettings, PlannedStage, StageSpec, StageWeights, run_cascade,
+    CascadeManifest, CascadeObserver, CliStageSettings, PlannedStage, StageSpec, StageWeights,
+    run_cascade,
 };
+use crate::output_folder::{OutputFolder, OutputMode};
 use crate::{
     DiffusersModelSpec, EnsembleSpec, JobOptions, ModelInfo, NoiseMode, SamplingError, StageModel,
     StageOutput, WeightsKind, load_diffusers_model, load_input_images,
@@ -71,6 +74,8 @@ pub struct SampleRequest {
     pub out: PathBuf,
     /// The command that made the request, for `sample.json`.
     pub command: Vec<String>,
+    /// What to do when the output folder already holds files.
+    pub output: OutputMode,
 }
 
 /// Progress: `(stage name, batch index, number of batches, the step just taken)`.
@@ -199,19 +204,148 @@ fn input_images(
     Ok(Some(load_input_images(path, shape[2], shape[0])?))
 }
 
+/// The job's identity, recorded in `sample.json` and compared by `--resume`: the source, the
+/// command-line settings, the input images, the count, the seed and noise, and each stage's
+/// resolved model (checkpoint and weights hash).
+fn identity(
+    request: &SampleRequest,
+    stages: &[PlannedStage],
+    noise: NoiseMode,
+) -> Result<serde_json::Value, SamplingError> {
+    let source = match &request.source {
+        SampleSource::Run { path, weights } => json!({"run": path, "weights": weights}),
+        SampleSource::Diffusers { dir, spec } => json!({
+            "diffusers": dir,
+            "schedule": spec.schedule,
+            "prediction": spec.prediction,
+        }),
+        SampleSource::Manifest { path, cascade } => json!({"manifest": path, "cascade": cascade}),
+    };
+    let settings = &request.settings;
+    let models = stages
+        .iter()
+        .map(|s| {
+            Ok(json!({
+                "name": s.name,
+                "model": s.spec.info().record,
+                "weights_sha256": s.spec.weights_digest()?,
+            }))
+        })
+        .collect::<Result<Vec<_>, SamplingError>>()?;
+    Ok(json!({
+        "source": source,
+        "sampler": settings.sampler,
+        "guidance": settings.guidance,
+        "class": settings.class,
+        "labels": settings.labels,
+        "noise_level": settings.noise_level,
+        "cond_image": request.cond_image,
+        "num_images": request.num_images,
+        "seed": request.seed,
+        "noise": noise,
+        "models": models,
+    }))
+}
+
+/// Writes each stage's images into the output folder as batches finish, its grid (or
+/// `samples.csv`) when the stage finishes, and keeps `sample.json`'s file list current.
+struct FolderWriter<'a, 'b> {
+    folder: OutputFolder,
+    /// Each stage's folder (the last stage's is the output folder itself).
+    dirs: Vec<PathBuf>,
+    num_images: usize,
+    first_image: usize,
+    running: serde_json::Value,
+    identity: &'a serde_json::Value,
+    on_step: &'a mut OnSampleStep<'b>,
+}
+
+impl FolderWriter<'_, '_> {
+    /// The stage's images `0..first_image`, written by the interrupted job this one finishes.
+    fn earlier_images(&self, dir: &Path, shape: &[i64]) -> Result<Option<Tensor>, SamplingError> {
+        if self.first_image == 0 {
+            return Ok(None);
+        }
+        let (c, r) = (shape[0] as usize, shape[1] as usize);
+        let images = (0..self.first_image)
+            .map(|i| {
+                let data = load_image(&dir.join(format!("{i:06}.png")), r, c)?;
+                Ok(Tensor::from_slice(&data).reshape(shape))
+            })
+            .collect::<Result<Vec<_>, SamplingError>>()?;
+        Ok(Some(Tensor::stack(&images, 0)))
+    }
+}
+
+impl CascadeObserver for FolderWriter<'_, '_> {
+    fn step(&mut self, stage: &str, batch: usize, batches: usize, info: &StepInfo<'_>) {
+        (self.on_step)(stage, batch, batches, info);
+    }
+
+    fn batch_done(
+        &mut self,
+        stage: usize,
+        range: std::ops::Range<usize>,
+        samples: &Tensor,
+    ) -> Result<(), SamplingError> {
+        if samples.dim() != 4 {
+            return Ok(()); // vectors go to samples.csv when the stage is done
+        }
+        for path in save_images(samples, &self.dirs[stage], range.start)? {
+            self.folder.add(&path);
+        }
+        self.folder
+            .write_record(self.running.clone(), self.identity, "running")
+    }
+
+    fn stage_done(&mut self, stage: usize, output: &StageOutput) -> Result<(), SamplingError> {
+        let dir = self.dirs[stage].clone();
+        let x = &output.samples;
+        if x.dim() == 4 {
+            let all = match self.earlier_images(&dir, &x.size()[1..])? {
+                Some(earlier) => Tensor::cat(&[earlier, x.shallow_clone()], 0),
+                None => x.shallow_clone(),
+            };
+            let grid = dir.join("grid.png");
+            save_grid(&all, grid_columns(self.num_images), &grid)?;
+            self.folder.add(&grid);
+        } else {
+            let path = dir.join("samples.csv");
+            let rows = Vec::<Vec<f32>>::try_from(x.flatten(1, -1))
+                .map_err(|e| SamplingError::invalid(format!("samples to rows: {e}")))?;
+            let text: String = rows
+                .iter()
+                .map(|r| r.iter().map(f32::to_string).collect::<Vec<_>>().join(",") + "\n")
+                .collect();
+            std::fs::create_dir_all(&dir)
+                .and_then(|()| difflab_pipeline::files::write_atomic(&path, text.as_bytes()))
+                .map_err(|e| SamplingError::invalid(format!("{}: {e}", path.display())))?;
+            self.folder.add(&path);
+        }
+        self.folder
+            .write_record(self.running.clone(), self.identity, "running")
+    }
+}
+
+/// The most samples one job keeps in memory: `[N, ...shape]` floats are held until the job
+/// ends (the grid, the next cascade stage), so `N × elements × 4` bytes must fit.
+const MAX_SAMPLE_BYTES: u64 = 16 << 30;
+
 /// Run `request` on `device`: every stage's images into the output folder (the last stage's
 /// as `000000.png`, …, `grid.png` or `samples.csv`; earlier cascade stages under
 /// `stages/<name>/`), `trajectory.png` when asked, and `sample.json` recording the model, its
-/// weights' hash, every setting and the timesteps.
+/// weights' hash, every setting, the timesteps and the files written. Images are written as
+/// each batch finishes; the folder follows [`OutputMode`] (see [`crate::output_folder`]).
 pub fn sample_to_folder(
     request: &SampleRequest,
     device: Device,
     on_step: &mut OnSampleStep<'_>,
 ) -> Result<SampleSummary, SamplingError> {
-    if request.num_images == 0 {
+    let n = request.num_images;
+    if n == 0 {
         return Err(SamplingError::invalid("-n/--num-images must be at least 1"));
     }
-    let batch = request.batch_size.unwrap_or(request.num_images);
+    let batch = request.batch_size.unwrap_or(n).min(n);
     if batch == 0 {
         return Err(SamplingError::invalid("--batch-size must be at least 1"));
     }
@@ -227,17 +361,63 @@ pub fn sample_to_folder(
             "--noise-level applies to super-resolution stages, and none is being sampled",
         ));
     }
+    for stage in &stages {
+        let elements: i64 = stage.spec.info().shape.iter().product();
+        let bytes = (n as u64)
+            .saturating_mul(elements.max(1) as u64)
+            .saturating_mul(4);
+        if bytes > MAX_SAMPLE_BYTES {
+            return Err(SamplingError::invalid(format!(
+                "-n {n}: stage {} would hold {:.1} GiB of samples in memory (at most {} GiB); sample in several jobs with different --seed",
+                stage.name,
+                bytes as f64 / (1u64 << 30) as f64,
+                MAX_SAMPLE_BYTES >> 30
+            )));
+        }
+    }
+    let identity = identity(request, &stages, noise)?;
+    let (folder, done) = OutputFolder::open(&request.out, request.output, &identity, "")?;
+    if done > 0 && noise == NoiseMode::TorchGlobal {
+        return Err(SamplingError::invalid(format!(
+            "--resume: {} was sampled with torch-global noise, where each image's noise depends on every image before it; only per-image noise can be resumed exactly: pass --overwrite",
+            request.out.display()
+        )));
+    }
+    // A finished job (or one killed after its last image) makes its last image again: the
+    // grid and the record are then written from the same code path.
+    let first_image = done.min(n - 1);
     let input = input_images(request, stages[0].spec.info())?;
     let options = JobOptions {
-        num_images: request.num_images,
-        batch_size: batch,
-        seed: request.seed,
-        noise,
-        trajectory: request.trajectory,
+        trajectory: request.trajectory && first_image == 0,
+        first_image,
+        ..JobOptions::new(n, batch, request.seed, noise)
     };
     let last = stages.len() - 1;
-    let names: Vec<String> = stages.iter().map(|s| s.name.clone()).collect();
     let out = &request.out;
+    let dirs: Vec<PathBuf> = stages
+        .iter()
+        .enumerate()
+        .map(|(i, s)| match i == last {
+            true => out.clone(),
+            false => out.join("stages").join(&s.name),
+        })
+        .collect();
+    let running = json!({
+        "difflab_version": env!("CARGO_PKG_VERSION"),
+        "command": request.command,
+        "num_images": n,
+    });
+    let mut writer = FolderWriter {
+        folder,
+        dirs,
+        num_images: n,
+        first_image,
+        running,
+        identity: &identity,
+        on_step,
+    };
+    // Nothing is written before the first batch is done: a job that fails its checks leaves
+    // the folder as it was.
     let outputs = run_cascade(
         &stages,
         preloaded,
@@ -246,15 +426,14 @@ pub fn sample_to_folder(
         &options,
         offload,
         device,
-        &mut |stage, b, n, step| on_step(stage, b, n, step),
-        &mut |i, output| {
-            let dir = match i == last {
-                true => out.clone(),
-                false => out.join("stages").join(&names[i]),
-            };
-            save_output(output, &dir, request.num_images)
-        },
+        &mut writer,
     )?;
+    let mut folder = writer.folder;
+    if let Some(t) = &outputs[last].trajectory {
+        let path = out.join("trajectory.png");
+        t.save(&path)?;
+        folder.add(&path);
+    }
     let record = json!({
         "difflab_version": env!("CARGO_PKG_VERSION"),
         "command": request.command,
@@ -264,8 +443,9 @@ pub fn sample_to_folder(
             NoiseMode::PerImage => "image i: ChaCha8 stream seeded with splitmix(seed, i); draws in order: SR augmentation noise, x_T, one per stochastic step",
             NoiseMode::TorchGlobal => "torch.manual_seed(seed); randn([n, ...]) for x_T on the CPU generator, then each batch's draws in order",
         },
-        "num_images": request.num_images,
+        "num_images": n,
         "batch_size": batch,
+        "resumed_at_image": first_image,
         "device": format!("{device:?}"),
         "offload": offload,
         "stages": stages.iter().zip(&outputs).map(|(s, o)| {
@@ -275,13 +455,7 @@ pub fn sample_to_folder(
             r
         }).collect::<Vec<_>>(),
     });
-    let path = out.join("sample.json");
-    let text = serde_json::to_string_pretty(&record).expect("records serialise") + "\n";
-    difflab_pipeline::files::write_atomic(&path, text.as_bytes())
-        .map_err(|error| SamplingError::invalid(format!("writing {}: {error}", path.display())))?;
-    if let Some(t) = &outputs[last].trajectory {
-        t.save(&out.join("trajectory.png"))?;
-    }
+    folder.write_record(record.clone(), &identity, "complete")?;
     Ok(SampleSummary {
         stages: stages
             .iter()
@@ -290,25 +464,6 @@ pub fn sample_to_folder(
             .collect(),
         record,
     })
-}
-
-/// Images as PNGs and a grid; vectors (the 2-D toy) as `samples.csv`.
-fn save_output(output: &StageOutput, dir: &Path, n: usize) -> Result<(), SamplingError> {
-    let x = &output.samples;
-    if x.dim() == 4 {
-        save_images(x, dir, 0)?;
-        save_grid(x, grid_columns(n), &dir.join("grid.png"))?;
-        return Ok(());
-    }
-    let io = |error: std::io::Error| SamplingError::invalid(format!("{}: {error}", dir.display()));
-    std::fs::create_dir_all(dir).map_err(io)?;
-    let rows = Vec::<Vec<f32>>::try_from(x.flatten(1, -1))
-        .map_err(|e| SamplingError::invalid(format!("samples to rows: {e}")))?;
-    let text: String = rows
-        .iter()
-        .map(|r| r.iter().map(f32::to_string).collect::<Vec<_>>().join(",") + "\n")
-        .collect();
-    std::fs::write(dir.join("samples.csv"), text).map_err(io)
 }
 
 /// The folder of class `k`'s samples in an evaluation's sample folder.

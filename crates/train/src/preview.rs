@@ -73,13 +73,7 @@ pub(crate) fn write_preview(
         labels,
         noise_level: None,
     };
-    let options = JobOptions {
-        num_images: n,
-        batch_size: n,
-        seed: mix(config.seed, 0x5EED),
-        noise: NoiseMode::TorchGlobal,
-        trajectory: false,
-    };
+    let options = JobOptions::new(n, n, mix(config.seed, 0x5EED), NoiseMode::TorchGlobal);
     let denoiser = Box::new(NetworkDenoiser::new(
         learner.ema_network(),
         config.objective,
@@ -91,7 +85,7 @@ pub(crate) fn write_preview(
         input.as_ref(),
         &options,
         device,
-        &mut |_, _, _| {},
+        &mut (),
     ) {
         Ok(output) => output,
         Err(SamplingError::Sample(e @ SampleError::NonFinite { .. })) => {

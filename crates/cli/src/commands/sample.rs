@@ -6,10 +6,12 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use difflab_pipeline::DeviceSpec;
+use difflab_pipeline::checkpoint::resolve_checkpoint;
 use difflab_samplers::{SamplerConfig, SamplerKeys, SamplerKind};
 use difflab_sampling::cascade::CliStageSettings;
 use difflab_sampling::{
-    DiffusersModelSpec, NoiseMode, SampleRequest, SampleSource, WeightsKind, sample_to_folder,
+    DiffusersModelSpec, NoiseMode, OutputMode, SampleRequest, SampleSource, WeightsKind,
+    sample_to_folder,
 };
 use difflab_schedulers::{BetaScheduleKind, Prediction, ScheduleConfig, TimestepSpacing};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -20,8 +22,9 @@ pub struct SampleArgs {
     /// A difflab run directory: its config.yaml and latest checkpoint.
     #[arg(long, value_name = "DIR", group = "source")]
     run: Option<PathBuf>,
-    /// A checkpoint directory (RUN/checkpoints/step-N or RUN/checkpoints/latest).
-    #[arg(long, value_name = "DIR", group = "source")]
+    /// A checkpoint directory (RUN/checkpoints/step-N or RUN/checkpoints/latest); with --run,
+    /// a checkpoint of that run: `step-N`, `latest`, or its path.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["diffusers_model", "config"])]
     checkpoint: Option<PathBuf>,
     /// A diffusers `UNet2DModel` folder (config.json + diffusion_pytorch_model.safetensors).
     #[arg(long, value_name = "DIR", group = "source")]
@@ -95,8 +98,17 @@ pub struct SampleArgs {
     #[arg(long)]
     save_trajectory: bool,
     /// Output folder: 000000.png, …, grid.png, sample.json (cascades: stages/<name>/ too).
+    /// It must be absent or empty unless --overwrite or --resume is given.
     #[arg(long, default_value = "samples")]
     out: PathBuf,
+    /// Replace what a previous `difflab sample` wrote into --out (only the files its
+    /// sample.json lists; anything else stays).
+    #[arg(long, conflicts_with = "resume")]
+    overwrite: bool,
+    /// Finish an interrupted job in --out: keep the images it made, make the rest (the same
+    /// command; per-image noise).
+    #[arg(long)]
+    resume: bool,
     /// Diffusers models: what the model predicts (eps, x0 or v).
     #[arg(long, default_value = "eps", value_parser = parse::<Prediction>)]
     prediction: Prediction,
@@ -150,6 +162,42 @@ impl SampleArgs {
 }
 
 impl SampleArgs {
+    /// The run or checkpoint to sample: `--run R` (its latest checkpoint), `--checkpoint C`, or
+    /// both (`C` a checkpoint of `R`: `step-N`, `latest` or a path inside `R`).
+    fn checkpoint_path(&self) -> Result<PathBuf> {
+        let (run, checkpoint) = match (&self.run, &self.checkpoint) {
+            (Some(run), Some(c)) => (run, c),
+            (Some(path), None) | (None, Some(path)) => return Ok(path.clone()),
+            (None, None) => bail!("--run or --checkpoint"),
+        };
+        let inside = run.join("checkpoints").join(checkpoint);
+        let path = if checkpoint.is_relative() && inside.exists() {
+            inside
+        } else {
+            checkpoint.clone()
+        };
+        let resolved = resolve_checkpoint(&path).with_context(|| {
+            format!(
+                "--checkpoint {} of --run {}",
+                checkpoint.display(),
+                run.display()
+            )
+        })?;
+        let canonical = |p: &std::path::Path| {
+            p.canonicalize()
+                .with_context(|| format!("reading {}", p.display()))
+        };
+        if !canonical(&resolved)?.starts_with(canonical(run)?) {
+            bail!(
+                "--checkpoint {} is not a checkpoint of --run {} (it is {}); pass only --checkpoint to sample another run's checkpoint",
+                checkpoint.display(),
+                run.display(),
+                resolved.display()
+            );
+        }
+        Ok(resolved)
+    }
+
     /// The request these arguments make.
     fn request(&self) -> Result<SampleRequest> {
         let source = if let Some(dir) = &self.diffusers_model {
@@ -170,9 +218,9 @@ impl SampleArgs {
                 dir: dir.clone(),
                 spec,
             }
-        } else if let Some(path) = self.run.as_ref().or(self.checkpoint.as_ref()) {
+        } else if self.run.is_some() || self.checkpoint.is_some() {
             SampleSource::Run {
-                path: path.clone(),
+                path: self.checkpoint_path()?,
                 weights: self.weights(),
             }
         } else if let Some(path) = &self.config {
@@ -197,6 +245,11 @@ impl SampleArgs {
             offload: self.offload,
             out: self.out.clone(),
             command: std::env::args().collect(),
+            output: match (self.overwrite, self.resume) {
+                (true, _) => OutputMode::Overwrite,
+                (_, true) => OutputMode::Resume,
+                _ => OutputMode::Fresh,
+            },
         })
     }
 }

@@ -64,10 +64,37 @@ pub fn resolve_checkpoint(path: &Path) -> Result<PathBuf, CheckpointError> {
 
 /// Exclusive use of a run folder by one process (an advisory `flock` on `RUN/.lock`, released
 /// when this is dropped or the process dies). The lock file holds the holder's process id.
+/// A folder the lock created and nothing else was written to is removed again on drop, so a
+/// run that fails its checks leaves nothing behind.
 #[derive(Debug)]
 pub struct RunLock {
-    _file: std::fs::File,
+    file: Option<std::fs::File>,
+    root: PathBuf,
+    created: bool,
 }
+
+impl Drop for RunLock {
+    fn drop(&mut self) {
+        if !self.created {
+            return;
+        }
+        let only_lock = std::fs::read_dir(&self.root)
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .all(|e| e.file_name() == LOCK_FILE)
+            })
+            .unwrap_or(false);
+        if only_lock {
+            let _ = std::fs::remove_file(self.root.join(LOCK_FILE));
+            drop(self.file.take());
+            let _ = std::fs::remove_dir(&self.root);
+        }
+    }
+}
+
+/// The lock file of a run folder.
+const LOCK_FILE: &str = ".lock";
 
 impl RunDir {
     /// Take the run folder for this process, creating it if needed; fails at once, naming the
@@ -78,8 +105,9 @@ impl RunDir {
             let path = path.to_path_buf();
             move |error| CheckpointError::Io { path, error }
         };
+        let created = !self.root.exists();
         std::fs::create_dir_all(&self.root).map_err(io(&self.root))?;
-        let path = self.root.join(".lock");
+        let path = self.root.join(LOCK_FILE);
         let mut file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -103,6 +131,10 @@ impl RunDir {
         file.rewind().map_err(io(&path))?;
         write!(file, "{}", std::process::id()).map_err(io(&path))?;
         file.sync_all().map_err(io(&path))?;
-        Ok(RunLock { _file: file })
+        Ok(RunLock {
+            file: Some(file),
+            root: self.root.clone(),
+            created,
+        })
     }
 }

@@ -84,6 +84,20 @@ pub enum StageSpec {
 }
 
 impl StageSpec {
+    /// SHA-256 of the stage's weights (an ensemble's experts' hashes joined): what makes a
+    /// resumed sampling job the same job.
+    pub fn weights_digest(&self) -> Result<String, SamplingError> {
+        match self {
+            Self::Single(i) => i.weights_digest(),
+            Self::Ensemble(e) => e
+                .experts
+                .iter()
+                .map(|(_, _, _, info)| info.weights_digest())
+                .collect::<Result<Vec<_>, _>>()
+                .map(|d| d.join("+")),
+        }
+    }
+
     /// The stage's model description (an ensemble's shared one).
     pub fn info(&self) -> &ModelInfo {
         match self {

@@ -14,4 +14,4 @@ pub use lowres::{area_downsample, augment_at_level, augment_lowres, augmentation
 pub use manifest::{
     CascadeManifest, CliStageSettings, PlannedStage, StageEntry, StageSpec, check_chain,
 };
-pub use run::{StageWeights, run_cascade};
+pub use run::{CascadeObserver, StageWeights, run_cascade};
