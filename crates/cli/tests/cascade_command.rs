@@ -306,6 +306,29 @@ fn tiny_cascade_trains_samples_and_chains_and_ensembles_route() {
         s(&dir),
     ]));
     assert!(printed.contains("--init"), "{printed}");
+    // The same split again changes nothing; a manifest edited since is not overwritten
+    // without --overwrite.
+    let split = [
+        "ensemble",
+        "split",
+        "--run",
+        s(&base),
+        "--at",
+        "500",
+        "--out",
+        s(&experts),
+        "--runs",
+        s(&dir),
+    ];
+    difflab_ok(&split);
+    let manifest = experts.join("ensemble.yaml");
+    let original = std::fs::read_to_string(&manifest).unwrap();
+    let edited = format!("{original}# my note\n");
+    std::fs::write(&manifest, &edited).unwrap();
+    difflab_fails(&split, "--overwrite");
+    assert_eq!(std::fs::read_to_string(&manifest).unwrap(), edited);
+    difflab_ok(&[&split[..], &["--overwrite"]].concat());
+    assert_eq!(std::fs::read_to_string(&manifest).unwrap(), original);
     let init = base.join("checkpoints/latest");
     for (name, range) in [
         ("tiny-base-t0-500", "[0, 500)"),

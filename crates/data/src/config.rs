@@ -94,6 +94,12 @@ impl Default for DataConfig {
     }
 }
 
+/// The most decode threads a config may ask for.
+pub const MAX_WORKERS: usize = 256;
+
+/// The most images (points) a synthetic dataset may have: 100 million.
+pub const MAX_SYNTHETIC: usize = 100_000_000;
+
 impl DataConfig {
     /// Range and combination checks; the error names the key and value.
     pub fn validate(&self) -> Result<(), DataError> {
@@ -107,8 +113,11 @@ impl DataConfig {
         if self.channels != 1 && self.channels != 3 {
             return bad(format!("data.channels: {} is not 1 or 3", self.channels));
         }
-        if self.workers == 0 {
-            return bad("data.workers: must be at least 1".into());
+        if !(1..=MAX_WORKERS).contains(&self.workers) {
+            return bad(format!(
+                "data.workers: {} is outside 1..={MAX_WORKERS} (each worker is a thread)",
+                self.workers
+            ));
         }
         if self.limit == Some(0) {
             return bad("data.limit: 0 leaves no examples".into());
@@ -272,6 +281,12 @@ impl Default for ShapesConfig {
 impl ShapesConfig {
     /// Range checks.
     pub fn validate(&self) -> Result<(), DataError> {
+        if self.num_images > MAX_SYNTHETIC {
+            return Err(DataError::Config(format!(
+                "data.shapes.num_images: {} is more than {MAX_SYNTHETIC} (the images are drawn on the fly, but their index is kept in memory)",
+                self.num_images
+            )));
+        }
         if self.num_images == 0 {
             return Err(DataError::Config(
                 "data.shapes.num_images: must be at least 1".into(),
@@ -343,6 +358,12 @@ impl Default for Toy2dConfig {
 impl Toy2dConfig {
     /// Range checks.
     pub fn validate(&self) -> Result<(), DataError> {
+        if self.num_points > MAX_SYNTHETIC {
+            return Err(DataError::Config(format!(
+                "data.toy2d.num_points: {} is more than {MAX_SYNTHETIC} (the points are kept in memory)",
+                self.num_points
+            )));
+        }
         if self.num_points == 0 {
             return Err(DataError::Config(
                 "data.toy2d.num_points: must be at least 1".into(),

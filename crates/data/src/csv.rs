@@ -68,9 +68,9 @@ fn read_rows(path: &Path, headers: &[&str]) -> Result<Vec<Row>, DataError> {
             path: path.to_path_buf(),
         });
     }
-    let text = std::fs::read_to_string(path).map_err(|source| DataError::Io {
+    let text = std::fs::read_to_string(path).map_err(|error| DataError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
     let mut rows = Vec::new();
     let mut first = true;

@@ -46,9 +46,9 @@ pub fn read_idx(path: &Path) -> Result<IdxArray, DataError> {
         path: path.to_path_buf(),
         message,
     };
-    let raw = std::fs::read(path).map_err(|source| DataError::Io {
+    let raw = std::fs::read(path).map_err(|error| DataError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
     let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();

@@ -21,7 +21,7 @@ pub fn list_images(root: &Path) -> Result<Vec<String>, DataError> {
     for entry in WalkDir::new(root).follow_links(true) {
         let entry = entry.map_err(|e| DataError::Io {
             path: e.path().unwrap_or(root).to_path_buf(),
-            source: e.into(),
+            error: e.into(),
         })?;
         if !entry.file_type().is_file() {
             continue;

@@ -14,12 +14,12 @@ pub enum ImageIoError {
     )]
     Shape(Vec<i64>),
     /// Filesystem or encoder error, with the path.
-    #[error("writing {path}: {source}")]
+    #[error("writing {path}: {error}")]
     Write {
         /// The file being written.
         path: PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
+        /// The underlying error (in the message, so not a `source`).
+        error: std::io::Error,
     },
 }
 
@@ -55,9 +55,9 @@ fn to_image(hwc: &Tensor) -> DynamicImage {
 /// Encode to PNG and write via a temporary file in the same folder, then rename: a crash never
 /// leaves a truncated image behind.
 pub fn write_png_atomic(image: &DynamicImage, path: &Path) -> Result<(), ImageIoError> {
-    let err = |source: std::io::Error| ImageIoError::Write {
+    let err = |error: std::io::Error| ImageIoError::Write {
         path: path.to_path_buf(),
-        source,
+        error,
     };
     let mut bytes = Vec::new();
     image
@@ -77,9 +77,9 @@ pub fn save_images(
     first_index: usize,
 ) -> Result<Vec<PathBuf>, ImageIoError> {
     let u8s = to_u8_nhwc(x)?;
-    std::fs::create_dir_all(dir).map_err(|source| ImageIoError::Write {
+    std::fs::create_dir_all(dir).map_err(|error| ImageIoError::Write {
         path: dir.to_path_buf(),
-        source,
+        error,
     })?;
     (0..u8s.size()[0])
         .map(|i| {
@@ -109,9 +109,9 @@ pub fn save_grid(x: &Tensor, columns: usize, path: &Path) -> Result<(), ImageIoE
         canvas.narrow(0, y, h).narrow(1, x0, w).copy_(&u8s.get(i));
     }
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|source| ImageIoError::Write {
+        std::fs::create_dir_all(parent).map_err(|error| ImageIoError::Write {
             path: parent.to_path_buf(),
-            source,
+            error,
         })?;
     }
     write_png_atomic(&to_image(&canvas), path)

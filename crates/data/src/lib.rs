@@ -77,7 +77,7 @@ pub use folder::{FolderDataset, list_images};
 pub use loader::{Batch, DataCursor, DataLoader, epoch_permutation, flip_decision};
 pub use shapes::{SHAPE_COLORS, SHAPE_NAMES, ShapesDataset, render_shape};
 pub use toy2d::{Toy2dDataset, sample_toy2d, sample_toy2d_with_noise, spiral_distance};
-pub use transform::load_image;
+pub use transform::{MAX_PIXELS, decode_file, load_image};
 
 /// A dataset could not be opened, or an example could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -115,12 +115,12 @@ pub enum DataError {
         message: String,
     },
     /// A file could not be read.
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}: {error}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
-        /// The OS error.
-        source: std::io::Error,
+        /// The OS error (in the message, so not a `source`: it would print twice).
+        error: std::io::Error,
     },
     /// An image file could not be decoded.
     #[error("cannot decode image {}: {message}", path.display())]

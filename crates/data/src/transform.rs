@@ -51,21 +51,41 @@ impl Filter {
     }
 }
 
-/// Read and decode an image file, applying its EXIF orientation.
-pub(crate) fn decode_file(path: &Path) -> Result<DynamicImage, DataError> {
-    let io = |source: std::io::Error| DataError::Io {
+/// The most pixels an image file may have (a decompression bomb declares billions in a few
+/// bytes): 64 megapixels, e.g. 8192 × 8192.
+pub const MAX_PIXELS: u64 = 64 << 20;
+
+/// Read and decode an image file, applying its EXIF orientation. Its header is checked first:
+/// more than [`MAX_PIXELS`] pixels, or more than 1 GiB of decoded data, is an error naming
+/// the file, before anything is decoded.
+pub fn decode_file(path: &Path) -> Result<DynamicImage, DataError> {
+    let io = |error: std::io::Error| DataError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     };
     let decode = |e: image::ImageError| DataError::Decode {
         path: path.to_path_buf(),
         message: e.to_string(),
     };
-    let reader = ImageReader::open(path)
+    let mut reader = ImageReader::open(path)
         .map_err(io)?
         .with_guessed_format()
         .map_err(io)?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(1 << 16);
+    limits.max_image_height = Some(1 << 16);
+    limits.max_alloc = Some(1 << 30);
+    reader.limits(limits);
     let mut decoder = reader.into_decoder().map_err(decode)?;
+    let (w, h) = decoder.dimensions();
+    if u64::from(w) * u64::from(h) > MAX_PIXELS {
+        return Err(DataError::Decode {
+            path: path.to_path_buf(),
+            message: format!(
+                "{w} × {h} pixels is more than the {MAX_PIXELS} difflab reads (a corrupt or hostile header?)"
+            ),
+        });
+    }
     let orientation = decoder.orientation().map_err(decode)?;
     let mut image = DynamicImage::from_decoder(decoder).map_err(decode)?;
     image.apply_orientation(orientation);

@@ -26,7 +26,8 @@ pub fn read_image_folder(dir: &Path) -> Result<Tensor, EvalError> {
     let mut data = Vec::new();
     let mut shape: Option<[i64; 3]> = None;
     for file in &files {
-        let img = image::open(file).map_err(|e| EvalError::file(file, e))?;
+        // Header checked before decoding (pixel and allocation limits).
+        let img = difflab_data::decode_file(file).map_err(|e| EvalError::file(file, e))?;
         let (w, h) = (img.width() as i64, img.height() as i64);
         let (c, pixels): (i64, Vec<f32>) = match img.color().channel_count() {
             1 | 2 if !img.color().has_alpha() => (1, img.to_luma32f().into_raw()),
@@ -73,6 +74,17 @@ pub fn read_samples_csv(path: &Path) -> Result<Tensor, EvalError> {
             .map(|f| f.trim().parse::<f32>())
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| EvalError::file(path, format!("line {}: {e}", line_no + 1)))?;
+        // A diverged sampler writes NaN or inf: a metric over them would be meaningless.
+        if let Some((col, x)) = row.iter().enumerate().find(|(_, x)| !x.is_finite()) {
+            return Err(EvalError::file(
+                path,
+                format!(
+                    "line {}, value {}: {x} is not a finite number (did sampling diverge?)",
+                    line_no + 1,
+                    col + 1
+                ),
+            ));
+        }
         if let Some(first) = rows.first()
             && first.len() != row.len()
         {
@@ -94,4 +106,22 @@ pub fn read_samples_csv(path: &Path) -> Result<Tensor, EvalError> {
     let d = rows[0].len() as i64;
     let flat: Vec<f32> = rows.iter().flatten().copied().collect();
     Ok(Tensor::from_slice(&flat).view([rows.len() as i64, d]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_finite_samples_are_refused_naming_the_line() {
+        let path = std::env::temp_dir().join(format!("difflab-samples-{}.csv", std::process::id()));
+        std::fs::write(&path, "0.5,1.0\n0.1,-0.2\n").unwrap();
+        assert_eq!(read_samples_csv(&path).unwrap().size(), [2, 2]);
+        for bad in ["inf", "NaN", "-inf"] {
+            std::fs::write(&path, format!("0.5,1.0\n0.1,{bad}\n")).unwrap();
+            let err = read_samples_csv(&path).unwrap_err().to_string();
+            assert!(err.contains("line 2, value 2") && err.contains("not a finite"), "{err}");
+        }
+        std::fs::remove_file(path).unwrap();
+    }
 }

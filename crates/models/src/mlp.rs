@@ -105,12 +105,12 @@ impl MlpConfig {
             ("hidden", self.hidden),
             ("time_embedding.dim", self.time_embed_dim()),
         ] {
-            if value < 1 {
-                return Err(ModelError::invalid(key, value, "must be >= 1"));
+            if !(1..=1 << 20).contains(&value) {
+                return Err(ModelError::invalid(key, value, "must be in 1..=1048576"));
             }
         }
-        if self.layers < 1 {
-            return Err(ModelError::invalid("layers", self.layers, "must be >= 1"));
+        if !(1..=1024).contains(&self.layers) {
+            return Err(ModelError::invalid("layers", self.layers, "must be in 1..=1024"));
         }
         self.time_embedding.validate_sinusoid(self.sinusoid_dim())?;
         Ok(())

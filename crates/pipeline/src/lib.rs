@@ -7,6 +7,7 @@
 pub mod allocator;
 pub mod checkpoint;
 pub mod config;
+pub mod memory;
 mod device;
 pub use difflab_files as files;
 mod network;

@@ -55,13 +55,13 @@ pub enum PlotError {
         height: u32,
     },
     /// Reading or writing a file failed.
-    #[error("I/O error on {}: {source}", path.display())]
+    #[error("I/O error on {}: {error}", path.display())]
     Io {
         /// The file being written.
         path: PathBuf,
         /// The underlying error.
-        #[source]
-        source: std::io::Error,
+        /// (In the message, so not a `source`: it would print twice.)
+        error: std::io::Error,
     },
     /// PNG encoding failed.
     #[error("PNG encoding failed: {0}")]
@@ -144,8 +144,8 @@ impl Figure {
 pub(crate) fn write_png(img: &RgbImage, path: &Path) -> Result<(), PlotError> {
     let mut bytes = Vec::new();
     img.write_to(&mut Cursor::new(&mut bytes), ImageFormat::Png)?;
-    difflab_files::write_atomic(path, &bytes).map_err(|source| PlotError::Io {
+    difflab_files::write_atomic(path, &bytes).map_err(|error| PlotError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     })
 }

@@ -16,6 +16,7 @@ use crate::cascade::{
     run_cascade,
 };
 use crate::output_folder::{OutputFolder, OutputMode};
+use difflab_pipeline::memory;
 use crate::{
     DiffusersModelSpec, EnsembleSpec, JobOptions, ModelInfo, NoiseMode, SamplingError, StageModel,
     StageOutput, WeightsKind, load_diffusers_model, load_input_images,
@@ -327,9 +328,28 @@ impl CascadeObserver for FolderWriter<'_, '_> {
     }
 }
 
-/// The most samples one job keeps in memory: `[N, ...shape]` floats are held until the job
-/// ends (the grid, the next cascade stage), so `N × elements × 4` bytes must fit.
-const MAX_SAMPLE_BYTES: u64 = 16 << 30;
+/// Check, before anything is allocated, that a stage fits in memory: its `[N, ...shape]`
+/// samples are held on the CPU until the job ends (the grid, the next cascade stage), and on
+/// the CPU one batch's activations too. Lower bounds (see [`difflab_pipeline::memory`]).
+fn check_stage_memory(
+    stage: &PlannedStage,
+    n: usize,
+    batch: usize,
+    device: Device,
+) -> Result<(), SamplingError> {
+    let info = stage.spec.info();
+    let elements: f64 = info.shape.iter().map(|&d| d as f64).product();
+    let mut bytes = 4.0 * n as f64 * elements;
+    if device == Device::Cpu {
+        let side = info.shape.get(1).copied().unwrap_or(1);
+        bytes += 4.0 * batch as f64 * memory::activation_floor(&info.model, side, false);
+    }
+    memory::check_fits(
+        &format!("sampling {n} images in batches of {batch} (stage {})", stage.name),
+        bytes,
+    )
+    .map_err(SamplingError::invalid)
+}
 
 /// Run `request` on `device`: every stage's images into the output folder (the last stage's
 /// as `000000.png`, …, `grid.png` or `samples.csv`; earlier cascade stages under
@@ -362,18 +382,7 @@ pub fn sample_to_folder(
         ));
     }
     for stage in &stages {
-        let elements: i64 = stage.spec.info().shape.iter().product();
-        let bytes = (n as u64)
-            .saturating_mul(elements.max(1) as u64)
-            .saturating_mul(4);
-        if bytes > MAX_SAMPLE_BYTES {
-            return Err(SamplingError::invalid(format!(
-                "-n {n}: stage {} would hold {:.1} GiB of samples in memory (at most {} GiB); sample in several jobs with different --seed",
-                stage.name,
-                bytes as f64 / (1u64 << 30) as f64,
-                MAX_SAMPLE_BYTES >> 30
-            )));
-        }
+        check_stage_memory(stage, n, batch, device)?;
     }
     let identity = identity(request, &stages, noise)?;
     let (folder, done) = OutputFolder::open(&request.out, request.output, &identity, "")?;

@@ -22,6 +22,10 @@ pub enum BetaScheduleKind {
     Sigmoid,
 }
 
+/// The most training timesteps a discrete schedule may have (DDPM uses 1000; continuous-time
+/// models do not use this table).
+pub const MAX_TIMESTEPS: usize = 1_000_000;
+
 impl BetaScheduleKind {
     /// All kinds, in documentation order.
     pub const ALL: [BetaScheduleKind; 4] = [
@@ -136,11 +140,11 @@ impl ScheduleConfig {
     /// The betas β_1..β_T (index 0 is the first diffusion step), validated.
     pub fn betas(&self) -> Result<Vec<f64>, ScheduleError> {
         let t = self.timesteps;
-        if t < 2 {
+        if !(2..=MAX_TIMESTEPS).contains(&t) {
             return Err(ScheduleError::invalid(
                 "schedule.timesteps",
                 t,
-                "need at least 2",
+                format!("must be in 2..={MAX_TIMESTEPS}"),
             ));
         }
         let betas = match self.kind {

@@ -14,7 +14,7 @@ use difflab_data::{DataCursor, DataError, DataLoader, Dataset, open_dataset};
 use difflab_models::{ModelError, UNetConfig};
 use difflab_pipeline::checkpoint::{CheckpointContents, CheckpointError, RunLock, read_state};
 use difflab_pipeline::config::{resume_differences, to_yaml};
-use difflab_pipeline::files;
+use difflab_pipeline::{files, memory};
 use difflab_pipeline::{ExperimentConfig, ModelConfig};
 use difflab_samplers::SampleError;
 use difflab_sampling::SamplingError;
@@ -131,8 +131,10 @@ pub struct TrainOutcome {
     pub checkpoint: PathBuf,
     /// The loss of the last step.
     pub last_loss: f64,
-    /// Batches skipped for NaN (with `on_nan: skip`).
+    /// Batches skipped for a non-finite loss or gradient (with `training.on_nan: skip`).
     pub skipped_batches: u64,
+    /// Distinct unreadable data files skipped (with `data.on_bad_file: skip`).
+    pub skipped_files: usize,
     /// The last preview grid, if any.
     pub preview: Option<PathBuf>,
 }
@@ -152,6 +154,30 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
         path: path.to_path_buf(),
         error,
     }
+}
+
+/// Check, before anything is allocated, that training fits in the host's memory (on the CPU):
+/// the weights, their gradients, AdamW's two moments and the EMA copy, one micro-batch's
+/// activations and the preview's. Lower bounds (see [`difflab_pipeline::memory`]).
+fn check_memory(config: &ExperimentConfig, device: Device) -> Result<(), TrainError> {
+    if device != Device::Cpu {
+        return Ok(()); // a CUDA device's memory is the driver's to report
+    }
+    let params = memory::parameter_floor(&config.model);
+    let r = config.data.resolution;
+    let training = &config.training;
+    let micro = (training.batch_size / training.grad_accum) as f64;
+    let step = micro * memory::activation_floor(&config.model, r, true);
+    let preview = training.preview_images as f64 * memory::activation_floor(&config.model, r, false);
+    let bytes = 4.0 * (5.0 * params + step.max(preview));
+    memory::check_fits(
+        &format!(
+            "training {} (model.*, training.batch_size = {}, training.preview_images = {})",
+            config.name, training.batch_size, training.preview_images
+        ),
+        bytes,
+    )
+    .map_err(TrainError::Config)
 }
 
 /// Check that the data fits the model, before anything is written.
@@ -380,6 +406,7 @@ impl<'a> Run<'a> {
             config.data.workers,
             config.data.on_bad_file,
         );
+        check_memory(config, options.device)?;
         let learner = Learner::new(config, options.device, Engine::Auto)?;
         let mut run = Self {
             config,
@@ -648,7 +675,8 @@ impl<'a> Run<'a> {
             interrupted,
             checkpoint,
             last_loss: self.last_loss,
-            skipped_batches: self.skipped + self.loader.skipped() as u64,
+            skipped_batches: self.skipped,
+            skipped_files: self.loader.skipped(),
             preview: self.preview,
         })
     }

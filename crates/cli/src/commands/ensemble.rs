@@ -6,6 +6,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use difflab_pipeline::config::{load_recorded_config, to_yaml};
 use difflab_sampling::{EnsembleManifest, ExpertEntry, WeightsKind};
+use difflab_lab::sweep::shell_join;
 use difflab_train::RunDir;
 
 /// `difflab ensemble …`.
@@ -32,6 +33,10 @@ pub struct SplitArgs {
     /// Where the experts' runs will live (default: next to RUN).
     #[arg(long)]
     runs: Option<PathBuf>,
+    /// Replace expert configs or an `ensemble.yaml` that differ from what this split writes
+    /// (e.g. edited by hand since an earlier split).
+    #[arg(long)]
+    overwrite: bool,
 }
 
 /// Run the command.
@@ -39,6 +44,16 @@ pub fn run(command: &EnsembleCommand) -> Result<()> {
     match command {
         EnsembleCommand::Split(args) => split(args),
     }
+}
+
+/// `text` safe inside a YAML comment line: control characters escaped.
+fn comment(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| match c.is_control() {
+            true => c.escape_default().collect::<Vec<_>>(),
+            false => vec![c],
+        })
+        .collect()
 }
 
 fn split(args: &SplitArgs) -> Result<()> {
@@ -57,7 +72,7 @@ fn split(args: &SplitArgs) -> Result<()> {
         .runs
         .clone()
         .unwrap_or_else(|| args.run.parent().map(Path::to_path_buf).unwrap_or_default());
-    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let mut files: Vec<(PathBuf, String)> = Vec::new();
     let mut edges = vec![0];
     edges.extend(&bounds);
     edges.push(t);
@@ -70,21 +85,27 @@ fn split(args: &SplitArgs) -> Result<()> {
         expert.name = name.clone();
         expert.training.timestep_range = Some([lo as usize, hi as usize]);
         let file = out.join(format!("{name}.yaml"));
+        let command = shell_join(
+            Path::new("difflab"),
+            &[
+                "train".into(),
+                "--config".into(),
+                file.display().to_string(),
+                "--init".into(),
+                args.run.join("checkpoints/latest").display().to_string(),
+                "--out".into(),
+                runs_root.join(&name).display().to_string(),
+            ],
+        );
+        // Paths go into comments escaped: a newline in one cannot start a YAML line.
         let text = format!(
-            "# Expert for timesteps [{lo}, {hi}) branched from {}; train it with\n#   difflab train --config {} --init {} --out {}\n{}",
-            args.run.display(),
-            file.display(),
-            args.run.join("checkpoints/latest").display(),
-            runs_root.join(&name).display(),
+            "# Expert for timesteps [{lo}, {hi}) branched from {}; train it with\n#   {}\n{}",
+            comment(&args.run.display().to_string()),
+            comment(&command),
             to_yaml(&expert)
         );
-        std::fs::write(&file, text).with_context(|| format!("writing {}", file.display()))?;
-        commands.push(format!(
-            "difflab train --config {} --init {} --out {}",
-            file.display(),
-            args.run.join("checkpoints/latest").display(),
-            runs_root.join(&name).display()
-        ));
+        files.push((file, text));
+        commands.push(command);
         experts.push(ExpertEntry {
             name: name.clone(),
             run: Some(runs_root.join(&name)),
@@ -97,16 +118,35 @@ fn split(args: &SplitArgs) -> Result<()> {
     let path = out.join("ensemble.yaml");
     let text = format!(
         "# Expert ensemble split from {} at {:?}. Train the experts:\n{}# then sample:\n#   difflab sample --config {} -n 16\n{}",
-        args.run.display(),
+        comment(&args.run.display().to_string()),
         bounds,
         commands
             .iter()
-            .map(|c| format!("#   {c}\n"))
+            .map(|c| format!("#   {}\n", comment(c)))
             .collect::<String>(),
-        path.display(),
+        comment(&path.display().to_string()),
         serde_saphyr::to_string(&manifest).context("manifest to YAML")?
     );
-    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    files.push((path.clone(), text));
+    // Nothing is replaced that differs from what this split writes, unless asked: a manifest
+    // edited by hand since an earlier split is not lost.
+    if !args.overwrite {
+        for (file, text) in &files {
+            if let Ok(old) = std::fs::read_to_string(file)
+                && old != *text
+            {
+                bail!(
+                    "{} exists and differs from what this split writes (edited since an earlier split?); pass --overwrite to replace it, or --out to write elsewhere",
+                    file.display()
+                );
+            }
+        }
+    }
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    for (file, text) in &files {
+        difflab_pipeline::files::write_atomic(file, text.as_bytes())
+            .with_context(|| format!("writing {}", file.display()))?;
+    }
     println!(
         "wrote {} expert configs and {}",
         edges.len() - 1,

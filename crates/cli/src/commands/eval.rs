@@ -87,7 +87,7 @@ struct MetricsArgs {
     #[arg(long)]
     steps: Option<usize>,
     /// DDIM η; ddim only.
-    #[arg(long)]
+    #[arg(long, value_parser = super::finite)]
     eta: Option<f64>,
     /// Seed of the samples (class k uses seed + k) and of the real-image picks.
     #[arg(long, default_value_t = 0)]

@@ -51,7 +51,7 @@ pub struct CheckArgs {
     #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_override)]
     overrides: Vec<Override>,
     /// Tolerance of each step-1 gradient (relative, per tensor).
-    #[arg(long, default_value_t = Tolerances::default().gradient)]
+    #[arg(long, default_value_t = Tolerances::default().gradient, value_parser = super::finite)]
     gradient_tolerance: f64,
 }
 

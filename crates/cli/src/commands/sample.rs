@@ -49,7 +49,7 @@ pub struct SampleArgs {
     #[arg(long)]
     steps: Option<usize>,
     /// DDIM η (0 = deterministic); ddim only.
-    #[arg(long)]
+    #[arg(long, value_parser = super::finite)]
     eta: Option<f64>,
     /// leading, trailing or linspace (ddim, ddpm).
     #[arg(long, value_parser = parse::<TimestepSpacing>)]
@@ -61,13 +61,13 @@ pub struct SampleArgs {
     #[arg(long)]
     no_clip_sample: bool,
     /// Classifier-free guidance weight w (1 = none; needs a model trained with label dropout).
-    #[arg(long)]
+    #[arg(long, value_parser = super::finite)]
     guidance: Option<f64>,
     /// Class of every image (class-conditional models; default: cycle through the classes).
     #[arg(long)]
     class: Option<i64>,
     /// Label vector of every image (multi-hot models), comma-separated, e.g. `1,0,0,1`.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_parser = super::finite_f32)]
     labels: Option<Vec<f32>>,
     /// Input images (a file or a folder): the low-resolution input of a first SR stage, the
     /// conditioning image of an image-to-image model, or the clean images a cold-diffusion run
@@ -75,7 +75,7 @@ pub struct SampleArgs {
     #[arg(long, value_name = "FILE_OR_DIR")]
     cond_image: Option<PathBuf>,
     /// SR stages: the augmentation level of the low-resolution input, in [0, 1].
-    #[arg(long)]
+    #[arg(long, value_parser = super::finite)]
     noise_level: Option<f64>,
     /// Cascades: load each stage only while it runs (one stage's weights on the device).
     #[arg(long)]
@@ -116,10 +116,10 @@ pub struct SampleArgs {
     #[arg(long, default_value = "linear", value_parser = parse::<BetaScheduleKind>)]
     beta_schedule: BetaScheduleKind,
     /// Diffusers models: β_1 of the training schedule.
-    #[arg(long)]
+    #[arg(long, value_parser = super::finite)]
     beta_start: Option<f64>,
     /// Diffusers models: β_T of the training schedule.
-    #[arg(long)]
+    #[arg(long, value_parser = super::finite)]
     beta_end: Option<f64>,
     /// Diffusers models: training timesteps T.
     #[arg(long, default_value_t = 1000)]

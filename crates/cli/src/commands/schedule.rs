@@ -20,13 +20,13 @@ pub struct ScheduleArgs {
     #[arg(long, default_value_t = 1000)]
     timesteps: usize,
     /// β_1 (linear, scaled_linear, sigmoid); default per kind.
-    #[arg(long)]
+    #[arg(long, value_parser = super::finite)]
     beta_start: Option<f64>,
     /// β_T (linear, scaled_linear, sigmoid); default per kind.
-    #[arg(long)]
+    #[arg(long, value_parser = super::finite)]
     beta_end: Option<f64>,
     /// Offset s of the cosine schedule.
-    #[arg(long, default_value_t = 0.008)]
+    #[arg(long, default_value_t = 0.008, value_parser = super::finite)]
     cosine_s: f64,
     /// Rescale to zero terminal SNR (Lin et al. 2023).
     #[arg(long)]

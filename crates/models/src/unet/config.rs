@@ -252,6 +252,15 @@ fn list<T: std::fmt::Debug>(values: &[T]) -> String {
     format!("{values:?}")
 }
 
+/// The most resnet layers per UNet level a config may ask for (published UNets use 1–4).
+pub const MAX_LAYERS_PER_BLOCK: usize = 64;
+
+/// The most levels a UNet may have (each halves the image).
+pub const MAX_LEVELS: usize = 16;
+
+/// The most channels of a UNet level (published UNets use at most a few thousand).
+pub const MAX_CHANNELS: i64 = 1 << 16;
+
 impl UNetConfig {
     /// Channels of each level, resolved from `block_out_channels` or
     /// `base_channels`/`channel_mult`/`max_channels`.
@@ -391,11 +400,25 @@ impl UNetConfig {
         let levels = channels.len();
         positive("in_channels", self.in_channels)?;
         positive("out_channels", self.out_channels)?;
-        if self.layers_per_block < 1 {
+        if !(1..=MAX_LAYERS_PER_BLOCK).contains(&self.layers_per_block) {
             return Err(ModelError::invalid(
                 "layers_per_block",
                 self.layers_per_block,
-                "must be >= 1",
+                format!("must be in 1..={MAX_LAYERS_PER_BLOCK}"),
+            ));
+        }
+        if levels > MAX_LEVELS {
+            return Err(ModelError::invalid(
+                "block_out_channels",
+                list(&channels),
+                format!("at most {MAX_LEVELS} levels"),
+            ));
+        }
+        if let Some(&c) = channels.iter().find(|&&c| !(1..=MAX_CHANNELS).contains(&c)) {
+            return Err(ModelError::invalid(
+                "block_out_channels",
+                list(&channels),
+                format!("every level needs 1..={MAX_CHANNELS} channels ({c})"),
             ));
         }
         for (key, kinds) in [

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use difflab_samplers::{SamplerConfig, SamplerKeys, SamplerKind};
 use serde_json::Value;
 
-use super::{ExperimentConfig, Override, apply_override};
+use super::{ExperimentConfig, ModelConfig, Override, apply_override};
 
 /// A config that could not be read, parsed or validated.
 #[derive(Debug, thiserror::Error)]
@@ -176,6 +176,27 @@ fn validate(config: &ExperimentConfig) -> Result<(), String> {
     config.training.optimizer.validate()?;
     config.training.lr_schedule.validate()?;
     config.training.ema.validate()?;
+    check_resolution_fits_levels(config)
+}
+
+/// A UNet halves the image once per level after the first: the resolution must survive it
+/// (caught here, by `difflab config check`, not by a shape error in the first step).
+fn check_resolution_fits_levels(config: &ExperimentConfig) -> Result<(), String> {
+    let unet = match &config.model {
+        ModelConfig::Unet(u) => u,
+        ModelConfig::SrUnet(sr) => &sr.unet,
+        ModelConfig::Mlp(_) => return Ok(()),
+    };
+    let levels = unet.block_channels().map_err(|e| format!("model: {e}"))?.len();
+    let halvings = levels.saturating_sub(1) as u32;
+    let factor = 1i64.checked_shl(halvings).unwrap_or(i64::MAX);
+    let r = config.data.resolution;
+    if r % factor != 0 {
+        return Err(format!(
+            "invalid data.resolution = {r}: the UNet's {levels} levels halve it {halvings} time(s), so it must be a multiple of {factor} (e.g. {})",
+            (r / factor).max(1) * factor
+        ));
+    }
     Ok(())
 }
 

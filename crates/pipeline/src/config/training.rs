@@ -109,6 +109,12 @@ impl Default for TrainingConfig {
     }
 }
 
+/// The largest batch a config may ask for (memory is checked against the model too).
+pub const MAX_BATCH: usize = 1 << 20;
+
+/// The most images a preview grid may have.
+pub const MAX_PREVIEW: usize = 1024;
+
 impl TrainingConfig {
     /// Range checks, naming the key and value.
     pub fn validate(&self) -> Result<(), String> {
@@ -118,8 +124,15 @@ impl TrainingConfig {
         if self.steps == 0 {
             return bad("steps", &self.steps, "must be >= 1");
         }
-        if self.batch_size == 0 {
-            return bad("batch_size", &self.batch_size, "must be >= 1");
+        if !(1..=MAX_BATCH).contains(&self.batch_size) {
+            return bad("batch_size", &self.batch_size, &format!("must be in 1..={MAX_BATCH}"));
+        }
+        if self.preview_images > MAX_PREVIEW {
+            return bad(
+                "preview_images",
+                &self.preview_images,
+                &format!("must be at most {MAX_PREVIEW} (one grid)"),
+            );
         }
         if self.grad_accum == 0 || !self.batch_size.is_multiple_of(self.grad_accum) {
             return bad(

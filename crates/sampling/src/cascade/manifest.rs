@@ -320,6 +320,17 @@ mod tests {
     }
 
     #[test]
+    fn stage_names_that_could_leave_the_output_folder_are_refused() {
+        for bad in ["../../etc", "/abs", "a/b", ".."] {
+            let err = open(&format!("stages:\n  - name: base\n    run: r\n  - name: {bad:?}\n    run: s\n"))
+                .unwrap_err();
+            assert!(err.contains("stages[1].name") && err.contains(bad), "{err}");
+        }
+        let err = open("stages:\n  - name: a\n    run: r\n  - name: a\n    run: s\n").unwrap_err();
+        assert!(err.contains("two stages are named"), "{err}");
+    }
+
+    #[test]
     fn stage_sampler_keys_are_any_sampler_keys_checked_against_their_kind() {
         let m = open(
             "stages:\n  - name: base\n    run: r\n    sampler: {kind: ddpm, steps: 10, variance: fixed_large, clip_sample: false}\n  - name: sr\n    run: s\n    sampler: {steps: 25, thresholding: true}\n",

@@ -27,38 +27,38 @@ use image::{DynamicImage, ImageFormat};
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
     /// The log directory could not be created.
-    #[error("cannot create log directory {path}: {source}")]
+    #[error("cannot create log directory {path}: {error}")]
     CreateDir {
         /// The directory.
         path: PathBuf,
-        /// The underlying error.
-        source: io::Error,
+        /// The underlying error (in the message, so not a `source`: it would print twice).
+        error: io::Error,
     },
     /// The event file could not be created.
-    #[error("cannot create event file {path}: {source}")]
+    #[error("cannot create event file {path}: {error}")]
     CreateFile {
         /// The file.
         path: PathBuf,
-        /// The underlying error.
-        source: io::Error,
+        /// The underlying error (in the message, so not a `source`: it would print twice).
+        error: io::Error,
     },
     /// Writing or flushing the event file failed.
-    #[error("cannot write event file {path}: {source}")]
+    #[error("cannot write event file {path}: {error}")]
     Write {
         /// The file.
         path: PathBuf,
-        /// The underlying error.
-        source: io::Error,
+        /// The underlying error (in the message, so not a `source`: it would print twice).
+        error: io::Error,
     },
     /// An image could not be encoded as PNG.
-    #[error("cannot encode image {tag:?} as PNG for event file {path}: {source}")]
+    #[error("cannot encode image {tag:?} as PNG for event file {path}: {error}")]
     Encode {
         /// The event file the image was meant for.
         path: PathBuf,
         /// The summary tag of the image.
         tag: String,
-        /// The underlying error.
-        source: image::ImageError,
+        /// The underlying error (in the message, so not a `source`).
+        error: image::ImageError,
     },
     /// Bytes passed to [`EventWriter::add_png`] do not start with a PNG signature and header.
     #[error("image {tag:?} for event file {path} is not a PNG (no PNG signature and IHDR chunk)")]
@@ -107,9 +107,9 @@ impl EventWriter {
     /// added, which TensorBoard still recognises as an event file.
     pub fn new(log_dir: impl AsRef<Path>) -> Result<Self, LogError> {
         let dir = log_dir.as_ref();
-        fs::create_dir_all(dir).map_err(|source| LogError::CreateDir {
+        fs::create_dir_all(dir).map_err(|error| LogError::CreateDir {
             path: dir.to_path_buf(),
-            source,
+            error,
         })?;
         let secs = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -183,10 +183,10 @@ impl EventWriter {
         let mut png = Vec::new();
         image
             .write_to(&mut Cursor::new(&mut png), ImageFormat::Png)
-            .map_err(|source| LogError::Encode {
+            .map_err(|error| LogError::Encode {
                 path: self.path.clone(),
                 tag: tag.to_owned(),
-                source,
+                error,
             })?;
         let colorspace = u32::from(image.color().channel_count());
         self.write_image(tag, &png, image.width(), image.height(), colorspace, step)
@@ -227,9 +227,9 @@ impl EventWriter {
 
     /// Writes every buffered record to the file.
     pub fn flush(&mut self) -> Result<(), LogError> {
-        self.out.flush().map_err(|source| LogError::Write {
+        self.out.flush().map_err(|error| LogError::Write {
             path: self.path.clone(),
-            source,
+            error,
         })?;
         self.unflushed = 0;
         self.last_flush = Instant::now();
@@ -279,9 +279,9 @@ impl EventWriter {
         frame.extend_from_slice(&masked_crc32c(data).to_le_bytes());
         self.out
             .write_all(&frame)
-            .map_err(|source| LogError::Write {
+            .map_err(|error| LogError::Write {
                 path: self.path.clone(),
-                source,
+                error,
             })
     }
 }
@@ -352,7 +352,7 @@ fn create_unique(dir: &Path, base: &str) -> Result<(PathBuf, File), LogError> {
         match OpenOptions::new().write(true).create_new(true).open(&path) {
             Ok(file) => return Ok((path, file)),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists && n < 10_000 => n += 1,
-            Err(source) => return Err(LogError::CreateFile { path, source }),
+            Err(error) => return Err(LogError::CreateFile { path, error }),
         }
     }
 }
