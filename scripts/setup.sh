@@ -30,8 +30,14 @@ if ! torch_ok; then
     say "creating $VENV"
     "$PYTHON" -m venv "$VENV"
   fi
-  say "installing torch==$TORCH_VERSION into $VENV (about 4.7 GB, once)"
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check "torch==$TORCH_VERSION"
+  # The wheels are not kept in pip's cache: a cached copy would need another ~3 GB on top of the
+  # ~4.7 GB installed, and a small CI disk runs out (seen: "No space left on device").
+  free_kb=$(df -Pk "$VENV" | awk 'NR == 2 { print $4 }')
+  say "installing torch==$TORCH_VERSION into $VENV (about 4.7 GB, once; $((free_kb / 1048576)) GB free here)"
+  if [ "${free_kb:-0}" -lt $((6 * 1048576)) ]; then
+    say "warning: less than 6 GB free on the disk holding $VENV; the install may run out of space"
+  fi
+  PIP_NO_CACHE_DIR=1 "$VENV/bin/pip" install --quiet --no-cache-dir --disable-pip-version-check "torch==$TORCH_VERSION"
 fi
 
 # Locate the torch package without importing it (import is slow and noisy).

@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/setup.sh
-.venv/bin/python -c 'import tensorboard' 2>/dev/null || .venv/bin/pip install --quiet --disable-pip-version-check tensorboard
+.venv/bin/python -c 'import tensorboard' 2>/dev/null || .venv/bin/pip install --quiet --no-cache-dir --disable-pip-version-check tensorboard
 cargo test --workspace --locked "$@"
 if [ $# -eq 0 ]; then
   echo "== without difflab's kernels (--no-default-features: pure libtorch)"

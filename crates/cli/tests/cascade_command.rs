@@ -184,7 +184,8 @@ fn tiny_cascade_trains_samples_and_chains_and_ensembles_route() {
         "8 frames wide, 4 rows (x_t, x0 for 2 images)"
     );
 
-    // Bad cascades name the stages.
+    // Bad cascades name the stages (each failing job points at a folder nothing has written).
+    let unused = dir.join("unused");
     let m = s(&manifest);
     difflab_fails(
         &[
@@ -196,7 +197,7 @@ fn tiny_cascade_trains_samples_and_chains_and_ensembles_route() {
             "-n",
             "1",
             "--out",
-            s(&up),
+            s(&unused),
         ],
         "not a super-resolution stage",
     );
@@ -210,7 +211,7 @@ fn tiny_cascade_trains_samples_and_chains_and_ensembles_route() {
             "-n",
             "1",
             "--out",
-            s(&up),
+            s(&unused),
         ],
         "no stage named \"up\"",
     );
@@ -224,7 +225,7 @@ fn tiny_cascade_trains_samples_and_chains_and_ensembles_route() {
             "-n",
             "1",
             "--out",
-            s(&up),
+            s(&unused),
         ],
         "--cond-image",
     );
@@ -238,7 +239,7 @@ fn tiny_cascade_trains_samples_and_chains_and_ensembles_route() {
             "-n",
             "1",
             "--out",
-            s(&up),
+            s(&unused),
         ],
         "trained with levels in [0, 0.5]",
     );
@@ -252,10 +253,15 @@ fn tiny_cascade_trains_samples_and_chains_and_ensembles_route() {
             "-n",
             "1",
             "--out",
-            s(&up),
+            s(&unused),
         ],
         "guidance 3 needs a conditional model",
     );
+    // A job refused for a later stage's settings wrote nothing, not even the first stage's images.
+    let written: Vec<_> = std::fs::read_dir(&unused)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(written.is_empty(), "refused jobs wrote {written:?}");
 
     // Ensemble whose experts are the same weights == the single model.
     let same = dir.join("same.yaml");
@@ -382,7 +388,15 @@ fn tiny_cascade_trains_samples_and_chains_and_ensembles_route() {
         base.display()
     ));
     difflab_fails(
-        &["sample", "--config", s(&bad), "-n", "1", "--out", s(&up)],
+        &[
+            "sample",
+            "--config",
+            s(&bad),
+            "-n",
+            "1",
+            "--out",
+            s(&unused),
+        ],
         "experts a and b overlap",
     );
     write_bad(format!(
@@ -391,7 +405,15 @@ fn tiny_cascade_trains_samples_and_chains_and_ensembles_route() {
         sr.display()
     ));
     difflab_fails(
-        &["sample", "--config", s(&bad), "-n", "1", "--out", s(&up)],
+        &[
+            "sample",
+            "--config",
+            s(&bad),
+            "-n",
+            "1",
+            "--out",
+            s(&unused),
+        ],
         "experts a and b differ in output shape",
     );
     write_bad(format!(
@@ -399,7 +421,15 @@ fn tiny_cascade_trains_samples_and_chains_and_ensembles_route() {
         base.display()
     ));
     difflab_fails(
-        &["sample", "--config", s(&bad), "-n", "1", "--out", s(&up)],
+        &[
+            "sample",
+            "--config",
+            s(&bad),
+            "-n",
+            "1",
+            "--out",
+            s(&unused),
+        ],
         "no expert covers timesteps [500, 1000)",
     );
 

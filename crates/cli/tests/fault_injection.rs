@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const STEPS: u64 = 16;
+const STEPS: u64 = 32;
 
 fn args(run: &Path, extra: &[&str]) -> Vec<String> {
     let steps = format!("training.steps={STEPS}");
@@ -55,13 +55,36 @@ fn check_latest(run: &Path) -> Option<u64> {
     Some(step)
 }
 
+/// The step `checkpoints/latest` names, read without opening the checkpoint (the writer may
+/// be replacing it while we look).
+fn latest_step(run: &Path) -> Option<u64> {
+    let latest = std::fs::read_to_string(run.join("checkpoints/latest")).ok()?;
+    latest.trim().strip_prefix("step-")?.parse().ok()
+}
+
+/// How many restarts are killed before the run is let finish.
+const KILLS: usize = 12;
+
 #[test]
 fn sigkill_at_random_moments_never_breaks_latest_and_resume_stays_exact() {
     let straight = temp_dir("fault-straight");
+    let began = Instant::now();
     difflab_ok(&args(&straight, &[]));
+    // The kill moments scale with this machine's speed: a step (with its checkpoint) is the
+    // time between the last two checkpoints; start-up is the rest of the run.
+    let written = |step: u64| {
+        let state = straight.join(format!("checkpoints/step-{step}/state.json"));
+        std::fs::metadata(state).unwrap().modified().unwrap()
+    };
+    let per_step_ms = (written(STEPS).duration_since(written(STEPS - 1)).unwrap())
+        .as_millis()
+        .max(2) as u64;
+    let start_up_ms = (began.elapsed().as_millis() as u64)
+        .saturating_sub(STEPS * per_step_ms)
+        .max(50);
 
     let run = temp_dir("fault-killed");
-    // xorshift: the same kill moments on every machine and every run of the test.
+    // xorshift: the same sequence of kill moments on every run of the test.
     let mut state = 0x2545_f491_4f6c_dd1du64;
     let mut next = move || {
         state ^= state << 13;
@@ -69,43 +92,55 @@ fn sigkill_at_random_moments_never_breaks_latest_and_resume_stays_exact() {
         state ^= state << 17;
         state
     };
-    let (mut kills, mut finished) = (0, false);
     let start = Instant::now();
-    while !finished {
-        assert!(start.elapsed() < Duration::from_secs(900), "{kills} kills, not finished");
+    // Each restart is killed at a moment tied to its progress, so every kill lands before the
+    // run ends, whatever the machine's speed: every third one during start-up, the others a
+    // random fraction of a step after the restart's first new checkpoint appeared (in the
+    // middle of a step or of a checkpoint write).
+    for kill in 0..KILLS {
         let mode = match check_latest(&run) {
             Some(_) => "--resume",
             None => "--overwrite",
         };
+        let before = latest_step(&run);
         let mut child = Command::new(env!("CARGO_BIN_EXE_difflab"))
             .args(args(&run, &[mode]))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        // After 12 kills, let it finish.
-        let wait = Duration::from_millis(100 + next() % 1500);
-        let deadline = Instant::now() + wait;
-        let status = loop {
+        let during_start_up = kill % 3 == 0;
+        let mut deadline = during_start_up
+            .then(|| Instant::now() + Duration::from_millis(next() % (start_up_ms + per_step_ms)));
+        loop {
+            assert!(
+                start.elapsed() < Duration::from_secs(900),
+                "restart {kill} made no progress"
+            );
             if let Some(status) = child.try_wait().unwrap() {
-                break Some(status);
+                panic!("restart {kill} ended ({status}) before it was killed");
             }
-            if kills < 12 && Instant::now() >= deadline {
+            if deadline.is_none() && latest_step(&run) > before {
+                deadline = Some(Instant::now() + Duration::from_millis(next() % per_step_ms));
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
                 child.kill().unwrap(); // SIGKILL
                 child.wait().unwrap();
-                kills += 1;
-                break None;
+                break;
             }
-            std::thread::sleep(Duration::from_millis(2));
-        };
-        if let Some(status) = status {
-            assert!(status.success(), "a run after {kills} kills failed: {status}");
-            finished = check_latest(&run) == Some(STEPS);
+            std::thread::sleep(Duration::from_millis(1));
         }
         // Whatever the moment of the kill, the latest checkpoint is complete.
-        check_latest(&run);
+        let step = check_latest(&run);
+        eprintln!("kill {kill} (start-up: {during_start_up}): latest {step:?}");
+        assert!(
+            step.unwrap_or(0) < STEPS,
+            "the run finished within {kill} kills: raise STEPS"
+        );
     }
-    assert!(kills >= 12, "only {kills} kills landed");
+    let kills = KILLS;
+    difflab_ok(&args(&run, &["--resume"]));
+    assert_eq!(check_latest(&run), Some(STEPS));
     let last = format!("checkpoints/step-{STEPS}");
     for file in [
         "model.safetensors",

@@ -22,8 +22,14 @@ fn refused(args: &[String], needle: &str) -> String {
         matches!(code, Some(1 | 2)),
         "difflab {args:?} exited {code:?} (want 1 or 2):\n{err}"
     );
-    assert!(err.starts_with("error") || err.contains("\nerror"), "no error message: {err}");
-    assert!(err.contains(needle), "difflab {args:?}: want {needle:?} in:\n{err}");
+    assert!(
+        err.starts_with("error") || err.contains("\nerror"),
+        "no error message: {err}"
+    );
+    assert!(
+        err.contains(needle),
+        "difflab {args:?}: want {needle:?} in:\n{err}"
+    );
     assert!(
         err.matches("(os error").count() <= 1,
         "the OS message is repeated: {err}"
@@ -40,7 +46,11 @@ fn out_of_range_values_end_with_a_message_never_a_crash() {
     let dir = temp_dir("hostile");
     let run = dir.join("run");
     let mut sets: Vec<&str> = TINY_QUICKSTART.to_vec();
-    sets.extend(["training.steps=1", "sampler.steps=2", "training.preview_images=4"]);
+    sets.extend([
+        "training.steps=1",
+        "sampler.steps=2",
+        "training.preview_images=4",
+    ]);
     train("configs/quickstart.yaml", &run, &sets);
     let config = repo().join("configs/quickstart.yaml");
 
@@ -51,12 +61,18 @@ fn out_of_range_values_end_with_a_message_never_a_crash() {
         ("training.batch_size=1000000", "GiB"),
         ("schedule.timesteps=0", "schedule.timesteps"),
         ("schedule.timesteps=1000000000000", "schedule.timesteps"),
-        ("training.preview_images=1000000000", "training.preview_images"),
+        (
+            "training.preview_images=1000000000",
+            "training.preview_images",
+        ),
         ("data.resolution=0", "data.resolution"),
         ("data.resolution=7", "multiple of 2"),
         ("data.resolution=100000", "data.resolution"),
         ("model.block_out_channels=[]", "block_out_channels"),
-        ("model.block_out_channels=[8, 1000000000]", "block_out_channels"),
+        (
+            "model.block_out_channels=[8, 1000000000]",
+            "block_out_channels",
+        ),
         ("model.block_out_channels=[8, 60000]", "GiB"),
         ("model.layers_per_block=100000", "layers_per_block"),
         ("model.norm_num_groups=3", "norm_num_groups"),
@@ -75,10 +91,14 @@ fn out_of_range_values_end_with_a_message_never_a_crash() {
     .into_iter()
     .enumerate()
     {
-        let mut args = common::train_args("configs/quickstart.yaml", &dir.join(format!("t{i}")), &sets);
+        let mut args =
+            common::train_args("configs/quickstart.yaml", &dir.join(format!("t{i}")), &sets);
         args.extend(["--set".into(), set.into()]);
         refused(&args, needle);
-        assert!(!dir.join(format!("t{i}")).exists(), "{set}: nothing written");
+        assert!(
+            !dir.join(format!("t{i}")).exists(),
+            "{set}: nothing written"
+        );
     }
 
     // Sampling the tiny run.
@@ -89,20 +109,34 @@ fn out_of_range_values_end_with_a_message_never_a_crash() {
         (&["-n", "2", "--steps", "0"], "sampler.steps"),
         (&["-n", "2", "--steps", "1000000000"], "sampler.steps"),
         (&["-n", "2", "--eta", "nan"], "not a finite number"),
-        (&["-n", "2", "--guidance", "NaN"], "NaN is not a finite number"),
+        (
+            &["-n", "2", "--guidance", "NaN"],
+            "NaN is not a finite number",
+        ),
         (&["-n", "2", "--guidance", "inf"], "not a finite number"),
         (&["-n", "2", "--eta", "-1"], "-1"),
         (&["-n", "2", "--class", "99999999999"], "class"),
         (&["-n", "2", "--noise-level", "2"], "--noise-level"),
         (&["-n", "2", "--labels", "nan"], "not a finite number"),
-        (&["-n", "2", "--steps-offset", "100000000000"], "steps_offset"),
+        (
+            &["-n", "2", "--steps-offset", "100000000000"],
+            "steps_offset",
+        ),
         (&["-n", "2", "--seed", "x"], "--seed"),
     ]
     .into_iter()
     .enumerate()
     {
         let out = dir.join(format!("s{i}"));
-        let mut args = strings(&["sample", "--run", s(&run), "--device", "cpu", "--out", s(&out)]);
+        let mut args = strings(&[
+            "sample",
+            "--run",
+            s(&run),
+            "--device",
+            "cpu",
+            "--out",
+            s(&out),
+        ]);
         args.extend(strings(flags));
         refused(&args, needle);
         assert!(!out.exists(), "{flags:?}: nothing written");
@@ -112,17 +146,72 @@ fn out_of_range_values_end_with_a_message_never_a_crash() {
     let missing = dir.join("missing");
     for (args, needle) in [
         (vec!["eval", "--run", s(&run), "-n", "0"], "-n"),
-        (vec!["eval", "--run", s(&run), "-n", "100000000000", "--device", "cpu"], "GiB"),
-        (vec!["eval", "--samples", s(&missing), "-n", "3"], s(&missing)),
-        (vec!["schedule", "--kind", "linear", "--timesteps", "1000000000000", "--json"], "schedule.timesteps"),
-        (vec!["schedule", "--kind", "linear", "--beta-start", "nan", "--json"], "not a finite number"),
-        (vec!["config", "check", s(&config), "--set", "data.resolution=7"], "data.resolution"),
+        (
+            vec![
+                "eval",
+                "--run",
+                s(&run),
+                "-n",
+                "100000000000",
+                "--device",
+                "cpu",
+            ],
+            "GiB",
+        ),
+        (
+            vec!["eval", "--samples", s(&missing), "-n", "3"],
+            s(&missing),
+        ),
+        (
+            vec![
+                "schedule",
+                "--kind",
+                "linear",
+                "--timesteps",
+                "1000000000000",
+                "--json",
+            ],
+            "schedule.timesteps",
+        ),
+        (
+            vec![
+                "schedule",
+                "--kind",
+                "linear",
+                "--beta-start",
+                "nan",
+                "--json",
+            ],
+            "not a finite number",
+        ),
+        (
+            vec!["config", "check", s(&config), "--set", "data.resolution=7"],
+            "data.resolution",
+        ),
         (vec!["config", "check", s(&missing)], s(&missing)),
-        (vec!["ensemble", "split", "--run", s(&run), "--at", "5000000000000"], "--at"),
+        (
+            vec![
+                "ensemble",
+                "split",
+                "--run",
+                s(&run),
+                "--at",
+                "5000000000000",
+            ],
+            "--at",
+        ),
         (vec!["train", "--config", s(&missing)], s(&missing)),
         (vec!["train", "--resume", "--out", s(&missing)], s(&missing)),
         (
-            vec!["export", "--diffusers", s(&dir.join("exp")), "--config", s(&run.join("config.yaml")), "--weights", s(&missing)],
+            vec![
+                "export",
+                "--diffusers",
+                s(&dir.join("exp")),
+                "--config",
+                s(&run.join("config.yaml")),
+                "--weights",
+                s(&missing),
+            ],
             s(&missing),
         ),
     ] {
@@ -163,7 +252,11 @@ fn crc32(bytes: &[u8]) -> u32 {
     for &b in bytes {
         crc ^= u32::from(b);
         for _ in 0..8 {
-            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc

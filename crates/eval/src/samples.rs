@@ -120,7 +120,10 @@ mod tests {
         for bad in ["inf", "NaN", "-inf"] {
             std::fs::write(&path, format!("0.5,1.0\n0.1,{bad}\n")).unwrap();
             let err = read_samples_csv(&path).unwrap_err().to_string();
-            assert!(err.contains("line 2, value 2") && err.contains("not a finite"), "{err}");
+            assert!(
+                err.contains("line 2, value 2") && err.contains("not a finite"),
+                "{err}"
+            );
         }
         std::fs::remove_file(path).unwrap();
     }

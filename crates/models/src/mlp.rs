@@ -110,7 +110,11 @@ impl MlpConfig {
             }
         }
         if !(1..=1024).contains(&self.layers) {
-            return Err(ModelError::invalid("layers", self.layers, "must be in 1..=1024"));
+            return Err(ModelError::invalid(
+                "layers",
+                self.layers,
+                "must be in 1..=1024",
+            ));
         }
         self.time_embedding.validate_sinusoid(self.sinusoid_dim())?;
         Ok(())

@@ -7,8 +7,8 @@
 pub mod allocator;
 pub mod checkpoint;
 pub mod config;
-pub mod memory;
 mod device;
+pub mod memory;
 pub use difflab_files as files;
 mod network;
 

@@ -85,9 +85,14 @@ mod tests {
         )
         .unwrap();
         let vs = tch::nn::VarStore::new(tch::Device::Cpu);
-        let real = crate::Network::build(&vs.root(), &config).unwrap().num_parameters();
+        let real = crate::Network::build(&vs.root(), &config)
+            .unwrap()
+            .num_parameters();
         let floor = parameter_floor(&config);
-        assert!(floor > 0.1 * real as f64 && floor < real as f64, "{floor} vs {real}");
+        assert!(
+            floor > 0.1 * real as f64 && floor < real as f64,
+            "{floor} vs {real}"
+        );
         assert!(check_fits("a job", 1e3).is_ok());
         if available_bytes().is_some() {
             let err = check_fits("training x", 1e18).unwrap_err();

@@ -43,6 +43,80 @@ pub struct StageSettings {
     pub noise_level: Option<f64>,
 }
 
+impl StageSettings {
+    /// Every check of these settings against the model that needs no input images: guidance
+    /// needs label dropout, a class must exist, a label vector must have the model's length,
+    /// a noise level must lie in an SR stage's trained range, the cold sampler goes with a
+    /// cold-diffusion run. A cascade runs it for every stage before it writes anything.
+    pub fn check(&self, info: &ModelInfo) -> Result<(), SamplingError> {
+        let label = &info.label;
+        let bad = |m: String| Err(SamplingError::invalid(format!("{label}: {m}")));
+        let spec = &info.conditioning;
+        if self.guidance != 1.0 && !spec.supports_guidance() {
+            return bad(format!(
+                "guidance {} needs a conditional model trained with label dropout (null_class: true, or label vectors); this one has {spec:?}",
+                self.guidance
+            ));
+        }
+        match (spec.num_classes, self.class) {
+            (Some(n), ClassChoice::Fixed(k)) if !(0..n).contains(&k) => {
+                return bad(format!(
+                    "class {k} is out of range: the model has classes 0..{}",
+                    n - 1
+                ));
+            }
+            (None, ClassChoice::Fixed(k)) => {
+                return bad(format!(
+                    "class {k} given but the model is not class-conditional"
+                ));
+            }
+            _ => {}
+        }
+        match (spec.label_dim, &self.labels) {
+            (Some(d), Some(v)) if v.len() as i64 != d => {
+                return bad(format!(
+                    "--labels has {} entries but the model's label_dim is {d}",
+                    v.len()
+                ));
+            }
+            (Some(d), None) => {
+                return bad(format!(
+                    "the model is conditioned on a {d}-entry label vector: pass --labels (comma-separated 0/1)"
+                ));
+            }
+            (None, Some(_)) => {
+                return bad("--labels given but the model has no label vector".into());
+            }
+            _ => {}
+        }
+        if spec.context_dim.is_some() {
+            return bad("models conditioned on a context vector cannot be sampled from the command line yet".into());
+        }
+        match (&info.lowres, self.noise_level) {
+            (Some(low), level) => {
+                let level = level.unwrap_or(low.sample_level);
+                check_sample_level(level, low.train_max)
+                    .or_else(|e| bad(format!("noise level {level}: {e}")))?;
+            }
+            (None, Some(_)) => {
+                return bad(
+                    "a noise level is set but the model is not a super-resolution stage".into(),
+                );
+            }
+            (None, None) => {}
+        }
+        match (&info.process, self.sampler.kind()) {
+            (ProcessConfig::Gaussian, SamplerKind::Cold) => {
+                bad("the cold sampler needs a cold-diffusion run (process.kind: cold)".into())
+            }
+            (ProcessConfig::Cold { .. }, kind) if kind != SamplerKind::Cold => bad(format!(
+                "a cold-diffusion run samples with the cold sampler, not {kind} (use --sampler cold)"
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// How many images, in which batches, from which seed.
 #[derive(Clone, Debug, Serialize)]
 pub struct JobOptions {
@@ -151,12 +225,6 @@ pub fn sample_with(
     let denoiser: Box<dyn Denoiser + '_> = if settings.guidance == 1.0 {
         base
     } else {
-        if !info.conditioning.supports_guidance() {
-            return Err(SamplingError::invalid(format!(
-                "{}: guidance {} needs a conditional model trained with label dropout (null_class: true, or label vectors); this one has {:?}",
-                info.label, settings.guidance, info.conditioning
-            )));
-        }
         let null = info.conditioning.num_classes.unwrap_or(0);
         Box::new(ClassifierFreeGuidance::new(base, settings.guidance, null))
     };
@@ -271,45 +339,11 @@ impl BatchInputs {
         options: &JobOptions,
         device: Device,
     ) -> Result<Self, SamplingError> {
+        settings.check(info)?;
         let label = &info.label;
-        let bad = |m: String| Err(SamplingError::invalid(format!("{label}: {m}")));
         let spec = &info.conditioning;
-        let class = match (spec.num_classes, settings.class) {
-            (Some(n), ClassChoice::Fixed(k)) if !(0..n).contains(&k) => {
-                return bad(format!(
-                    "class {k} is out of range: the model has classes 0..{}",
-                    n - 1
-                ));
-            }
-            (Some(_), c) => Some(c),
-            (None, ClassChoice::Fixed(k)) => {
-                return bad(format!(
-                    "class {k} given but the model is not class-conditional"
-                ));
-            }
-            (None, ClassChoice::Cycle) => None,
-        };
-        let labels = match (spec.label_dim, &settings.labels) {
-            (Some(d), Some(v)) if v.len() as i64 == d => Some(Tensor::from_slice(v)),
-            (Some(d), Some(v)) => {
-                return bad(format!(
-                    "--labels has {} entries but the model's label_dim is {d}",
-                    v.len()
-                ));
-            }
-            (Some(d), None) => {
-                return bad(format!(
-                    "the model is conditioned on a {d}-entry label vector: pass --labels (comma-separated 0/1)"
-                ));
-            }
-            (None, Some(_)) => {
-                return bad("--labels given but the model has no label vector".into());
-            }
-            (None, None) => None,
-        };
-        if spec.context_dim.is_some() {
-            return bad("models conditioned on a context vector cannot be sampled from the command line yet".into());
-        }
+        let class = spec.num_classes.map(|_| settings.class);
+        let labels = settings.labels.as_deref().map(Tensor::from_slice);
         let check_input = |want: &[i64], what: &str| -> Result<Tensor, SamplingError> {
             let Some(x) = input else {
                 return Err(SamplingError::invalid(format!(
@@ -327,9 +361,6 @@ impl BatchInputs {
         let (cond_image, noise_level) = match &info.lowres {
             Some(low) => {
                 let level = settings.noise_level.unwrap_or(low.sample_level);
-                check_sample_level(level, low.train_max).map_err(|e| {
-                    SamplingError::invalid(format!("{label}: noise level {level}: {e}"))
-                })?;
                 (
                     Some(check_input(&low.shape, "this super-resolution stage")?),
                     Some(level),
@@ -342,32 +373,12 @@ impl BatchInputs {
                     None,
                 )
             }
-            None => {
-                if settings.noise_level.is_some() {
-                    return bad(
-                        "a noise level is set but the model is not a super-resolution stage".into(),
-                    );
-                }
-                (None, None)
-            }
+            None => (None, None),
         };
         let schedule = info.schedule.build()?;
         let (sampler, cold) = match &info.process {
-            ProcessConfig::Gaussian => {
-                if settings.sampler.kind() == SamplerKind::Cold {
-                    return bad(
-                        "the cold sampler needs a cold-diffusion run (process.kind: cold)".into(),
-                    );
-                }
-                (settings.sampler.build(&schedule, None)?, None)
-            }
+            ProcessConfig::Gaussian => (settings.sampler.build(&schedule, None)?, None),
             ProcessConfig::Cold { degradation } => {
-                if settings.sampler.kind() != SamplerKind::Cold {
-                    return bad(format!(
-                        "a cold-diffusion run samples with the cold sampler, not {} (use --sampler cold)",
-                        settings.sampler.kind()
-                    ));
-                }
                 let clean = match input.filter(|_| cond_image.is_none()) {
                     Some(x) => check_input(&x.size()[1..], "cold sampling").and_then(|x| {
                         if x.size()[1..] == info.shape[..] {

@@ -16,11 +16,11 @@ use crate::cascade::{
     run_cascade,
 };
 use crate::output_folder::{OutputFolder, OutputMode};
-use difflab_pipeline::memory;
 use crate::{
     DiffusersModelSpec, EnsembleSpec, JobOptions, ModelInfo, NoiseMode, SamplingError, StageModel,
     StageOutput, WeightsKind, load_diffusers_model, load_input_images,
 };
+use difflab_pipeline::memory;
 
 /// Where the model of a [`SampleRequest`] comes from.
 #[derive(Clone, Debug)]
@@ -345,7 +345,10 @@ fn check_stage_memory(
         bytes += 4.0 * batch as f64 * memory::activation_floor(&info.model, side, false);
     }
     memory::check_fits(
-        &format!("sampling {n} images in batches of {batch} (stage {})", stage.name),
+        &format!(
+            "sampling {n} images in batches of {batch} (stage {})",
+            stage.name
+        ),
         bytes,
     )
     .map_err(SamplingError::invalid)

@@ -14,8 +14,8 @@ use difflab_data::{DataCursor, DataError, DataLoader, Dataset, open_dataset};
 use difflab_models::{ModelError, UNetConfig};
 use difflab_pipeline::checkpoint::{CheckpointContents, CheckpointError, RunLock, read_state};
 use difflab_pipeline::config::{resume_differences, to_yaml};
-use difflab_pipeline::{files, memory};
 use difflab_pipeline::{ExperimentConfig, ModelConfig};
+use difflab_pipeline::{files, memory};
 use difflab_samplers::SampleError;
 use difflab_sampling::SamplingError;
 use difflab_schedulers::ScheduleError;
@@ -168,7 +168,8 @@ fn check_memory(config: &ExperimentConfig, device: Device) -> Result<(), TrainEr
     let training = &config.training;
     let micro = (training.batch_size / training.grad_accum) as f64;
     let step = micro * memory::activation_floor(&config.model, r, true);
-    let preview = training.preview_images as f64 * memory::activation_floor(&config.model, r, false);
+    let preview =
+        training.preview_images as f64 * memory::activation_floor(&config.model, r, false);
     let bytes = 4.0 * (5.0 * params + step.max(preview));
     memory::check_fits(
         &format!(

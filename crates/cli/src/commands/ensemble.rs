@@ -4,9 +4,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
+use difflab_lab::sweep::shell_join;
 use difflab_pipeline::config::{load_recorded_config, to_yaml};
 use difflab_sampling::{EnsembleManifest, ExpertEntry, WeightsKind};
-use difflab_lab::sweep::shell_join;
 use difflab_train::RunDir;
 
 /// `difflab ensemble …`.

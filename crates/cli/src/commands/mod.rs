@@ -15,7 +15,10 @@ pub mod train;
 /// A number flag that must be a finite number (`NaN` and `inf` are rejected by name, as clap
 /// would otherwise let them through `f64`'s parser).
 pub fn finite(s: &str) -> Result<f64, String> {
-    let x: f64 = s.trim().parse().map_err(|_| format!("{s:?} is not a number"))?;
+    let x: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number"))?;
     if x.is_finite() {
         Ok(x)
     } else {

@@ -107,14 +107,22 @@ pub fn run(args: &TrainArgs, device: Option<DeviceSpec>) -> Result<()> {
         eprintln!(
             "note: {} unreadable data file{} skipped (data.on_bad_file: skip; each was named above)",
             outcome.skipped_files,
-            if outcome.skipped_files == 1 { " was" } else { "s were" }
+            if outcome.skipped_files == 1 {
+                " was"
+            } else {
+                "s were"
+            }
         );
     }
     if outcome.skipped_batches > 0 {
         eprintln!(
             "note: {} batch{} skipped for a non-finite loss or gradient (training.on_nan: skip)",
             outcome.skipped_batches,
-            if outcome.skipped_batches == 1 { " was" } else { "es were" }
+            if outcome.skipped_batches == 1 {
+                " was"
+            } else {
+                "es were"
+            }
         );
     }
     Ok(())

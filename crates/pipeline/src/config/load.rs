@@ -187,7 +187,10 @@ fn check_resolution_fits_levels(config: &ExperimentConfig) -> Result<(), String>
         ModelConfig::SrUnet(sr) => &sr.unet,
         ModelConfig::Mlp(_) => return Ok(()),
     };
-    let levels = unet.block_channels().map_err(|e| format!("model: {e}"))?.len();
+    let levels = unet
+        .block_channels()
+        .map_err(|e| format!("model: {e}"))?
+        .len();
     let halvings = levels.saturating_sub(1) as u32;
     let factor = 1i64.checked_shl(halvings).unwrap_or(i64::MAX);
     let r = config.data.resolution;

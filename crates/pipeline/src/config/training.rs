@@ -125,7 +125,11 @@ impl TrainingConfig {
             return bad("steps", &self.steps, "must be >= 1");
         }
         if !(1..=MAX_BATCH).contains(&self.batch_size) {
-            return bad("batch_size", &self.batch_size, &format!("must be in 1..={MAX_BATCH}"));
+            return bad(
+                "batch_size",
+                &self.batch_size,
+                &format!("must be in 1..={MAX_BATCH}"),
+            );
         }
         if self.preview_images > MAX_PREVIEW {
             return bad(

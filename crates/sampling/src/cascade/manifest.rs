@@ -139,7 +139,8 @@ impl PlannedStage {
 
     /// Its settings with the command line's (`cli`) on top of the manifest's on top of the
     /// run's; `--noise-level` reaches only SR stages. Fails when a sampler key set by the
-    /// manifest or the command line does not apply to the stage's sampler.
+    /// manifest or the command line does not apply to the stage's sampler, or when the settings
+    /// do not fit the stage's model ([`StageSettings::check`]): before anything is written.
     pub fn settings(&self, cli: &CliStageSettings) -> Result<StageSettings, SamplingError> {
         let info = self.spec.info();
         let sampler = info
@@ -148,7 +149,7 @@ impl PlannedStage {
             .map_err(|e| {
                 SamplingError::invalid(format!("stage {} ({}): {e}", self.name, info.label))
             })?;
-        Ok(StageSettings {
+        let settings = StageSettings {
             sampler,
             guidance: cli.guidance.or(self.guidance).unwrap_or(1.0),
             class: match cli.class.or(self.class) {
@@ -161,7 +162,11 @@ impl PlannedStage {
                 Some(_) => cli.noise_level.or(self.noise_level),
                 None => self.noise_level,
             },
-        })
+        };
+        settings
+            .check(info)
+            .map_err(|e| SamplingError::invalid(format!("stage {}: {e}", self.name)))?;
+        Ok(settings)
     }
 }
 
@@ -322,8 +327,10 @@ mod tests {
     #[test]
     fn stage_names_that_could_leave_the_output_folder_are_refused() {
         for bad in ["../../etc", "/abs", "a/b", ".."] {
-            let err = open(&format!("stages:\n  - name: base\n    run: r\n  - name: {bad:?}\n    run: s\n"))
-                .unwrap_err();
+            let err = open(&format!(
+                "stages:\n  - name: base\n    run: r\n  - name: {bad:?}\n    run: s\n"
+            ))
+            .unwrap_err();
             assert!(err.contains("stages[1].name") && err.contains(bad), "{err}");
         }
         let err = open("stages:\n  - name: a\n    run: r\n  - name: a\n    run: s\n").unwrap_err();

@@ -65,6 +65,7 @@ impl JobObserver for StageObserver<'_> {
 /// otherwise every stage is loaded first (all errors surface before sampling starts).
 /// `observer` follows the steps and gets each batch and each stage as it finishes (to save
 /// them). With `options.first_image = k` (a resumed job), every stage makes images `k..N`.
+#[allow(clippy::too_many_arguments)]
 pub fn run_cascade(
     stages: &[PlannedStage],
     preloaded: Vec<StageWeights>,

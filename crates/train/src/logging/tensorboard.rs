@@ -277,12 +277,10 @@ impl EventWriter {
         frame.extend_from_slice(&masked_crc32c(&len).to_le_bytes());
         frame.extend_from_slice(data);
         frame.extend_from_slice(&masked_crc32c(data).to_le_bytes());
-        self.out
-            .write_all(&frame)
-            .map_err(|error| LogError::Write {
-                path: self.path.clone(),
-                error,
-            })
+        self.out.write_all(&frame).map_err(|error| LogError::Write {
+            path: self.path.clone(),
+            error,
+        })
     }
 }
 
