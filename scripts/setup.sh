@@ -37,7 +37,13 @@ if ! torch_ok; then
   if [ "${free_kb:-0}" -lt $((6 * 1048576)) ]; then
     say "warning: less than 6 GB free on the disk holding $VENV; the install may run out of space"
   fi
-  PIP_NO_CACHE_DIR=1 "$VENV/bin/pip" install --quiet --no-cache-dir --disable-pip-version-check "torch==$TORCH_VERSION"
+  # pip unpacks the wheels in TMPDIR: keep them on this disk, not in a /tmp that may be a small
+  # RAM-backed filesystem.
+  tmp="$(pwd)/.pip-tmp"
+  mkdir -p "$tmp"
+  TMPDIR="$tmp" PIP_NO_CACHE_DIR=1 "$VENV/bin/pip" install --quiet --no-cache-dir \
+    --disable-pip-version-check "torch==$TORCH_VERSION"
+  rm -rf "$tmp"
 fi
 
 # Locate the torch package without importing it (import is slow and noisy).
