@@ -2,7 +2,8 @@
 # The training-parity quality table of docs/evaluation.md, from scratch, on 2 CPU threads:
 # the reference recipe trained by diffusers and by difflab, difflab's recommended settings on the
 # same budget, 1000 samples of each, LeNet metrics (cFID, KID, precision, recall, class histogram,
-# real-vs-real floor) and the side-by-side grids. About 2 h 30 min on 2 cores.
+# real-vs-real floor), a second training seed of the recipe, and the side-by-side grids. About
+# 3 h on 2 cores.
 #   scripts/quality/reproduce.sh [OUT]        (default: quality/; finished steps are skipped)
 # Needs: scripts/setup.sh's venv with diffusers==0.42.1 and pillow, Debian's dataset-fashion-mnist.
 set -euo pipefail
@@ -36,7 +37,15 @@ for name in recipe recommended; do
       --out "$OUT/samples-$name" --overwrite
   fi
 done
-for s in diffusers-recipe samples-recipe samples-recommended; do
+# The recipe again with another training seed: how far two runs of one recipe differ.
+if [ ! -f "$OUT/samples-recipe-seed1/000999.png" ]; then
+  say "difflab: training and sampling the recipe with seed 1"
+  $D train --config configs/quality/fmnist-recipe.yaml --set seed=1 --out "$OUT/runs/recipe-seed1" \
+    --overwrite --threads 2
+  $D sample --run "$OUT/runs/recipe-seed1" --raw -n 1000 --seed 0 --threads 2 \
+    --out "$OUT/samples-recipe-seed1" --overwrite
+fi
+for s in diffusers-recipe samples-recipe samples-recipe-seed1 samples-recommended; do
   say "eval $s"
   $D eval --samples "$OUT/$s" --config configs/quality/fmnist-recipe.yaml --json > "$OUT/eval-$s.json"
 done
