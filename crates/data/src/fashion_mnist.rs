@@ -211,12 +211,7 @@ impl Dataset for FashionMnist {
     }
 
     fn get(&self, index: usize) -> Result<Example, DataError> {
-        if index >= self.len {
-            return Err(DataError::OutOfRange {
-                index,
-                len: self.len,
-            });
-        }
+        DataError::check_index(index, self.len)?;
         let n = self.height * self.width;
         let pixels = &self.images[index * n..(index + 1) * n];
         let mut planes = Planes {

@@ -110,12 +110,7 @@ impl Dataset for FolderDataset {
     }
 
     fn get(&self, index: usize) -> Result<Example, DataError> {
-        if index >= self.len {
-            return Err(DataError::OutOfRange {
-                index,
-                len: self.len,
-            });
-        }
+        DataError::check_index(index, self.len)?;
         let data = load_image(&self.file(index), self.resolution, self.channels)?;
         let cond = match &self.cond {
             Some(pairs) => Some(load_image(&pairs[index], self.resolution, self.channels)?),

@@ -160,6 +160,15 @@ pub enum DataError {
 }
 
 impl DataError {
+    /// `Ok` when `index < len`, else [`DataError::OutOfRange`]: every dataset's `get` checks this.
+    pub fn check_index(index: usize, len: usize) -> Result<(), Self> {
+        if index < len {
+            Ok(())
+        } else {
+            Err(Self::OutOfRange { index, len })
+        }
+    }
+
     /// True for errors about one example's file (unreadable or undecodable): the ones
     /// `on_bad_file: skip` skips.
     pub fn is_bad_file(&self) -> bool {

@@ -207,12 +207,7 @@ impl Dataset for ShapesDataset {
     }
 
     fn get(&self, index: usize) -> Result<Example, DataError> {
-        if index >= self.len {
-            return Err(DataError::OutOfRange {
-                index,
-                len: self.len,
-            });
-        }
+        DataError::check_index(index, self.len)?;
         let r = self.render(index);
         let labels = (self.label_mode == LabelMode::MultiHot).then(|| {
             let mut v = vec![0.0; SHAPE_NAMES.len() + SHAPE_COLORS.len()];
